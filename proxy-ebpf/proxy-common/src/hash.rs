@@ -1,0 +1,111 @@
+//! The flow hash that picks a Maglev slot. The XDP program and the userspace terminator both
+//! call it, so a client lands on the same backend through either path; changing it re-maps
+//! every flow of every deployed balancer.
+
+use crate::FlowKey;
+
+const C1: u32 = 0xcc9e_2d51;
+const C2: u32 = 0x1b87_3593;
+const SEED: u32 = 0x5bd1_e995;
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finish(mut h: u32, len_words: u32) -> u32 {
+    // murmur3's finaliser: every input bit affects every output bit.
+    h ^= len_words * 4;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hash of the client address alone (client affinity); `family` is 4 or 6.
+#[inline(always)]
+pub fn source_hash(src: &[u32; 4], family: u8) -> u32 {
+    let mut h = mix(SEED, family as u32);
+    h = mix(h, src[0]);
+    h = mix(h, src[1]);
+    h = mix(h, src[2]);
+    h = mix(h, src[3]);
+    finish(h, 5)
+}
+
+/// Hash of the full 5-tuple.
+#[inline(always)]
+pub fn five_tuple_hash(key: &FlowKey) -> u32 {
+    let mut h = mix(SEED, ((key.family as u32) << 8) | key.proto as u32);
+    h = mix(h, key.src[0]);
+    h = mix(h, key.src[1]);
+    h = mix(h, key.src[2]);
+    h = mix(h, key.src[3]);
+    h = mix(h, key.dst[0]);
+    h = mix(h, key.dst[1]);
+    h = mix(h, key.dst[2]);
+    h = mix(h, key.dst[3]);
+    h = mix(h, ((key.sport as u32) << 16) | key.dport as u32);
+    finish(h, 10)
+}
+
+/// The hash a VIP uses for a flow, by its `VIP_HASH_SOURCE_ONLY` flag.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey, source_only: bool) -> u32 {
+    if source_only {
+        source_hash(&key.src, key.family)
+    } else {
+        five_tuple_hash(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_values_never_change() {
+        // Pinned values: a change here re-maps every client of every deployed ring.
+        let src = crate::v4_words([192, 0, 2, 1]);
+        assert_eq!(source_hash(&src, 4), source_hash(&src, 4));
+        let a = source_hash(&src, 4);
+        let b = source_hash(&crate::v4_words([192, 0, 2, 2]), 4);
+        assert_ne!(a, b);
+        assert_eq!(a, GOLDEN_SOURCE);
+    }
+
+    const GOLDEN_SOURCE: u32 = 133_476_524;
+
+    #[test]
+    fn five_tuple_depends_on_ports() {
+        let mut k = FlowKey {
+            src: crate::v4_words([192, 0, 2, 1]),
+            dst: crate::v4_words([198, 51, 100, 1]),
+            sport: 1000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: 6,
+            family: 4,
+            pad: [0; 2],
+        };
+        let h1 = five_tuple_hash(&k);
+        k.sport = 1001u16.to_be();
+        assert_ne!(h1, five_tuple_hash(&k));
+        assert_eq!(flow_hash(&k, true), source_hash(&k.src, 4));
+    }
+
+    #[test]
+    fn spreads_evenly_over_buckets() {
+        // 40,000 consecutive client addresses over 10 buckets: each within 5% of the mean.
+        let mut buckets = [0u32; 10];
+        for i in 0..40_000u32 {
+            let ip = (0xc000_0200u32 + i).to_be_bytes();
+            buckets[(source_hash(&crate::v4_words(ip), 4) % 10) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((3_800..=4_200).contains(&b), "{buckets:?}");
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Types and pure helpers shared by the XDP program (`proxy-ebpf`) and userspace (`proxy`).
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding so both sides agree on the
+//! layout byte for byte. Addresses are kept as the raw 32-bit words read from the packet
+//! (network byte order in memory); IPv4 uses word 0 and leaves the others zero.
+#![no_std]
+
+pub mod csum;
+pub mod hash;
+
+/// Map names, shared so the loader and the program cannot drift apart.
+pub mod map_names {
+    pub const VIPS: &str = "VIPS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const RING: &str = "RING";
+    pub const FLOWS: &str = "FLOWS";
+    pub const NAT_REVERSE: &str = "NAT_REVERSE";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const REASONS: &str = "REASONS";
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "proxy_xdp";
+
+/// Most VIPs (address, port, protocol) one balancer serves; the ring map holds one ring each.
+pub const MAX_VIPS: u32 = 64;
+/// Most backends over all pools; a backend id indexes the `BACKENDS` array.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default number of tracked flows (forward and reverse tables each).
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Maglev ring size used unless configured otherwise (prime).
+pub const DEFAULT_RING_SIZE: u32 = 65_537;
+/// A ring slot with no backend (all backends drained or removed).
+pub const EMPTY_SLOT: u32 = u32::MAX;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of the `VIPS` hash map: what a packet is addressed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    /// Network byte order, as in the packet.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// The VIP hashes only the client address, so a client keeps its backend across connections.
+pub const VIP_HASH_SOURCE_ONLY: u32 = 1 << 0;
+/// The VIP is served by the userspace terminator: XDP only admits and passes it up.
+pub const VIP_PASS_TO_STACK: u32 = 1 << 1;
+
+/// Value of the `VIPS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index of the VIP's ring in `RING` and of its counters in `COUNTERS`.
+    pub vip_num: u32,
+    pub flags: u32,
+}
+
+/// The backend exists (a zeroed entry is an unused or removed slot).
+pub const BACKEND_PRESENT: u8 = 1 << 0;
+
+/// Value of the `BACKENDS` array, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub flags: u8,
+}
+
+/// Key of the forward flow table: the client's 5-tuple as it arrives at the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+
+/// The client sent a FIN.
+pub const FLOW_FIN_CLIENT: u8 = 1 << 0;
+/// The backend sent a FIN.
+pub const FLOW_FIN_BACKEND: u8 = 1 << 1;
+
+/// Value of the forward flow table: where the flow is pinned and how it is translated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub backend: u32,
+    /// Source port on the balancer side (network byte order).
+    pub nat_port: u16,
+    pub fin: u8,
+    pub pad: u8,
+    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+}
+
+/// Key of the reverse NAT table: a reply as it arrives from a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub backend_addr: [u32; 4],
+    pub snat_addr: [u32; 4],
+    pub backend_port: u16,
+    pub nat_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+
+/// Value of the reverse NAT table: how to translate a reply back to the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatState {
+    pub client_addr: [u32; 4],
+    pub vip_addr: [u32; 4],
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub backend: u32,
+    pub vip_num: u32,
+}
+
+/// The single entry of the `SETTINGS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Slots per VIP ring (prime); ring of VIP n starts at n * ring_size.
+    pub ring_size: u32,
+    pub flags: u32,
+    /// Source address for full NAT towards IPv4 backends (raw word).
+    pub snat_v4: u32,
+    pub pad0: u32,
+    /// Source address for full NAT towards IPv6 backends.
+    pub snat_v6: [u32; 4],
+    /// NAT source port range, host byte order, inclusive.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    pub pad1: u32,
+    pub tcp_idle_timeout_ns: u64,
+    pub udp_idle_timeout_ns: u64,
+    /// How long a flow lingers after FIN both ways, so the last ACKs still find it.
+    pub closing_timeout_ns: u64,
+}
+
+/// Per-CPU counters for one VIP or one backend (slot in the `COUNTERS` array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flow entries created.
+    pub new_flows: u64,
+    /// Non-SYN TCP packets that found no flow entry (state lost: eviction, restart, timeout).
+    pub lru_misses: u64,
+}
+
+/// `COUNTERS` index of backend `id`; VIPs use `0..MAX_VIPS`.
+pub const fn backend_counter_index(id: u32) -> u32 {
+    MAX_VIPS + id
+}
+
+/// Size of the `COUNTERS` array.
+pub const COUNTER_SLOTS: u32 = MAX_VIPS + MAX_BACKENDS;
+
+/// Why a packet was passed or dropped; index into the per-CPU `REASONS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    PassNotIp = 0,
+    PassFragment,
+    PassOtherProto,
+    PassNotVip,
+    PassTerminator,
+    PassNoRoute,
+    DropMalformed,
+    DropNoBackend,
+    DropNatPortsExhausted,
+    DropFamilyMismatch,
+    DropRedirectFailed,
+    Forwarded,
+    ReplyTranslated,
+}
+
+impl Reason {
+    pub const COUNT: u32 = 13;
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::PassNotIp,
+        Reason::PassFragment,
+        Reason::PassOtherProto,
+        Reason::PassNotVip,
+        Reason::PassTerminator,
+        Reason::PassNoRoute,
+        Reason::DropMalformed,
+        Reason::DropNoBackend,
+        Reason::DropNatPortsExhausted,
+        Reason::DropFamilyMismatch,
+        Reason::DropRedirectFailed,
+        Reason::Forwarded,
+        Reason::ReplyTranslated,
+    ];
+
+    /// Stable metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassOtherProto => "pass_other_proto",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::PassTerminator => "pass_terminator",
+            Reason::PassNoRoute => "pass_no_route",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropNatPortsExhausted => "drop_nat_ports_exhausted",
+            Reason::DropFamilyMismatch => "drop_family_mismatch",
+            Reason::DropRedirectFailed => "drop_redirect_failed",
+            Reason::Forwarded => "forwarded",
+            Reason::ReplyTranslated => "reply_translated",
+        }
+    }
+}
+
+/// Raw address words for an IPv4 address given as octets.
+pub const fn v4_words(octets: [u8; 4]) -> [u32; 4] {
+    [u32::from_ne_bytes(octets), 0, 0, 0]
+}
+
+/// Raw address words for an IPv6 address given as octets.
+pub const fn v6_words(o: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all types are repr(C), Copy, contain only integers and have no implicit padding
+    // (checked by the size assertions below).
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipMeta {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::NatKey {}
+    unsafe impl aya::Pod for super::NatState {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+// No implicit padding anywhere: the kernel hashes keys byte by byte.
+const _: () = {
+    assert!(core::mem::size_of::<VipKey>() == 20);
+    assert!(core::mem::size_of::<VipMeta>() == 8);
+    assert!(core::mem::size_of::<Backend>() == 20);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowState>() == 16);
+    assert!(core::mem::size_of::<NatKey>() == 40);
+    assert!(core::mem::size_of::<NatState>() == 44);
+    assert!(core::mem::size_of::<Settings>() == 64);
+    assert!(core::mem::size_of::<Counters>() == 32);
+};

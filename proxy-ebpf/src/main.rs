@@ -1,0 +1,436 @@
+//! The XDP data plane. For an `l4` VIP: find the client's flow in the LRU flow table or pick
+//! a backend from the VIP's Maglev ring and pin it, then full-NAT the packet to the backend.
+//! Replies from backends are translated back to the client. Everything else passes unchanged.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod forward;
+mod maps;
+mod parse;
+mod rewrite;
+
+use core::num::NonZeroU32;
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+use proxy_common::{
+    hash, Backend, FlowKey, FlowState, NatKey, NatState, Reason, Settings, VipKey, VipMeta,
+    BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, PROTO_TCP,
+    VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
+};
+
+use counters::{flow_packet, reason};
+use maps::{BACKENDS, FLOWS, NAT_REVERSE, RING, SETTINGS, VIPS};
+use parse::{same_addr, NotOurs, Packet, TCP_FIN, TCP_RST, TCP_SYN};
+use rewrite::Translation;
+
+/// How many NAT source ports a new flow tries before giving up.
+const NAT_PORT_PROBES: u32 = 8;
+/// `last_seen_ns` is refreshed at most this often, to keep flow entries mostly read-only.
+const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+#[xdp]
+pub fn proxy_xdp(ctx: XdpContext) -> u32 {
+    match try_proxy(&ctx) {
+        Ok(action) => action,
+        Err(()) => xdp_action::XDP_ABORTED,
+    }
+}
+
+fn try_proxy(ctx: &XdpContext) -> Result<u32, ()> {
+    let mut pkt = Packet::default();
+    match parse::parse(ctx, &mut pkt) {
+        None => {}
+        Some(why) => {
+            let (r, action) = match why {
+                NotOurs::NotIp => (Reason::PassNotIp, xdp_action::XDP_PASS),
+                NotOurs::Fragment => (Reason::PassFragment, xdp_action::XDP_PASS),
+                NotOurs::OtherProto => (Reason::PassOtherProto, xdp_action::XDP_PASS),
+                NotOurs::Malformed => (Reason::DropMalformed, xdp_action::XDP_DROP),
+            };
+            reason(r);
+            return Ok(action);
+        }
+    }
+    let settings = SETTINGS.get(0).ok_or(())?;
+    let vip_key = VipKey {
+        addr: pkt.dst,
+        port: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+    };
+    // SAFETY: map values are plain data; the control plane replaces them whole.
+    if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+        if vip.flags & VIP_PASS_TO_STACK != 0 {
+            reason(Reason::PassTerminator);
+            return Ok(xdp_action::XDP_PASS);
+        }
+        return Ok(to_backend(ctx, &pkt, vip, settings));
+    }
+    // Replies are addressed to the NAT address; skip the reverse lookup for anything else.
+    if same_addr(&pkt.dst, &snat_of(&pkt, settings)) {
+        return Ok(to_client(ctx, &pkt, settings));
+    }
+    reason(Reason::PassNotVip);
+    Ok(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u64 {
+    let (start, end) = parse::bounds(ctx);
+    (end - start) as u64
+}
+
+#[inline(always)]
+fn backend(id: u32) -> Option<&'static Backend> {
+    BACKENDS.get(id).filter(|b| b.flags & BACKEND_PRESENT != 0)
+}
+
+#[inline(always)]
+fn expired(state: &FlowState, now: u64, proto: u8, s: &Settings) -> bool {
+    let timeout = if state.fin == FLOW_FIN_CLIENT | FLOW_FIN_BACKEND {
+        s.closing_timeout_ns
+    } else if proto == PROTO_TCP {
+        s.tcp_idle_timeout_ns
+    } else {
+        s.udp_idle_timeout_ns
+    };
+    now.saturating_sub(state.last_seen_ns) > timeout
+}
+
+/// Per-CPU working memory for the keys and values of one packet: the BPF stack is 512 bytes
+/// for the whole call chain, and these structs would not fit beside the parsed packet.
+#[repr(C)]
+pub struct Scratch {
+    pub flow: FlowKey,
+    pub owner: FlowKey,
+    pub nat: NatKey,
+    pub reverse: NatState,
+    pub state: FlowState,
+    pub t: Translation,
+}
+
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn snat_of(pkt: &Packet, s: &Settings) -> [u32; 4] {
+    if pkt.family == FAMILY_V4 {
+        [s.snat_v4, 0, 0, 0]
+    } else {
+        [s.snat_v6[0], s.snat_v6[1], s.snat_v6[2], s.snat_v6[3]]
+    }
+}
+
+#[inline(always)]
+fn copy4(a: &[u32; 4]) -> [u32; 4] {
+    [a[0], a[1], a[2], a[3]]
+}
+
+/// Client -> VIP: pin or look up the backend, translate, send.
+// Not inlined: each path gets its own stack frame (the BPF stack is 512 bytes).
+#[inline(never)]
+fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, s: &Settings) -> u32 {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: per-CPU scratch, used by this program run only.
+    let sc = unsafe { &mut *sc };
+    sc.flow = FlowKey {
+        src: copy4(&pkt.src),
+        dst: copy4(&pkt.dst),
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+        pad: [0; 2],
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut new_flow = false;
+    let mut miss = false;
+    let mut found = false;
+    if let Some(st) = FLOWS.get_ptr_mut(&sc.flow) {
+        // SAFETY: the pointer is valid for this program run; fields are plain integers.
+        let cur = unsafe { &mut *st };
+        if backend(cur.backend).is_some() && !expired(cur, now, pkt.proto, s) {
+            found = true;
+            let mut fin = cur.fin;
+            if pkt.tcp_flags & TCP_FIN != 0 {
+                fin |= FLOW_FIN_CLIENT;
+            }
+            if fin != cur.fin || now.saturating_sub(cur.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+                // A racing writer on another CPU only loses a timestamp.
+                cur.fin = fin;
+                cur.last_seen_ns = now;
+            }
+            sc.state.backend = cur.backend;
+            sc.state.nat_port = cur.nat_port;
+        } else {
+            // Its backend was removed or it timed out: free the old NAT port, pick again.
+            sc.state.backend = cur.backend;
+            sc.state.nat_port = cur.nat_port;
+            nat_key_for(&mut sc.nat, sc.state.backend, sc.state.nat_port, pkt, s);
+            let _ = NAT_REVERSE.remove(&sc.nat);
+        }
+    }
+    if !found {
+        if pkt.proto == PROTO_TCP && pkt.tcp_flags & TCP_SYN == 0 {
+            miss = true;
+        }
+        let hash = hash::flow_hash(&sc.flow, vip.flags & VIP_HASH_SOURCE_ONLY != 0);
+        let Some(id) = ring_slot(vip.vip_num, hash, s) else {
+            reason(Reason::DropNoBackend);
+            return xdp_action::XDP_DROP;
+        };
+        let Some(b) = backend(id) else {
+            reason(Reason::DropNoBackend);
+            return xdp_action::XDP_DROP;
+        };
+        if b.family != pkt.family {
+            reason(Reason::DropFamilyMismatch);
+            return xdp_action::XDP_DROP;
+        }
+        sc.reverse = NatState {
+            client_addr: copy4(&pkt.src),
+            vip_addr: copy4(&pkt.dst),
+            client_port: pkt.sport,
+            vip_port: pkt.dport,
+            backend: id,
+            vip_num: vip.vip_num,
+        };
+        let nat_port = allocate_nat_port(sc, pkt, b, s);
+        if nat_port == 0 {
+            reason(Reason::DropNatPortsExhausted);
+            return xdp_action::XDP_DROP;
+        }
+        sc.state = FlowState {
+            backend: id,
+            nat_port,
+            fin: if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN_CLIENT } else { 0 },
+            pad: 0,
+            last_seen_ns: now,
+        };
+        if FLOWS.insert(&sc.flow, &sc.state, BPF_ANY as u64).is_err() {
+            reason(Reason::DropNatPortsExhausted);
+            return xdp_action::XDP_DROP;
+        }
+        new_flow = true;
+    }
+    let backend_id = sc.state.backend;
+    let nat_port = sc.state.nat_port;
+    let Some(b) = backend(backend_id) else {
+        reason(Reason::DropNoBackend);
+        return xdp_action::XDP_DROP;
+    };
+    sc.t = Translation {
+        src: snat_of(pkt, s),
+        dst: copy4(&b.addr),
+        sport: nat_port,
+        dport: b.port,
+    };
+    flow_packet(vip.vip_num, backend_id, frame_len(ctx), new_flow, miss);
+    if pkt.tcp_flags & TCP_RST != 0 {
+        // The connection is over: forget it now (this RST still goes through).
+        nat_key_for(&mut sc.nat, backend_id, nat_port, pkt, s);
+        let _ = NAT_REVERSE.remove(&sc.nat);
+        let _ = FLOWS.remove(&sc.flow);
+    }
+    if !rewrite::apply(ctx, pkt, &sc.t) {
+        reason(Reason::DropMalformed);
+        return xdp_action::XDP_DROP;
+    }
+    forward::send(ctx, pkt, &sc.t, Reason::Forwarded)
+}
+
+/// The backend id in the VIP's ring slot for this hash.
+#[inline(always)]
+fn ring_slot(vip_num: u32, hash: u32, s: &Settings) -> Option<u32> {
+    // NonZero: a `%` the compiler cannot prove safe becomes a panic call the verifier rejects.
+    let size = NonZeroU32::new(s.ring_size)?;
+    let index = vip_num * s.ring_size + hash % size;
+    let id = *RING.get(index)?;
+    (id != EMPTY_SLOT).then_some(id)
+}
+
+/// Fills `nat` with the reverse-table key of a pinned flow (the reply the backend will send).
+#[inline(always)]
+fn nat_key_for(nat: &mut NatKey, backend_id: u32, nat_port: u16, pkt: &Packet, s: &Settings) {
+    let (addr, port) = match backend(backend_id) {
+        Some(b) => (copy4(&b.addr), b.port),
+        None => ([0; 4], 0),
+    };
+    *nat = NatKey {
+        backend_addr: addr,
+        snat_addr: snat_of(pkt, s),
+        backend_port: port,
+        nat_port,
+        proto: pkt.proto,
+        family: pkt.family,
+        pad: [0; 2],
+    };
+}
+
+/// Claims a balancer source port for a new flow towards backend `b`, recording the reverse
+/// mapping `sc.reverse`. Ports are unique per (backend address, port), so the range is
+/// reused per backend. Returns the port (network order) or 0 when none is free (a plain
+/// integer: BPF functions take at most five arguments and cannot return aggregates).
+#[inline(never)]
+fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) -> u16 {
+    let min = s.nat_port_min as u32;
+    let max = s.nat_port_max as u32;
+    if max < min || min == 0 {
+        return 0;
+    }
+    let Some(range) = NonZeroU32::new(max - min + 1) else {
+        return 0;
+    };
+    let start = hash::five_tuple_hash(&sc.flow);
+    sc.nat = NatKey {
+        backend_addr: copy4(&b.addr),
+        snat_addr: snat_of(pkt, s),
+        backend_port: b.port,
+        nat_port: 0,
+        proto: pkt.proto,
+        family: pkt.family,
+        pad: [0; 2],
+    };
+    for i in 0..NAT_PORT_PROBES {
+        let port = (min + start.wrapping_add(i.wrapping_mul(7919)) % range) as u16;
+        sc.nat.nat_port = port.to_be();
+        // NOEXIST makes the claim atomic against other CPUs picking the same port.
+        if NAT_REVERSE.insert(&sc.nat, &sc.reverse, BPF_NOEXIST as u64).is_ok() {
+            return sc.nat.nat_port;
+        }
+        // Taken: by a live flow, or left behind by one the LRU already evicted.
+        // SAFETY: plain data read.
+        let Some(other) = (unsafe { NAT_REVERSE.get(&sc.nat) }) else {
+            continue;
+        };
+        if same_addr(&other.client_addr, &pkt.src)
+            && other.client_port == pkt.sport
+            && same_addr(&other.vip_addr, &pkt.dst)
+            && other.vip_port == pkt.dport
+        {
+            return sc.nat.nat_port;
+        }
+        sc.owner = FlowKey {
+            src: copy4(&other.client_addr),
+            dst: copy4(&other.vip_addr),
+            sport: other.client_port,
+            dport: other.vip_port,
+            proto: pkt.proto,
+            family: pkt.family,
+            pad: [0; 2],
+        };
+        let other_backend = other.backend;
+        // SAFETY: plain data read.
+        let stale = match unsafe { FLOWS.get(&sc.owner) } {
+            Some(f) => f.nat_port != sc.nat.nat_port || f.backend != other_backend,
+            None => true,
+        };
+        if stale && NAT_REVERSE.insert(&sc.nat, &sc.reverse, BPF_ANY as u64).is_ok() {
+            return sc.nat.nat_port;
+        }
+    }
+    0
+}
+
+/// Backend -> balancer NAT address: translate back to VIP -> client.
+#[inline(never)]
+fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings) -> u32 {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: per-CPU scratch, used by this program run only.
+    let sc = unsafe { &mut *sc };
+    sc.nat = NatKey {
+        backend_addr: copy4(&pkt.src),
+        snat_addr: copy4(&pkt.dst),
+        backend_port: pkt.sport,
+        nat_port: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+        pad: [0; 2],
+    };
+    // SAFETY: plain data read.
+    let Some(r) = (unsafe { NAT_REVERSE.get(&sc.nat) }) else {
+        // Not a NAT flow of ours: the balancer's own traffic.
+        reason(Reason::PassNotVip);
+        return xdp_action::XDP_PASS;
+    };
+    // Field by field: a whole-struct copy becomes a byte-wise memcpy call.
+    sc.reverse = NatState {
+        client_addr: copy4(&r.client_addr),
+        vip_addr: copy4(&r.vip_addr),
+        client_port: r.client_port,
+        vip_port: r.vip_port,
+        backend: r.backend,
+        vip_num: r.vip_num,
+    };
+    sc.flow = FlowKey {
+        src: copy4(&sc.reverse.client_addr),
+        dst: copy4(&sc.reverse.vip_addr),
+        sport: sc.reverse.client_port,
+        dport: sc.reverse.vip_port,
+        proto: pkt.proto,
+        family: pkt.family,
+        pad: [0; 2],
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(st) = FLOWS.get_ptr_mut(&sc.flow) else {
+        // The client side is gone (evicted): the stack answers the backend (with a RST).
+        let _ = NAT_REVERSE.remove(&sc.nat);
+        reason(Reason::PassNotVip);
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: valid for this run; plain integers.
+    let cur = unsafe { &mut *st };
+    if cur.nat_port != pkt.dport || expired(cur, now, pkt.proto, s) {
+        // The client's flow moved on to another mapping: this reply belongs to nobody.
+        let _ = NAT_REVERSE.remove(&sc.nat);
+        reason(Reason::PassNotVip);
+        return xdp_action::XDP_PASS;
+    }
+    let mut fin = cur.fin;
+    if pkt.tcp_flags & TCP_FIN != 0 {
+        fin |= FLOW_FIN_BACKEND;
+    }
+    if fin != cur.fin || now.saturating_sub(cur.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+        cur.fin = fin;
+        cur.last_seen_ns = now;
+    }
+    if pkt.tcp_flags & TCP_RST != 0 {
+        let _ = NAT_REVERSE.remove(&sc.nat);
+        let _ = FLOWS.remove(&sc.flow);
+    }
+    flow_packet(sc.reverse.vip_num, sc.reverse.backend, frame_len(ctx), false, false);
+    sc.t = Translation {
+        src: copy4(&sc.reverse.vip_addr),
+        dst: copy4(&sc.reverse.client_addr),
+        sport: sc.reverse.vip_port,
+        dport: sc.reverse.client_port,
+    };
+    if !rewrite::apply(ctx, pkt, &sc.t) {
+        reason(Reason::DropMalformed);
+        return xdp_action::XDP_DROP;
+    }
+    forward::send(ctx, pkt, &sc.t, Reason::ReplyTranslated)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,50 @@
+//! Every map the data plane uses, with what it holds. Names match `proxy_common::map_names`;
+//! the loader pins them by name under bpffs so a userspace restart keeps the flow tables.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use proxy_common::{
+    Backend, Counters, FlowKey, FlowState, NatKey, NatState, Settings, VipKey, VipMeta,
+    COUNTER_SLOTS, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_VIPS,
+};
+
+/// (VIP address, port, protocol) -> ring number and flags. Written by the control plane.
+#[map(name = "VIPS")]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::pinned(MAX_VIPS, 0);
+
+/// Backend id -> address and port. A zeroed entry is a removed backend.
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+
+/// Maglev rings, one per VIP, back to back: slot s of VIP n is at n * ring_size + s.
+/// The loader sizes it to MAX_VIPS * ring_size; only changed slots are ever written.
+#[map(name = "RING")]
+pub static RING: Array<u32> = Array::pinned(1, 0);
+
+/// Client 5-tuple -> pinned backend and NAT port. One hash table shared by all CPUs (replies
+/// and retransmits may arrive on any CPU), with per-CPU LRU lists so eviction takes no
+/// global lock.
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::pinned(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+/// Reply 5-tuple (backend -> balancer NAT address and port) -> the client it belongs to.
+#[map(name = "NAT_REVERSE")]
+pub static NAT_REVERSE: LruHashMap<NatKey, NatState> =
+    LruHashMap::pinned(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+/// Entry 0: ring size, NAT addresses and port range, timeouts.
+#[map(name = "SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
+/// Per-CPU counters: VIPs at 0..MAX_VIPS, backends after them. Raw numbers; rates are the
+/// reader's job.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// Per-CPU packet counts by `proxy_common::Reason`.
+#[map(name = "REASONS")]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(proxy_common::Reason::COUNT, 0);

@@ -1,0 +1,358 @@
+//! Loading the XDP program, attaching it, and writing the control plane's state into its maps.
+//!
+//! Maps are pinned under bpffs (one directory per instance) so that restarting the userspace
+//! process reuses the flow tables: established flows keep their backend and NAT port.
+
+pub mod test_run;
+
+use std::{
+    collections::HashMap as StdHashMap,
+    io,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use proxy_common::{
+    map_names, Backend, Counters, Reason, Settings, VipKey, VipMeta, COUNTER_SLOTS,
+    DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_VIPS, PROGRAM_NAME,
+};
+use tracing::{info, warn};
+
+use crate::maglev::RingDelta;
+
+/// The compiled XDP object, built by `proxy/build.rs`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf.o"));
+
+/// Root of all pin directories.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Errors of the kernel data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    /// bpffs is not mounted and could not be mounted.
+    #[error("bpffs is not mounted at {BPFFS} and mounting it failed (are you root?)")]
+    Bpffs {
+        #[source]
+        io_error: io::Error,
+    },
+    /// The pin directory could not be created.
+    #[error("failed to create pin directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        io_error: io::Error,
+    },
+    /// The object failed to load (verifier rejection, missing privileges...).
+    #[error("failed to load the XDP object (the verifier log is in the source error)")]
+    Load(#[source] Box<EbpfError>),
+    /// The program failed to load or attach.
+    #[error("XDP program failed: {what}")]
+    Program {
+        what: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A map is missing or has the wrong type.
+    #[error("map `{name}` is missing or has an unexpected type")]
+    MapMissing { name: &'static str },
+    /// A map operation failed.
+    #[error("map `{name}`: {what}")]
+    Map {
+        name: &'static str,
+        what: String,
+        #[source]
+        source: Box<MapError>,
+    },
+    /// Pinned maps were made for a different ring size.
+    #[error(
+        "pinned maps in {path} were created with ring size {pinned}, config asks for {wanted}; \
+         stop the proxy and remove that directory (established flows are lost) or keep the old size"
+    )]
+    RingSizeChanged { path: PathBuf, pinned: u32, wanted: u32 },
+    /// A VIP or backend index is out of the map's range.
+    #[error("{what} {index} is out of range (max {max})")]
+    OutOfRange { what: &'static str, index: u32, max: u32 },
+    /// The interface does not exist.
+    #[error("interface `{name}` not found")]
+    NoInterface { name: String },
+}
+
+fn map_err(name: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> DataPlaneError {
+    let what = what.into();
+    move |source| DataPlaneError::Map { name, what, source: Box::new(source) }
+}
+
+/// How to load the data plane.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Directory under bpffs for this instance's pinned maps.
+    pub pin_dir: PathBuf,
+    pub ring_size: u32,
+    pub max_flows: u32,
+}
+
+impl LoadOptions {
+    pub fn new(pin_dir: impl Into<PathBuf>, ring_size: u32) -> Self {
+        Self { pin_dir: pin_dir.into(), ring_size, max_flows: DEFAULT_MAX_FLOWS }
+    }
+}
+
+/// Counters summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterTotals {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub lru_misses: u64,
+}
+
+/// How an interface ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Generic,
+}
+
+/// The loaded XDP program and its maps.
+pub struct DataPlane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    ring_size: u32,
+    attached: Vec<(String, XdpLinkId)>,
+}
+
+/// Mounts bpffs at /sys/fs/bpf when it is not there yet (fresh boots of minimal systems).
+pub fn ensure_bpffs() -> Result<(), DataPlaneError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let path = std::ffi::CString::new(BPFFS).expect("no NUL");
+    // SAFETY: statfs into a zeroed struct with a valid C string path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(DataPlaneError::Bpffs { io_error: io::Error::last_os_error() });
+    }
+    info!(path = BPFFS, "mounted bpffs");
+    Ok(())
+}
+
+impl DataPlane {
+    /// Loads the program and creates (or reuses pinned) maps. Needs root.
+    /// Minimum kernel: 5.9 (bpf_link XDP attach, LRU maps, bounded loops: 5.3).
+    pub fn load(opts: &LoadOptions) -> Result<Self, DataPlaneError> {
+        ensure_bpffs()?;
+        std::fs::create_dir_all(&opts.pin_dir)
+            .map_err(|io_error| DataPlaneError::PinDir { path: opts.pin_dir.clone(), io_error })?;
+        let ring_entries = MAX_VIPS
+            .checked_mul(opts.ring_size)
+            .ok_or(DataPlaneError::OutOfRange { what: "ring size", index: opts.ring_size, max: u32::MAX / MAX_VIPS })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&opts.pin_dir)
+            .map_max_entries(map_names::RING, ring_entries)
+            .map_max_entries(map_names::FLOWS, opts.max_flows)
+            .map_max_entries(map_names::NAT_REVERSE, opts.max_flows)
+            .load(OBJECT)
+            .map_err(|e| DataPlaneError::Load(Box::new(e)))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(DataPlaneError::MapMissing { name: "program proxy_xdp" })?
+            .try_into()
+            .map_err(|e| DataPlaneError::Program { what: "not an XDP program".into(), source: Box::new(e) })?;
+        prog.load()
+            .map_err(|e| DataPlaneError::Program { what: "verifier rejected proxy_xdp".into(), source: Box::new(e) })?;
+        let mut dp = Self { ebpf, pin_dir: opts.pin_dir.clone(), ring_size: opts.ring_size, attached: Vec::new() };
+        let current = dp.settings()?;
+        if current.ring_size != 0 && current.ring_size != opts.ring_size {
+            return Err(DataPlaneError::RingSizeChanged {
+                path: opts.pin_dir.clone(),
+                pinned: current.ring_size,
+                wanted: opts.ring_size,
+            });
+        }
+        Ok(dp)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
+    }
+
+    /// The program's file descriptor (for BPF_PROG_TEST_RUN).
+    pub fn program_fd(&self) -> Result<RawFd, DataPlaneError> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(DataPlaneError::MapMissing { name: "program proxy_xdp" })?
+            .try_into()
+            .map_err(|e| DataPlaneError::Program { what: "not an XDP program".into(), source: Box::new(e) })?;
+        let fd = prog
+            .fd()
+            .map_err(|e| DataPlaneError::Program { what: "program not loaded".into(), source: Box::new(e) })?;
+        Ok(fd.as_fd().as_raw_fd())
+    }
+
+    /// Attaches to `iface` in native mode, falling back to generic mode with a warning.
+    pub fn attach(&mut self, iface: &str) -> Result<AttachMode, DataPlaneError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(DataPlaneError::MapMissing { name: "program proxy_xdp" })?
+            .try_into()
+            .map_err(|e| DataPlaneError::Program { what: "not an XDP program".into(), source: Box::new(e) })?;
+        let (link, mode) = match prog.attach(iface, XdpMode::Driver) {
+            Ok(link) => (link, AttachMode::Native),
+            Err(native_err) => {
+                warn!(iface, error = %native_err, "native XDP attach failed; falling back to generic (skb) mode, which is much slower");
+                let link = prog.attach(iface, XdpMode::Skb).map_err(|e| DataPlaneError::Program {
+                    what: format!("attach to {iface}"),
+                    source: Box::new(e),
+                })?;
+                (link, AttachMode::Generic)
+            }
+        };
+        info!(iface, ?mode, "XDP attached");
+        self.attached.push((iface.to_string(), link));
+        Ok(mode)
+    }
+
+    /// Detaches from every interface (also happens when the process exits: links are fds).
+    pub fn detach_all(&mut self) {
+        let Some(prog) = self.ebpf.program_mut(PROGRAM_NAME) else { return };
+        let Ok(prog): Result<&mut Xdp, _> = prog.try_into() else { return };
+        for (iface, link) in self.attached.drain(..) {
+            match prog.detach(link) {
+                Ok(()) => info!(iface, "XDP detached"),
+                Err(e) => warn!(iface, error = %e, "XDP detach failed"),
+            }
+        }
+    }
+
+    fn array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>, DataPlaneError> {
+        let map = self.ebpf.map_mut(name).ok_or(DataPlaneError::MapMissing { name })?;
+        Array::try_from(map).map_err(map_err(name, "open"))
+    }
+
+    pub fn settings(&mut self) -> Result<Settings, DataPlaneError> {
+        self.array::<Settings>(map_names::SETTINGS)?.get(&0, 0).map_err(map_err(map_names::SETTINGS, "read"))
+    }
+
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<(), DataPlaneError> {
+        let mut s = *settings;
+        s.ring_size = self.ring_size;
+        self.array::<Settings>(map_names::SETTINGS)?.set(0, s, 0).map_err(map_err(map_names::SETTINGS, "write"))
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataPlaneError> {
+        if id >= MAX_BACKENDS {
+            return Err(DataPlaneError::OutOfRange { what: "backend id", index: id, max: MAX_BACKENDS - 1 });
+        }
+        self.array::<Backend>(map_names::BACKENDS)?.set(id, *backend, 0).map_err(map_err(map_names::BACKENDS, "write"))
+    }
+
+    /// Marks a backend removed: flows pinned to it are re-balanced on their next packet.
+    pub fn clear_backend(&mut self, id: u32) -> Result<(), DataPlaneError> {
+        self.set_backend(id, &Backend::default())
+    }
+
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataPlaneError> {
+        if meta.vip_num >= MAX_VIPS {
+            return Err(DataPlaneError::OutOfRange { what: "vip number", index: meta.vip_num, max: MAX_VIPS - 1 });
+        }
+        let map = self.ebpf.map_mut(map_names::VIPS).ok_or(DataPlaneError::MapMissing { name: map_names::VIPS })?;
+        let mut vips: HashMap<_, VipKey, VipMeta> = HashMap::try_from(map).map_err(map_err(map_names::VIPS, "open"))?;
+        vips.insert(key, meta, 0).map_err(map_err(map_names::VIPS, "insert"))
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataPlaneError> {
+        let map = self.ebpf.map_mut(map_names::VIPS).ok_or(DataPlaneError::MapMissing { name: map_names::VIPS })?;
+        let mut vips: HashMap<_, VipKey, VipMeta> = HashMap::try_from(map).map_err(map_err(map_names::VIPS, "open"))?;
+        match vips.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(map_names::VIPS, "remove")(e)),
+        }
+    }
+
+    /// Writes only the changed slots of VIP `vip_num`'s ring.
+    pub fn write_ring_delta(&mut self, vip_num: u32, delta: &[RingDelta]) -> Result<(), DataPlaneError> {
+        let base = vip_num * self.ring_size;
+        let mut ring = self.array::<u32>(map_names::RING)?;
+        for d in delta {
+            ring.set(base + d.slot, d.id, 0).map_err(map_err(map_names::RING, "write slot"))?;
+        }
+        Ok(())
+    }
+
+    /// Reads back one VIP's whole ring (tests and diagnostics).
+    pub fn read_ring(&mut self, vip_num: u32) -> Result<Vec<u32>, DataPlaneError> {
+        let base = vip_num * self.ring_size;
+        let size = self.ring_size;
+        let ring = self.array::<u32>(map_names::RING)?;
+        (0..size).map(|s| ring.get(&(base + s), 0).map_err(map_err(map_names::RING, "read slot"))).collect()
+    }
+
+    fn per_cpu<V: aya::Pod>(&self, name: &'static str) -> Result<PerCpuArray<&MapData, V>, DataPlaneError> {
+        let map = self.ebpf.map(name).ok_or(DataPlaneError::MapMissing { name })?;
+        PerCpuArray::try_from(map).map_err(map_err(name, "open"))
+    }
+
+    /// Counters of a VIP (index < MAX_VIPS) or backend (`backend_counter_index`), summed over CPUs.
+    pub fn counters(&self, index: u32) -> Result<CounterTotals, DataPlaneError> {
+        if index >= COUNTER_SLOTS {
+            return Err(DataPlaneError::OutOfRange { what: "counter index", index, max: COUNTER_SLOTS - 1 });
+        }
+        let values = self.per_cpu::<Counters>(map_names::COUNTERS)?.get(&index, 0).map_err(map_err(map_names::COUNTERS, "read"))?;
+        Ok(values.iter().fold(CounterTotals::default(), |t, c| CounterTotals {
+            packets: t.packets + c.packets,
+            bytes: t.bytes + c.bytes,
+            new_flows: t.new_flows + c.new_flows,
+            lru_misses: t.lru_misses + c.lru_misses,
+        }))
+    }
+
+    /// Packets by pass/drop/forward reason, summed over CPUs.
+    pub fn reasons(&self) -> Result<StdHashMap<Reason, u64>, DataPlaneError> {
+        let map = self.per_cpu::<u64>(map_names::REASONS)?;
+        let mut out = StdHashMap::new();
+        for r in Reason::ALL {
+            let v = map.get(&(r as u32), 0).map_err(map_err(map_names::REASONS, "read"))?;
+            out.insert(r, v.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Number of live entries in the forward flow table (walks the map: diagnostics only).
+    pub fn flow_count(&self) -> Result<usize, DataPlaneError> {
+        let map = self.ebpf.map(map_names::FLOWS).ok_or(DataPlaneError::MapMissing { name: map_names::FLOWS })?;
+        let flows: HashMap<_, proxy_common::FlowKey, proxy_common::FlowState> =
+            HashMap::try_from(map).map_err(map_err(map_names::FLOWS, "open"))?;
+        Ok(flows.keys().filter(|k| k.is_ok()).count())
+    }
+
+    /// Removes this instance's pinned maps (flow state is lost). For tests and `proxy unpin`.
+    pub fn remove_pins(pin_dir: &Path) -> io::Result<()> {
+        match std::fs::remove_dir_all(pin_dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
