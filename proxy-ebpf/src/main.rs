@@ -43,6 +43,12 @@ pub fn proxy_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Baseline for `cargo xtask bench xdp`: the cheapest possible XDP program. Never attached.
+#[xdp]
+pub fn xdp_pass_baseline(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 fn try_proxy(ctx: &XdpContext) -> Result<u32, ()> {
     let mut pkt = Packet::default();
     match parse::parse(ctx, &mut pkt) {

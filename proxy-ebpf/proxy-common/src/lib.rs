@@ -22,6 +22,8 @@ pub mod map_names {
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "proxy_xdp";
+/// A program that only returns XDP_PASS: the benchmark's baseline.
+pub const BASELINE_PROGRAM_NAME: &str = "xdp_pass_baseline";
 
 /// Most VIPs (address, port, protocol) one balancer serves; the ring map holds one ring each.
 pub const MAX_VIPS: u32 = 64;

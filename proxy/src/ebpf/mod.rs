@@ -19,7 +19,7 @@ use aya::{
 };
 use proxy_common::{
     map_names, Backend, Counters, Reason, Settings, VipKey, VipMeta, COUNTER_SLOTS,
-    DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_VIPS, PROGRAM_NAME,
+    DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_VIPS, PROGRAM_NAME, BASELINE_PROGRAM_NAME,
 };
 use tracing::{info, warn};
 
@@ -191,11 +191,28 @@ impl DataPlane {
         self.ring_size
     }
 
-    /// The program's file descriptor (for BPF_PROG_TEST_RUN).
+    /// Loads the XDP_PASS baseline program (benchmarks only) and returns its fd.
+    pub fn load_baseline(&mut self) -> Result<RawFd, DataPlaneError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(BASELINE_PROGRAM_NAME)
+            .ok_or(DataPlaneError::MapMissing { name: "program xdp_pass_baseline" })?
+            .try_into()
+            .map_err(|e| DataPlaneError::Program { what: "not an XDP program".into(), source: Box::new(e) })?;
+        prog.load()
+            .map_err(|e| DataPlaneError::Program { what: "verifier rejected xdp_pass_baseline".into(), source: Box::new(e) })?;
+        self.fd_of(BASELINE_PROGRAM_NAME)
+    }
+
+    /// The main program's file descriptor (for BPF_PROG_TEST_RUN).
     pub fn program_fd(&self) -> Result<RawFd, DataPlaneError> {
+        self.fd_of(PROGRAM_NAME)
+    }
+
+    fn fd_of(&self, name: &str) -> Result<RawFd, DataPlaneError> {
         let prog: &Xdp = self
             .ebpf
-            .program(PROGRAM_NAME)
+            .program(name)
             .ok_or(DataPlaneError::MapMissing { name: "program proxy_xdp" })?
             .try_into()
             .map_err(|e| DataPlaneError::Program { what: "not an XDP program".into(), source: Box::new(e) })?;
