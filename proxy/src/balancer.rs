@@ -1,0 +1,533 @@
+//! The control plane's view of the L4 balancer: VIPs, pools, backend ids and one Maglev ring
+//! per VIP. Changes are computed here (pure) and pushed to a `MapWriter`: the kernel maps in
+//! production, an in-memory copy in tests (Katran's "testing" switch).
+//!
+//! Order matters for flows in flight: a new backend is written before any ring slot names it;
+//! a removed backend leaves every ring before its entry is cleared.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use proxy_common::{
+    Backend, Settings, VipKey, VipMeta, BACKEND_PRESENT, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
+    PROTO_TCP, PROTO_UDP, VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
+};
+
+use crate::{
+    config::{BalancerConfig, Config, HashKey, ListenerConfig, ListenerMode, Protocol},
+    maglev::{MaglevRing, RingDelta, RingError, RingMember},
+};
+
+/// Where the control plane's decisions go.
+pub trait MapWriter {
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn set_settings(&mut self, s: &Settings) -> Result<(), Self::Error>;
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), Self::Error>;
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), Self::Error>;
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), Self::Error>;
+    fn write_ring_delta(&mut self, vip_num: u32, delta: &[RingDelta]) -> Result<(), Self::Error>;
+}
+
+/// Errors of control-plane operations.
+#[derive(Debug, thiserror::Error)]
+pub enum BalancerError {
+    /// No pool of that name.
+    #[error("no pool named `{0}`")]
+    NoPool(String),
+    /// No backend of that name in the pool.
+    #[error("no backend `{name}` in pool `{pool}`")]
+    NoBackend { pool: String, name: String },
+    /// A backend of that name already exists in the pool.
+    #[error("backend `{name}` already exists in pool `{pool}`")]
+    DuplicateBackend { pool: String, name: String },
+    /// All backend ids are taken.
+    #[error("backend table full ({MAX_BACKENDS} backends)")]
+    BackendTableFull,
+    /// All VIP slots are taken.
+    #[error("too many listeners (max {})", proxy_common::MAX_VIPS)]
+    TooManyVips,
+    /// The ring could not be built.
+    #[error("ring for listener `{listener}`")]
+    Ring {
+        listener: String,
+        #[source]
+        source: RingError,
+    },
+    /// The kernel (or test) map writer failed.
+    #[error("writing the data plane maps failed")]
+    Maps(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn maps<E: std::error::Error + Send + Sync + 'static>(e: E) -> BalancerError {
+    BalancerError::Maps(Box::new(e))
+}
+
+/// A backend as the control plane tracks it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendState {
+    pub id: u32,
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug)]
+struct Vip {
+    name: String,
+    key: VipKey,
+    meta: VipMeta,
+    pool: String,
+    ring: MaglevRing,
+}
+
+/// Hands out backend ids. Freed ids go to the back of the queue, so an id is reused only
+/// after every other one: flows still pinned to a removed id are not silently handed to a
+/// different node.
+#[derive(Debug)]
+struct IdAllocator {
+    free: VecDeque<u32>,
+}
+
+impl IdAllocator {
+    fn new() -> Self {
+        Self { free: (0..MAX_BACKENDS).collect() }
+    }
+    fn take(&mut self) -> Option<u32> {
+        self.free.pop_front()
+    }
+    fn give_back(&mut self, id: u32) {
+        self.free.push_back(id);
+    }
+}
+
+/// VIPs, pools and rings, kept in step with the data plane maps.
+#[derive(Debug)]
+pub struct Balancer {
+    ring_size: u32,
+    vips: Vec<Vip>,
+    pools: BTreeMap<String, Vec<BackendState>>,
+    ids: IdAllocator,
+}
+
+/// Raw address words and family of an IP address, as the maps hold them.
+pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
+    match ip {
+        IpAddr::V4(a) => (proxy_common::v4_words(a.octets()), FAMILY_V4),
+        IpAddr::V6(a) => (proxy_common::v6_words(a.octets()), FAMILY_V6),
+    }
+}
+
+/// The VIPS map key of a listener.
+pub fn vip_key(address: SocketAddr, protocol: Protocol) -> VipKey {
+    let (addr, family) = addr_words(address.ip());
+    VipKey {
+        addr,
+        port: address.port().to_be(),
+        proto: match protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        },
+        family,
+    }
+}
+
+/// Kernel settings from the `[balancer]` section.
+pub fn settings_from(b: &BalancerConfig) -> Settings {
+    let ns = |secs: u64| Duration::from_secs(secs).as_nanos() as u64;
+    Settings {
+        ring_size: b.ring_size,
+        snat_v4: b.snat_v4.map(|a| u32::from_ne_bytes(a.octets())).unwrap_or(0),
+        snat_v6: b.snat_v6.map(|a| proxy_common::v6_words(a.octets())).unwrap_or_default(),
+        nat_port_min: b.nat_ports[0],
+        nat_port_max: b.nat_ports[1],
+        tcp_idle_timeout_ns: ns(b.tcp_idle_timeout_secs),
+        udp_idle_timeout_ns: ns(b.udp_idle_timeout_secs),
+        closing_timeout_ns: ns(b.closing_timeout_secs),
+        ..Default::default()
+    }
+}
+
+fn backend_entry(address: SocketAddr) -> Backend {
+    let (addr, family) = addr_words(address.ip());
+    Backend { addr, port: address.port().to_be(), family, flags: BACKEND_PRESENT }
+}
+
+impl Balancer {
+    pub fn new(ring_size: u32) -> Self {
+        Self { ring_size, vips: Vec::new(), pools: BTreeMap::new(), ids: IdAllocator::new() }
+    }
+
+    /// Builds the whole state from a validated config and writes it.
+    pub fn from_config<W: MapWriter>(config: &Config, w: &mut W) -> Result<Self, BalancerError> {
+        let mut bal = Self::new(config.balancer.ring_size);
+        w.set_settings(&settings_from(&config.balancer)).map_err(maps)?;
+        for (name, pool) in &config.pools {
+            let mut members = Vec::new();
+            for be in &pool.backends {
+                let id = bal.ids.take().ok_or(BalancerError::BackendTableFull)?;
+                w.set_backend(id, &backend_entry(be.address)).map_err(maps)?;
+                members.push(BackendState { id, name: be.name.clone(), address: be.address, weight: be.weight });
+            }
+            bal.pools.insert(name.clone(), members);
+        }
+        for l in &config.listeners {
+            bal.add_listener(l, w)?;
+        }
+        Ok(bal)
+    }
+
+    fn add_listener<W: MapWriter>(&mut self, l: &ListenerConfig, w: &mut W) -> Result<(), BalancerError> {
+        let used: Vec<u32> = self.vips.iter().map(|v| v.meta.vip_num).collect();
+        let vip_num = (0..proxy_common::MAX_VIPS).find(|n| !used.contains(n)).ok_or(BalancerError::TooManyVips)?;
+        let mut flags = 0;
+        if l.hash == HashKey::Source {
+            flags |= VIP_HASH_SOURCE_ONLY;
+        }
+        if l.mode != ListenerMode::L4 {
+            flags |= VIP_PASS_TO_STACK;
+        }
+        let ring = MaglevRing::new(self.ring_size)
+            .map_err(|source| BalancerError::Ring { listener: l.name.clone(), source })?;
+        let vip = Vip {
+            name: l.name.clone(),
+            key: vip_key(l.address, l.protocol),
+            meta: VipMeta { vip_num, flags },
+            pool: l.pool.clone(),
+            ring,
+        };
+        self.vips.push(vip);
+        let idx = self.vips.len() - 1;
+        // Ring first, then the VIP entry: the VIP never exists with an empty ring.
+        self.rebuild_vip(idx, w)?;
+        let v = &self.vips[idx];
+        w.set_vip(&v.key, &v.meta).map_err(maps)
+    }
+
+    fn rebuild_vip<W: MapWriter>(&mut self, idx: usize, w: &mut W) -> Result<usize, BalancerError> {
+        let vip = &mut self.vips[idx];
+        let members: Vec<RingMember> = self
+            .pools
+            .get(&vip.pool)
+            .map(|bs| {
+                bs.iter().map(|b| RingMember { id: b.id, name: b.name.clone(), weight: b.weight }).collect()
+            })
+            .unwrap_or_default();
+        let delta = vip
+            .ring
+            .rebuild(&members)
+            .map_err(|source| BalancerError::Ring { listener: vip.name.clone(), source })?;
+        w.write_ring_delta(vip.meta.vip_num, &delta).map_err(maps)?;
+        Ok(delta.len())
+    }
+
+    /// Rebuilds the rings of every VIP served by `pool`; returns the number of slots written.
+    fn rebuild_pool<W: MapWriter>(&mut self, pool: &str, w: &mut W) -> Result<usize, BalancerError> {
+        let mut written = 0;
+        for idx in 0..self.vips.len() {
+            if self.vips[idx].pool == pool {
+                written += self.rebuild_vip(idx, w)?;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Adds a backend to a pool at runtime; returns its id.
+    pub fn add_backend<W: MapWriter>(
+        &mut self,
+        pool: &str,
+        name: &str,
+        address: SocketAddr,
+        weight: u32,
+        w: &mut W,
+    ) -> Result<u32, BalancerError> {
+        let members = self.pools.get(pool).ok_or_else(|| BalancerError::NoPool(pool.into()))?;
+        if members.iter().any(|b| b.name == name) {
+            return Err(BalancerError::DuplicateBackend { pool: pool.into(), name: name.into() });
+        }
+        let id = self.ids.take().ok_or(BalancerError::BackendTableFull)?;
+        if let Err(e) = w.set_backend(id, &backend_entry(address)) {
+            self.ids.give_back(id);
+            return Err(maps(e));
+        }
+        self.pools
+            .get_mut(pool)
+            .expect("checked above")
+            .push(BackendState { id, name: name.into(), address, weight });
+        self.rebuild_pool(pool, w)?;
+        Ok(id)
+    }
+
+    /// Sets a backend's weight; 0 drains it (pinned flows continue, no new ones).
+    pub fn set_weight<W: MapWriter>(&mut self, pool: &str, name: &str, weight: u32, w: &mut W) -> Result<(), BalancerError> {
+        let b = self.backend_mut(pool, name)?;
+        b.weight = weight;
+        self.rebuild_pool(pool, w)?;
+        Ok(())
+    }
+
+    /// Removes a backend: it leaves the rings, then its entry is cleared, so flows pinned to
+    /// it are re-balanced on their next packet.
+    pub fn remove_backend<W: MapWriter>(&mut self, pool: &str, name: &str, w: &mut W) -> Result<(), BalancerError> {
+        let members = self.pools.get_mut(pool).ok_or_else(|| BalancerError::NoPool(pool.into()))?;
+        let pos = members
+            .iter()
+            .position(|b| b.name == name)
+            .ok_or_else(|| BalancerError::NoBackend { pool: pool.into(), name: name.into() })?;
+        let removed = members.remove(pos);
+        self.rebuild_pool(pool, w)?;
+        w.set_backend(removed.id, &Backend::default()).map_err(maps)?;
+        self.ids.give_back(removed.id);
+        Ok(())
+    }
+
+    fn backend_mut(&mut self, pool: &str, name: &str) -> Result<&mut BackendState, BalancerError> {
+        self.pools
+            .get_mut(pool)
+            .ok_or_else(|| BalancerError::NoPool(pool.into()))?
+            .iter_mut()
+            .find(|b| b.name == name)
+            .ok_or_else(|| BalancerError::NoBackend { pool: pool.into(), name: name.into() })
+    }
+
+    /// Brings pools in line with a reloaded config: adds, re-weights and removes backends.
+    /// Listener changes need a restart for now; they are reported, not applied.
+    pub fn reconcile_pools<W: MapWriter>(&mut self, config: &Config, w: &mut W) -> Result<Vec<String>, BalancerError> {
+        let mut changes = Vec::new();
+        for (pool, new) in &config.pools {
+            if !self.pools.contains_key(pool) {
+                self.pools.insert(pool.clone(), Vec::new());
+                changes.push(format!("pool {pool}: added"));
+            }
+            for be in &new.backends {
+                let current = self.pools[pool].iter().find(|b| b.name == be.name).cloned();
+                match current {
+                    None => {
+                        self.add_backend(pool, &be.name, be.address, be.weight, w)?;
+                        changes.push(format!("pool {pool}: backend {} added", be.name));
+                    }
+                    Some(cur) if cur.address != be.address => {
+                        // A new address is a new backend: pinned flows must not follow the name.
+                        self.remove_backend(pool, &be.name, w)?;
+                        self.add_backend(pool, &be.name, be.address, be.weight, w)?;
+                        changes.push(format!("pool {pool}: backend {} moved", be.name));
+                    }
+                    Some(cur) if cur.weight != be.weight => {
+                        self.set_weight(pool, &be.name, be.weight, w)?;
+                        changes.push(format!("pool {pool}: backend {} weight {} -> {}", be.name, cur.weight, be.weight));
+                    }
+                    Some(_) => {}
+                }
+            }
+            let gone: Vec<String> = self.pools[pool]
+                .iter()
+                .filter(|b| !new.backends.iter().any(|n| n.name == b.name))
+                .map(|b| b.name.clone())
+                .collect();
+            for name in gone {
+                self.remove_backend(pool, &name, w)?;
+                changes.push(format!("pool {pool}: backend {name} removed"));
+            }
+        }
+        let listeners_now: Vec<&str> = self.vips.iter().map(|v| v.name.as_str()).collect();
+        let listeners_new: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+        if listeners_now != listeners_new {
+            changes.push("listeners changed: restart to apply (not reloaded)".into());
+        }
+        Ok(changes)
+    }
+
+    pub fn backends(&self, pool: &str) -> Option<&[BackendState]> {
+        self.pools.get(pool).map(Vec::as_slice)
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = (&str, &[BackendState])> {
+        self.pools.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// (listener name, vip number, pool) of every VIP.
+    pub fn vips(&self) -> impl Iterator<Item = (&str, u32, &str)> {
+        self.vips.iter().map(|v| (v.name.as_str(), v.meta.vip_num, v.pool.as_str()))
+    }
+
+    /// The ring of a listener (the terminator uses the same table).
+    pub fn ring(&self, listener: &str) -> Option<&MaglevRing> {
+        self.vips.iter().find(|v| v.name == listener).map(|v| &v.ring)
+    }
+}
+
+impl MapWriter for crate::ebpf::DataPlane {
+    type Error = crate::ebpf::DataPlaneError;
+    fn set_settings(&mut self, s: &Settings) -> Result<(), Self::Error> {
+        crate::ebpf::DataPlane::set_settings(self, s)
+    }
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), Self::Error> {
+        crate::ebpf::DataPlane::set_vip(self, key, meta)
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), Self::Error> {
+        crate::ebpf::DataPlane::remove_vip(self, key)
+    }
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), Self::Error> {
+        crate::ebpf::DataPlane::set_backend(self, id, b)
+    }
+    fn write_ring_delta(&mut self, vip_num: u32, delta: &[RingDelta]) -> Result<(), Self::Error> {
+        crate::ebpf::DataPlane::write_ring_delta(self, vip_num, delta)
+    }
+}
+
+/// An in-memory copy of the maps: runs the control plane without a kernel.
+#[derive(Debug, Default)]
+pub struct MemoryMaps {
+    pub settings: Settings,
+    pub vips: std::collections::HashMap<VipKey, VipMeta>,
+    pub backends: std::collections::HashMap<u32, Backend>,
+    pub rings: std::collections::HashMap<u32, std::collections::HashMap<u32, u32>>,
+    /// Every write in order, to check ordering rules.
+    pub log: Vec<String>,
+}
+
+impl MapWriter for MemoryMaps {
+    type Error = std::convert::Infallible;
+    fn set_settings(&mut self, s: &Settings) -> Result<(), Self::Error> {
+        self.settings = *s;
+        self.log.push("settings".into());
+        Ok(())
+    }
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), Self::Error> {
+        self.vips.insert(*key, *meta);
+        self.log.push(format!("vip {}", meta.vip_num));
+        Ok(())
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), Self::Error> {
+        self.vips.remove(key);
+        self.log.push("remove vip".into());
+        Ok(())
+    }
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), Self::Error> {
+        self.backends.insert(id, *b);
+        self.log.push(format!("backend {id} {}", if b.flags & BACKEND_PRESENT != 0 { "set" } else { "cleared" }));
+        Ok(())
+    }
+    fn write_ring_delta(&mut self, vip_num: u32, delta: &[RingDelta]) -> Result<(), Self::Error> {
+        let ring = self.rings.entry(vip_num).or_default();
+        for d in delta {
+            ring.insert(d.slot, d.id);
+        }
+        self.log.push(format!("ring {vip_num} +{}", delta.len()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const CONF: &str = r#"
+[balancer]
+interfaces = ["eth0"]
+snat_v4 = "192.0.2.254"
+ring_size = 1009
+
+[[listener]]
+name = "rpc"
+address = "203.0.113.10:8090"
+mode = "l4"
+pool = "eu"
+
+[[listener]]
+name = "wss"
+address = "203.0.113.10:443"
+mode = "tls"
+pool = "eu"
+hash = "source"
+
+[pools.eu]
+backends = [
+  { name = "a", address = "192.0.2.11:8090", weight = 1 },
+  { name = "b", address = "192.0.2.12:8090", weight = 1 },
+]
+"#;
+
+    fn owners(m: &MemoryMaps, vip: u32) -> BTreeMap<u32, usize> {
+        let mut c = BTreeMap::new();
+        for id in m.rings[&vip].values() {
+            *c.entry(*id).or_default() += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn initial_state_is_written_ring_before_vip() {
+        let config = Config::parse(CONF, "t").unwrap();
+        let mut m = MemoryMaps::default();
+        let bal = Balancer::from_config(&config, &mut m).unwrap();
+        assert_eq!(m.vips.len(), 2);
+        assert_eq!(m.backends.len(), 2);
+        assert_eq!(m.rings[&0].len(), 1009);
+        let ring_pos = m.log.iter().position(|l| l == "ring 0 +1009").unwrap();
+        let vip_pos = m.log.iter().position(|l| l == "vip 0").unwrap();
+        assert!(ring_pos < vip_pos, "{:?}", m.log);
+        let wss = m.vips[&vip_key("203.0.113.10:443".parse().unwrap(), Protocol::Tcp)];
+        assert_eq!(wss.flags, VIP_HASH_SOURCE_ONLY | VIP_PASS_TO_STACK);
+        assert_eq!(bal.ring("rpc").unwrap().slots(), bal.ring("wss").unwrap().slots());
+        assert_eq!(m.settings.nat_port_min, 10_000);
+    }
+
+    #[test]
+    fn add_drain_remove_keep_write_order() {
+        let config = Config::parse(CONF, "t").unwrap();
+        let mut m = MemoryMaps::default();
+        let mut bal = Balancer::from_config(&config, &mut m).unwrap();
+        m.log.clear();
+        let c = bal.add_backend("eu", "c", "192.0.2.13:8090".parse().unwrap(), 1, &mut m).unwrap();
+        assert_eq!(m.log[0], format!("backend {c} set"), "backend before ring: {:?}", m.log);
+        let o = owners(&m, 0);
+        assert_eq!(o.len(), 3);
+        assert!(o.values().all(|n| (300..=373).contains(n)), "{o:?}");
+
+        bal.set_weight("eu", "a", 0, &mut m).unwrap();
+        let a_id = bal.backends("eu").unwrap().iter().find(|b| b.name == "a").unwrap().id;
+        assert!(!owners(&m, 0).contains_key(&a_id), "drained backend still owns slots");
+        assert_eq!(m.backends[&a_id].flags, BACKEND_PRESENT, "drained backend must stay present for pinned flows");
+
+        m.log.clear();
+        bal.remove_backend("eu", "a", &mut m).unwrap();
+        assert_eq!(m.log.last().unwrap(), &format!("backend {a_id} cleared"), "{:?}", m.log);
+        assert!(matches!(bal.remove_backend("eu", "a", &mut m), Err(BalancerError::NoBackend { .. })));
+        assert!(matches!(
+            bal.add_backend("eu", "b", "192.0.2.99:1".parse().unwrap(), 1, &mut m),
+            Err(BalancerError::DuplicateBackend { .. })
+        ));
+    }
+
+    #[test]
+    fn reload_reconciles_pools() {
+        let config = Config::parse(CONF, "t").unwrap();
+        let mut m = MemoryMaps::default();
+        let mut bal = Balancer::from_config(&config, &mut m).unwrap();
+        let text = CONF.replace(
+            r#"{ name = "b", address = "192.0.2.12:8090", weight = 1 },"#,
+            r#"{ name = "c", address = "192.0.2.13:8090", weight = 2 },"#,
+        );
+        let new = Config::parse(&text, "t").unwrap();
+        let changes = bal.reconcile_pools(&new, &mut m).unwrap();
+        assert_eq!(changes, vec!["pool eu: backend c added", "pool eu: backend b removed"]);
+        let names: Vec<_> = bal.backends("eu").unwrap().iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert!(bal.reconcile_pools(&new, &mut m).unwrap().is_empty());
+    }
+
+    #[test]
+    fn removed_ids_are_not_reused_at_once() {
+        let config = Config::parse(CONF, "t").unwrap();
+        let mut m = MemoryMaps::default();
+        let mut bal = Balancer::from_config(&config, &mut m).unwrap();
+        let a_id = bal.backends("eu").unwrap()[0].id;
+        bal.remove_backend("eu", "a", &mut m).unwrap();
+        let new_id = bal.add_backend("eu", "a2", "192.0.2.20:8090".parse().unwrap(), 1, &mut m).unwrap();
+        assert_ne!(new_id, a_id);
+    }
+}

@@ -1,0 +1,377 @@
+//! The TOML configuration: balancer settings, listeners (VIPs) and backend pools.
+//!
+//! Parsing is strict (unknown keys are errors, with line and column from the TOML parser);
+//! `validate` then checks what TOML cannot: names, families, ranges, references.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::maglev::{is_prime, MAX_RING_SIZE};
+
+/// Everything that can be wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type (the message has line and column).
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    /// The file parses but is not a usable configuration.
+    #[error("{path}: invalid configuration:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+fn default_ring_size() -> u32 {
+    proxy_common::DEFAULT_RING_SIZE
+}
+fn default_max_flows() -> u32 {
+    proxy_common::DEFAULT_MAX_FLOWS
+}
+fn default_nat_ports() -> [u16; 2] {
+    // Below Linux's default ephemeral range (32768-60999), so the balancer's own outgoing
+    // connections from the NAT address can never collide with NAT mappings.
+    [10_000, 32_767]
+}
+fn default_tcp_idle() -> u64 {
+    900
+}
+fn default_udp_idle() -> u64 {
+    60
+}
+fn default_closing() -> u64 {
+    10
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/xdp-proxy/default")
+}
+fn default_weight() -> u32 {
+    100
+}
+
+/// `[balancer]`: the kernel data plane.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerConfig {
+    /// Interfaces the XDP program attaches to: where clients arrive and where backends answer.
+    pub interfaces: Vec<String>,
+    /// Source address of NAT'ed packets towards IPv4 backends; must route back to this host.
+    pub snat_v4: Option<Ipv4Addr>,
+    /// Source address of NAT'ed packets towards IPv6 backends.
+    pub snat_v6: Option<Ipv6Addr>,
+    /// NAT source port range, inclusive.
+    #[serde(default = "default_nat_ports")]
+    pub nat_ports: [u16; 2],
+    /// Maglev ring size per VIP (a prime).
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+    /// Flow table capacity (entries; LRU beyond that).
+    #[serde(default = "default_max_flows")]
+    pub max_flows: u32,
+    #[serde(default = "default_tcp_idle")]
+    pub tcp_idle_timeout_secs: u64,
+    #[serde(default = "default_udp_idle")]
+    pub udp_idle_timeout_secs: u64,
+    /// How long a TCP flow is kept after FIN both ways.
+    #[serde(default = "default_closing")]
+    pub closing_timeout_secs: u64,
+    /// bpffs directory for this instance's pinned maps.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+}
+
+/// Transport protocol of a listener.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// How a listener is served.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// Forwarded by XDP (full NAT).
+    L4,
+    /// TLS terminated in userspace (XDP passes it up).
+    Tls,
+    /// Plain WebSocket terminated in userspace (XDP passes it up).
+    Ws,
+}
+
+/// What the flow hash covers.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HashKey {
+    /// Addresses, ports and protocol: connections spread independently.
+    #[default]
+    FiveTuple,
+    /// The client address only: a client keeps its node across connections.
+    Source,
+}
+
+/// `[[listener]]`: one VIP.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    pub mode: ListenerMode,
+    pub pool: String,
+    #[serde(default)]
+    pub hash: HashKey,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+/// One backend node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Stable name: it decides the node's place on the ring and is what `/stats` shows.
+    pub name: String,
+    pub address: SocketAddr,
+    /// Relative weight; 0 drains the node (no new flows, existing ones continue).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// `[pools.NAME]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub backends: Vec<BackendConfig>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub balancer: BalancerConfig,
+    #[serde(rename = "listener", default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates; `origin` names the source in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: origin.to_string(), problems })
+        }
+    }
+
+    /// Every semantic problem, each naming the key it is about.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let b = &self.balancer;
+        if b.interfaces.is_empty() {
+            p.push("balancer.interfaces: list at least one interface to attach XDP to".into());
+        }
+        if !is_prime(b.ring_size) || b.ring_size > MAX_RING_SIZE {
+            p.push(format!(
+                "balancer.ring_size = {}: must be a prime up to {MAX_RING_SIZE} (e.g. 65537, 131071)",
+                b.ring_size
+            ));
+        } else if (proxy_common::MAX_VIPS as u64) * (b.ring_size as u64) > u32::MAX as u64 {
+            p.push(format!("balancer.ring_size = {}: too large for {} VIPs", b.ring_size, proxy_common::MAX_VIPS));
+        }
+        let [lo, hi] = b.nat_ports;
+        if lo == 0 || lo > hi {
+            p.push(format!("balancer.nat_ports = [{lo}, {hi}]: need 1 <= first <= last"));
+        }
+        if b.max_flows < 1024 {
+            p.push(format!("balancer.max_flows = {}: at least 1024", b.max_flows));
+        }
+        if b.tcp_idle_timeout_secs == 0 || b.udp_idle_timeout_secs == 0 {
+            p.push("balancer.*_idle_timeout_secs: must be > 0".into());
+        }
+        if !b.pin_dir.starts_with(crate::ebpf::BPFFS) {
+            p.push(format!("balancer.pin_dir = {:?}: must be under {}", b.pin_dir, crate::ebpf::BPFFS));
+        }
+        if self.listeners.len() > proxy_common::MAX_VIPS as usize {
+            p.push(format!("listener: at most {} listeners", proxy_common::MAX_VIPS));
+        }
+        let mut names = HashSet::new();
+        let mut vips = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = format!("listener[{i}] ({})", l.name);
+            if !names.insert(&l.name) {
+                p.push(format!("{at}.name: duplicate listener name"));
+            }
+            if !vips.insert((l.address, l.protocol)) {
+                p.push(format!("{at}.address: {} / {:?} is used by another listener", l.address, l.protocol));
+            }
+            if l.address.port() == 0 {
+                p.push(format!("{at}.address: port 0 is not a listening port"));
+            }
+            let Some(pool) = self.pools.get(&l.pool) else {
+                p.push(format!("{at}.pool: no pool named `{}` (known: {})", l.pool, self.pool_names()));
+                continue;
+            };
+            if l.mode == ListenerMode::L4 {
+                let family_v4 = l.address.is_ipv4();
+                if family_v4 && b.snat_v4.is_none() {
+                    p.push(format!("{at}: an IPv4 l4 listener needs balancer.snat_v4"));
+                }
+                if !family_v4 && b.snat_v6.is_none() {
+                    p.push(format!("{at}: an IPv6 l4 listener needs balancer.snat_v6"));
+                }
+                for be in &pool.backends {
+                    if be.address.is_ipv4() != family_v4 {
+                        p.push(format!(
+                            "{at}: backend `{}` of pool `{}` is {} but the listener is {} (full NAT does not translate families)",
+                            be.name,
+                            l.pool,
+                            family(be.address.ip()),
+                            family(l.address.ip())
+                        ));
+                    }
+                }
+            }
+        }
+        let mut backend_total = 0usize;
+        for (name, pool) in &self.pools {
+            let mut seen = HashSet::new();
+            let mut addrs = HashSet::new();
+            for (i, be) in pool.backends.iter().enumerate() {
+                let at = format!("pools.{name}.backends[{i}]");
+                if be.name.is_empty() || be.name.len() > 64 {
+                    p.push(format!("{at}.name: 1 to 64 characters"));
+                }
+                if !seen.insert(&be.name) {
+                    p.push(format!("{at}.name: duplicate backend name `{}` in pool `{name}`", be.name));
+                }
+                if !addrs.insert(be.address) {
+                    p.push(format!("{at}.address: {} appears twice in pool `{name}`", be.address));
+                }
+                if be.address.port() == 0 {
+                    p.push(format!("{at}.address: port must be 1-65535"));
+                }
+                if be.weight > 1_000_000 {
+                    p.push(format!("{at}.weight = {}: at most 1000000", be.weight));
+                }
+            }
+            backend_total += pool.backends.len();
+        }
+        if backend_total > proxy_common::MAX_BACKENDS as usize {
+            p.push(format!("pools: {backend_total} backends in all, at most {}", proxy_common::MAX_BACKENDS));
+        }
+        p
+    }
+
+    fn pool_names(&self) -> String {
+        let names: Vec<&str> = self.pools.keys().map(String::as_str).collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[balancer]
+interfaces = ["eth0"]
+snat_v4 = "192.0.2.254"
+
+[[listener]]
+name = "rpc"
+address = "203.0.113.10:8090"
+mode = "l4"
+pool = "eu"
+
+[pools.eu]
+backends = [
+  { name = "node-a", address = "192.0.2.11:8090", weight = 100 },
+  { name = "node-b", address = "192.0.2.12:8090" },
+]
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = Config::parse(GOOD, "good.toml").unwrap();
+        assert_eq!(c.balancer.ring_size, 65_537);
+        assert_eq!(c.balancer.nat_ports, [10_000, 32_767]);
+        assert_eq!(c.listeners[0].protocol, Protocol::Tcp);
+        assert_eq!(c.listeners[0].hash, HashKey::FiveTuple);
+        assert_eq!(c.pools["eu"].backends[1].weight, 100);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_line() {
+        let text = GOOD.replace("snat_v4 = ", "snat_v5 = ");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("snat_v5"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn weight_that_is_not_a_number() {
+        let text = GOOD.replace("weight = 100", "weight = \"heavy\"");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("line 14"), "{err}");
+        assert!(err.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported() {
+        let text = GOOD
+            .replace("node-b", "node-a")
+            .replace("ring_size", "x")
+            .replace("pool = \"eu\"", "pool = \"us\"")
+            .replace("snat_v4 = \"192.0.2.254\"", "ring_size = 65536");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("duplicate backend name `node-a`"), "{err}");
+        assert!(err.contains("ring_size = 65536"), "{err}");
+        assert!(err.contains("no pool named `us`"), "{err}");
+    }
+
+    #[test]
+    fn family_mismatch_and_missing_snat() {
+        let text = GOOD.replace("192.0.2.12:8090", "[2001:db8::12]:8090").replace("snat_v4 = \"192.0.2.254\"", "");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("needs balancer.snat_v4"), "{err}");
+        assert!(err.contains("is IPv6 but the listener is IPv4"), "{err}");
+    }
+}
