@@ -25,7 +25,10 @@ enum Route {
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest_dir.parent().context("proxy/ has a parent")?.to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .context("proxy/ has a parent")?
+        .to_path_buf();
     for p in [
         "proxy-ebpf/src",
         "proxy-ebpf/Cargo.toml",
@@ -38,7 +41,8 @@ fn main() -> Result<()> {
     println!("cargo:rerun-if-env-changed=PROXY_EBPF_ROUTE");
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let linker = find_bpf_linker().with_context(|| format!("bpf-linker not found: {SETUP_HINT}"))?;
+    let linker =
+        find_bpf_linker().with_context(|| format!("bpf-linker not found: {SETUP_HINT}"))?;
     let route = pick_route()?;
     let target_dir = out_dir.join("ebpf-target");
 
@@ -138,7 +142,9 @@ fn nightly_has_rust_src() -> bool {
         return false;
     }
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").is_dir()
+    Path::new(&sysroot)
+        .join("lib/rustlib/src/rust/library/core")
+        .is_dir()
 }
 
 fn find_bpf_linker() -> Option<PathBuf> {
@@ -151,5 +157,7 @@ fn find_bpf_linker() -> Option<PathBuf> {
     if let Some(home) = env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
-    dirs.into_iter().map(|d| d.join("bpf-linker")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("bpf-linker"))
+        .find(|p| p.is_file())
 }

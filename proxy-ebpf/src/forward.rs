@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use proxy_common::{FAMILY_V4, Reason};
+use proxy_common::{Reason, FAMILY_V4};
 
 use crate::{
     counters::reason,

@@ -219,7 +219,11 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, s: &Settings) -> u3
         sc.state = FlowState {
             backend: id,
             nat_port,
-            fin: if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN_CLIENT } else { 0 },
+            fin: if pkt.tcp_flags & TCP_FIN != 0 {
+                FLOW_FIN_CLIENT
+            } else {
+                0
+            },
             pad: 0,
             last_seen_ns: now,
         };
@@ -311,7 +315,10 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) 
         let port = (min + start.wrapping_add(i.wrapping_mul(7919)) % range) as u16;
         sc.nat.nat_port = port.to_be();
         // NOEXIST makes the claim atomic against other CPUs picking the same port.
-        if NAT_REVERSE.insert(&sc.nat, &sc.reverse, BPF_NOEXIST as u64).is_ok() {
+        if NAT_REVERSE
+            .insert(&sc.nat, &sc.reverse, BPF_NOEXIST as u64)
+            .is_ok()
+        {
             return sc.nat.nat_port;
         }
         // Taken: by a live flow, or left behind by one the LRU already evicted.
@@ -341,7 +348,11 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) 
             Some(f) => f.nat_port != sc.nat.nat_port || f.backend != other_backend,
             None => true,
         };
-        if stale && NAT_REVERSE.insert(&sc.nat, &sc.reverse, BPF_ANY as u64).is_ok() {
+        if stale
+            && NAT_REVERSE
+                .insert(&sc.nat, &sc.reverse, BPF_ANY as u64)
+                .is_ok()
+        {
             return sc.nat.nat_port;
         }
     }
@@ -417,7 +428,13 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings) -> u32 {
         let _ = NAT_REVERSE.remove(&sc.nat);
         let _ = FLOWS.remove(&sc.flow);
     }
-    flow_packet(sc.reverse.vip_num, sc.reverse.backend, frame_len(ctx), false, false);
+    flow_packet(
+        sc.reverse.vip_num,
+        sc.reverse.backend,
+        frame_len(ctx),
+        false,
+        false,
+    );
     sc.t = Translation {
         src: copy4(&sc.reverse.vip_addr),
         dst: copy4(&sc.reverse.client_addr),

@@ -42,7 +42,12 @@ impl<const N: usize> Header<N> {
 
     #[inline(always)]
     pub fn get_addr6(self, off: usize) -> [u32; 4] {
-        [self.get(off), self.get(off + 4), self.get(off + 8), self.get(off + 12)]
+        [
+            self.get(off),
+            self.get(off + 4),
+            self.get(off + 8),
+            self.get(off + 12),
+        ]
     }
 
     #[inline(always)]
@@ -187,7 +192,13 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<L3, NotOurs> {
     }
     let src: u32 = ip.get(12);
     let dst: u32 = ip.get(16);
-    Ok((FAMILY_V4, proto, l3 + ihl * 4, [src, 0, 0, 0], [dst, 0, 0, 0]))
+    Ok((
+        FAMILY_V4,
+        proto,
+        l3 + ihl * 4,
+        [src, 0, 0, 0],
+        [dst, 0, 0, 0],
+    ))
 }
 
 #[inline(always)]
@@ -208,7 +219,13 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<L3, NotOurs> {
     if next != PROTO_TCP && next != PROTO_UDP {
         return Err(NotOurs::OtherProto);
     }
-    Ok((FAMILY_V6, next, l3 + IPV6_LEN, ip.get_addr6(8), ip.get_addr6(24)))
+    Ok((
+        FAMILY_V6,
+        next,
+        l3 + IPV6_LEN,
+        ip.get_addr6(8),
+        ip.get_addr6(24),
+    ))
 }
 
 /// Address equality without `bcmp` (a library call the verifier would walk byte by byte).

@@ -93,7 +93,9 @@ struct IdAllocator {
 
 impl IdAllocator {
     fn new() -> Self {
-        Self { free: (0..MAX_BACKENDS).collect() }
+        Self {
+            free: (0..MAX_BACKENDS).collect(),
+        }
     }
     fn take(&mut self) -> Option<u32> {
         self.free.pop_front()
@@ -139,8 +141,14 @@ pub fn settings_from(b: &BalancerConfig) -> Settings {
     let ns = |secs: u64| Duration::from_secs(secs).as_nanos() as u64;
     Settings {
         ring_size: b.ring_size,
-        snat_v4: b.snat_v4.map(|a| u32::from_ne_bytes(a.octets())).unwrap_or(0),
-        snat_v6: b.snat_v6.map(|a| proxy_common::v6_words(a.octets())).unwrap_or_default(),
+        snat_v4: b
+            .snat_v4
+            .map(|a| u32::from_ne_bytes(a.octets()))
+            .unwrap_or(0),
+        snat_v6: b
+            .snat_v6
+            .map(|a| proxy_common::v6_words(a.octets()))
+            .unwrap_or_default(),
         nat_port_min: b.nat_ports[0],
         nat_port_max: b.nat_ports[1],
         tcp_idle_timeout_ns: ns(b.tcp_idle_timeout_secs),
@@ -152,24 +160,41 @@ pub fn settings_from(b: &BalancerConfig) -> Settings {
 
 fn backend_entry(address: SocketAddr) -> Backend {
     let (addr, family) = addr_words(address.ip());
-    Backend { addr, port: address.port().to_be(), family, flags: BACKEND_PRESENT }
+    Backend {
+        addr,
+        port: address.port().to_be(),
+        family,
+        flags: BACKEND_PRESENT,
+    }
 }
 
 impl Balancer {
     pub fn new(ring_size: u32) -> Self {
-        Self { ring_size, vips: Vec::new(), pools: BTreeMap::new(), ids: IdAllocator::new() }
+        Self {
+            ring_size,
+            vips: Vec::new(),
+            pools: BTreeMap::new(),
+            ids: IdAllocator::new(),
+        }
     }
 
     /// Builds the whole state from a validated config and writes it.
     pub fn from_config<W: MapWriter>(config: &Config, w: &mut W) -> Result<Self, BalancerError> {
         let mut bal = Self::new(config.balancer.ring_size);
-        w.set_settings(&settings_from(&config.balancer)).map_err(maps)?;
+        w.set_settings(&settings_from(&config.balancer))
+            .map_err(maps)?;
         for (name, pool) in &config.pools {
             let mut members = Vec::new();
             for be in &pool.backends {
                 let id = bal.ids.take().ok_or(BalancerError::BackendTableFull)?;
-                w.set_backend(id, &backend_entry(be.address)).map_err(maps)?;
-                members.push(BackendState { id, name: be.name.clone(), address: be.address, weight: be.weight });
+                w.set_backend(id, &backend_entry(be.address))
+                    .map_err(maps)?;
+                members.push(BackendState {
+                    id,
+                    name: be.name.clone(),
+                    address: be.address,
+                    weight: be.weight,
+                });
             }
             bal.pools.insert(name.clone(), members);
         }
@@ -179,9 +204,15 @@ impl Balancer {
         Ok(bal)
     }
 
-    fn add_listener<W: MapWriter>(&mut self, l: &ListenerConfig, w: &mut W) -> Result<(), BalancerError> {
+    fn add_listener<W: MapWriter>(
+        &mut self,
+        l: &ListenerConfig,
+        w: &mut W,
+    ) -> Result<(), BalancerError> {
         let used: Vec<u32> = self.vips.iter().map(|v| v.meta.vip_num).collect();
-        let vip_num = (0..proxy_common::MAX_VIPS).find(|n| !used.contains(n)).ok_or(BalancerError::TooManyVips)?;
+        let vip_num = (0..proxy_common::MAX_VIPS)
+            .find(|n| !used.contains(n))
+            .ok_or(BalancerError::TooManyVips)?;
         let mut flags = 0;
         if l.hash == HashKey::Source {
             flags |= VIP_HASH_SOURCE_ONLY;
@@ -189,8 +220,10 @@ impl Balancer {
         if l.mode != ListenerMode::L4 {
             flags |= VIP_PASS_TO_STACK;
         }
-        let ring = MaglevRing::new(self.ring_size)
-            .map_err(|source| BalancerError::Ring { listener: l.name.clone(), source })?;
+        let ring = MaglevRing::new(self.ring_size).map_err(|source| BalancerError::Ring {
+            listener: l.name.clone(),
+            source,
+        })?;
         let vip = Vip {
             name: l.name.clone(),
             key: vip_key(l.address, l.protocol),
@@ -212,19 +245,32 @@ impl Balancer {
             .pools
             .get(&vip.pool)
             .map(|bs| {
-                bs.iter().map(|b| RingMember { id: b.id, name: b.name.clone(), weight: b.weight }).collect()
+                bs.iter()
+                    .map(|b| RingMember {
+                        id: b.id,
+                        name: b.name.clone(),
+                        weight: b.weight,
+                    })
+                    .collect()
             })
             .unwrap_or_default();
         let delta = vip
             .ring
             .rebuild(&members)
-            .map_err(|source| BalancerError::Ring { listener: vip.name.clone(), source })?;
+            .map_err(|source| BalancerError::Ring {
+                listener: vip.name.clone(),
+                source,
+            })?;
         w.write_ring_delta(vip.meta.vip_num, &delta).map_err(maps)?;
         Ok(delta.len())
     }
 
     /// Rebuilds the rings of every VIP served by `pool`; returns the number of slots written.
-    fn rebuild_pool<W: MapWriter>(&mut self, pool: &str, w: &mut W) -> Result<usize, BalancerError> {
+    fn rebuild_pool<W: MapWriter>(
+        &mut self,
+        pool: &str,
+        w: &mut W,
+    ) -> Result<usize, BalancerError> {
         let mut written = 0;
         for idx in 0..self.vips.len() {
             if self.vips[idx].pool == pool {
@@ -243,9 +289,15 @@ impl Balancer {
         weight: u32,
         w: &mut W,
     ) -> Result<u32, BalancerError> {
-        let members = self.pools.get(pool).ok_or_else(|| BalancerError::NoPool(pool.into()))?;
+        let members = self
+            .pools
+            .get(pool)
+            .ok_or_else(|| BalancerError::NoPool(pool.into()))?;
         if members.iter().any(|b| b.name == name) {
-            return Err(BalancerError::DuplicateBackend { pool: pool.into(), name: name.into() });
+            return Err(BalancerError::DuplicateBackend {
+                pool: pool.into(),
+                name: name.into(),
+            });
         }
         let id = self.ids.take().ok_or(BalancerError::BackendTableFull)?;
         if let Err(e) = w.set_backend(id, &backend_entry(address)) {
@@ -255,13 +307,24 @@ impl Balancer {
         self.pools
             .get_mut(pool)
             .expect("checked above")
-            .push(BackendState { id, name: name.into(), address, weight });
+            .push(BackendState {
+                id,
+                name: name.into(),
+                address,
+                weight,
+            });
         self.rebuild_pool(pool, w)?;
         Ok(id)
     }
 
     /// Sets a backend's weight; 0 drains it (pinned flows continue, no new ones).
-    pub fn set_weight<W: MapWriter>(&mut self, pool: &str, name: &str, weight: u32, w: &mut W) -> Result<(), BalancerError> {
+    pub fn set_weight<W: MapWriter>(
+        &mut self,
+        pool: &str,
+        name: &str,
+        weight: u32,
+        w: &mut W,
+    ) -> Result<(), BalancerError> {
         let b = self.backend_mut(pool, name)?;
         b.weight = weight;
         self.rebuild_pool(pool, w)?;
@@ -270,15 +333,26 @@ impl Balancer {
 
     /// Removes a backend: it leaves the rings, then its entry is cleared, so flows pinned to
     /// it are re-balanced on their next packet.
-    pub fn remove_backend<W: MapWriter>(&mut self, pool: &str, name: &str, w: &mut W) -> Result<(), BalancerError> {
-        let members = self.pools.get_mut(pool).ok_or_else(|| BalancerError::NoPool(pool.into()))?;
-        let pos = members
-            .iter()
-            .position(|b| b.name == name)
-            .ok_or_else(|| BalancerError::NoBackend { pool: pool.into(), name: name.into() })?;
+    pub fn remove_backend<W: MapWriter>(
+        &mut self,
+        pool: &str,
+        name: &str,
+        w: &mut W,
+    ) -> Result<(), BalancerError> {
+        let members = self
+            .pools
+            .get_mut(pool)
+            .ok_or_else(|| BalancerError::NoPool(pool.into()))?;
+        let pos = members.iter().position(|b| b.name == name).ok_or_else(|| {
+            BalancerError::NoBackend {
+                pool: pool.into(),
+                name: name.into(),
+            }
+        })?;
         let removed = members.remove(pos);
         self.rebuild_pool(pool, w)?;
-        w.set_backend(removed.id, &Backend::default()).map_err(maps)?;
+        w.set_backend(removed.id, &Backend::default())
+            .map_err(maps)?;
         self.ids.give_back(removed.id);
         Ok(())
     }
@@ -289,12 +363,19 @@ impl Balancer {
             .ok_or_else(|| BalancerError::NoPool(pool.into()))?
             .iter_mut()
             .find(|b| b.name == name)
-            .ok_or_else(|| BalancerError::NoBackend { pool: pool.into(), name: name.into() })
+            .ok_or_else(|| BalancerError::NoBackend {
+                pool: pool.into(),
+                name: name.into(),
+            })
     }
 
     /// Brings pools in line with a reloaded config: adds, re-weights and removes backends.
     /// Listener changes need a restart for now; they are reported, not applied.
-    pub fn reconcile_pools<W: MapWriter>(&mut self, config: &Config, w: &mut W) -> Result<Vec<String>, BalancerError> {
+    pub fn reconcile_pools<W: MapWriter>(
+        &mut self,
+        config: &Config,
+        w: &mut W,
+    ) -> Result<Vec<String>, BalancerError> {
         let mut changes = Vec::new();
         for (pool, new) in &config.pools {
             if !self.pools.contains_key(pool) {
@@ -316,7 +397,10 @@ impl Balancer {
                     }
                     Some(cur) if cur.weight != be.weight => {
                         self.set_weight(pool, &be.name, be.weight, w)?;
-                        changes.push(format!("pool {pool}: backend {} weight {} -> {}", be.name, cur.weight, be.weight));
+                        changes.push(format!(
+                            "pool {pool}: backend {} weight {} -> {}",
+                            be.name, cur.weight, be.weight
+                        ));
                     }
                     Some(_) => {}
                 }
@@ -349,12 +433,17 @@ impl Balancer {
 
     /// (listener name, vip number, pool) of every VIP.
     pub fn vips(&self) -> impl Iterator<Item = (&str, u32, &str)> {
-        self.vips.iter().map(|v| (v.name.as_str(), v.meta.vip_num, v.pool.as_str()))
+        self.vips
+            .iter()
+            .map(|v| (v.name.as_str(), v.meta.vip_num, v.pool.as_str()))
     }
 
     /// The ring of a listener (the terminator uses the same table).
     pub fn ring(&self, listener: &str) -> Option<&MaglevRing> {
-        self.vips.iter().find(|v| v.name == listener).map(|v| &v.ring)
+        self.vips
+            .iter()
+            .find(|v| v.name == listener)
+            .map(|v| &v.ring)
     }
 }
 
@@ -407,7 +496,14 @@ impl MapWriter for MemoryMaps {
     }
     fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), Self::Error> {
         self.backends.insert(id, *b);
-        self.log.push(format!("backend {id} {}", if b.flags & BACKEND_PRESENT != 0 { "set" } else { "cleared" }));
+        self.log.push(format!(
+            "backend {id} {}",
+            if b.flags & BACKEND_PRESENT != 0 {
+                "set"
+            } else {
+                "cleared"
+            }
+        ));
         Ok(())
     }
     fn write_ring_delta(&mut self, vip_num: u32, delta: &[RingDelta]) -> Result<(), Self::Error> {
@@ -472,7 +568,10 @@ backends = [
         assert!(ring_pos < vip_pos, "{:?}", m.log);
         let wss = m.vips[&vip_key("203.0.113.10:443".parse().unwrap(), Protocol::Tcp)];
         assert_eq!(wss.flags, VIP_HASH_SOURCE_ONLY | VIP_PASS_TO_STACK);
-        assert_eq!(bal.ring("rpc").unwrap().slots(), bal.ring("wss").unwrap().slots());
+        assert_eq!(
+            bal.ring("rpc").unwrap().slots(),
+            bal.ring("wss").unwrap().slots()
+        );
         assert_eq!(m.settings.nat_port_min, 10_000);
     }
 
@@ -482,21 +581,48 @@ backends = [
         let mut m = MemoryMaps::default();
         let mut bal = Balancer::from_config(&config, &mut m).unwrap();
         m.log.clear();
-        let c = bal.add_backend("eu", "c", "192.0.2.13:8090".parse().unwrap(), 1, &mut m).unwrap();
-        assert_eq!(m.log[0], format!("backend {c} set"), "backend before ring: {:?}", m.log);
+        let c = bal
+            .add_backend("eu", "c", "192.0.2.13:8090".parse().unwrap(), 1, &mut m)
+            .unwrap();
+        assert_eq!(
+            m.log[0],
+            format!("backend {c} set"),
+            "backend before ring: {:?}",
+            m.log
+        );
         let o = owners(&m, 0);
         assert_eq!(o.len(), 3);
         assert!(o.values().all(|n| (300..=373).contains(n)), "{o:?}");
 
         bal.set_weight("eu", "a", 0, &mut m).unwrap();
-        let a_id = bal.backends("eu").unwrap().iter().find(|b| b.name == "a").unwrap().id;
-        assert!(!owners(&m, 0).contains_key(&a_id), "drained backend still owns slots");
-        assert_eq!(m.backends[&a_id].flags, BACKEND_PRESENT, "drained backend must stay present for pinned flows");
+        let a_id = bal
+            .backends("eu")
+            .unwrap()
+            .iter()
+            .find(|b| b.name == "a")
+            .unwrap()
+            .id;
+        assert!(
+            !owners(&m, 0).contains_key(&a_id),
+            "drained backend still owns slots"
+        );
+        assert_eq!(
+            m.backends[&a_id].flags, BACKEND_PRESENT,
+            "drained backend must stay present for pinned flows"
+        );
 
         m.log.clear();
         bal.remove_backend("eu", "a", &mut m).unwrap();
-        assert_eq!(m.log.last().unwrap(), &format!("backend {a_id} cleared"), "{:?}", m.log);
-        assert!(matches!(bal.remove_backend("eu", "a", &mut m), Err(BalancerError::NoBackend { .. })));
+        assert_eq!(
+            m.log.last().unwrap(),
+            &format!("backend {a_id} cleared"),
+            "{:?}",
+            m.log
+        );
+        assert!(matches!(
+            bal.remove_backend("eu", "a", &mut m),
+            Err(BalancerError::NoBackend { .. })
+        ));
         assert!(matches!(
             bal.add_backend("eu", "b", "192.0.2.99:1".parse().unwrap(), 1, &mut m),
             Err(BalancerError::DuplicateBackend { .. })
@@ -514,8 +640,16 @@ backends = [
         );
         let new = Config::parse(&text, "t").unwrap();
         let changes = bal.reconcile_pools(&new, &mut m).unwrap();
-        assert_eq!(changes, vec!["pool eu: backend c added", "pool eu: backend b removed"]);
-        let names: Vec<_> = bal.backends("eu").unwrap().iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(
+            changes,
+            vec!["pool eu: backend c added", "pool eu: backend b removed"]
+        );
+        let names: Vec<_> = bal
+            .backends("eu")
+            .unwrap()
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect();
         assert_eq!(names, ["a", "c"]);
         assert!(bal.reconcile_pools(&new, &mut m).unwrap().is_empty());
     }
@@ -527,7 +661,9 @@ backends = [
         let mut bal = Balancer::from_config(&config, &mut m).unwrap();
         let a_id = bal.backends("eu").unwrap()[0].id;
         bal.remove_backend("eu", "a", &mut m).unwrap();
-        let new_id = bal.add_backend("eu", "a2", "192.0.2.20:8090".parse().unwrap(), 1, &mut m).unwrap();
+        let new_id = bal
+            .add_backend("eu", "a2", "192.0.2.20:8090".parse().unwrap(), 1, &mut m)
+            .unwrap();
         assert_ne!(new_id, a_id);
     }
 }

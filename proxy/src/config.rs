@@ -170,8 +170,10 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -185,7 +187,10 @@ impl Config {
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError::Invalid { path: origin.to_string(), problems })
+            Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                problems,
+            })
         }
     }
 
@@ -202,23 +207,39 @@ impl Config {
                 b.ring_size
             ));
         } else if (proxy_common::MAX_VIPS as u64) * (b.ring_size as u64) > u32::MAX as u64 {
-            p.push(format!("balancer.ring_size = {}: too large for {} VIPs", b.ring_size, proxy_common::MAX_VIPS));
+            p.push(format!(
+                "balancer.ring_size = {}: too large for {} VIPs",
+                b.ring_size,
+                proxy_common::MAX_VIPS
+            ));
         }
         let [lo, hi] = b.nat_ports;
         if lo == 0 || lo > hi {
-            p.push(format!("balancer.nat_ports = [{lo}, {hi}]: need 1 <= first <= last"));
+            p.push(format!(
+                "balancer.nat_ports = [{lo}, {hi}]: need 1 <= first <= last"
+            ));
         }
         if b.max_flows < 1024 {
-            p.push(format!("balancer.max_flows = {}: at least 1024", b.max_flows));
+            p.push(format!(
+                "balancer.max_flows = {}: at least 1024",
+                b.max_flows
+            ));
         }
         if b.tcp_idle_timeout_secs == 0 || b.udp_idle_timeout_secs == 0 {
             p.push("balancer.*_idle_timeout_secs: must be > 0".into());
         }
         if !b.pin_dir.starts_with(crate::ebpf::BPFFS) {
-            p.push(format!("balancer.pin_dir = {:?}: must be under {}", b.pin_dir, crate::ebpf::BPFFS));
+            p.push(format!(
+                "balancer.pin_dir = {:?}: must be under {}",
+                b.pin_dir,
+                crate::ebpf::BPFFS
+            ));
         }
         if self.listeners.len() > proxy_common::MAX_VIPS as usize {
-            p.push(format!("listener: at most {} listeners", proxy_common::MAX_VIPS));
+            p.push(format!(
+                "listener: at most {} listeners",
+                proxy_common::MAX_VIPS
+            ));
         }
         let mut names = HashSet::new();
         let mut vips = HashSet::new();
@@ -228,13 +249,20 @@ impl Config {
                 p.push(format!("{at}.name: duplicate listener name"));
             }
             if !vips.insert((l.address, l.protocol)) {
-                p.push(format!("{at}.address: {} / {:?} is used by another listener", l.address, l.protocol));
+                p.push(format!(
+                    "{at}.address: {} / {:?} is used by another listener",
+                    l.address, l.protocol
+                ));
             }
             if l.address.port() == 0 {
                 p.push(format!("{at}.address: port 0 is not a listening port"));
             }
             let Some(pool) = self.pools.get(&l.pool) else {
-                p.push(format!("{at}.pool: no pool named `{}` (known: {})", l.pool, self.pool_names()));
+                p.push(format!(
+                    "{at}.pool: no pool named `{}` (known: {})",
+                    l.pool,
+                    self.pool_names()
+                ));
                 continue;
             };
             if l.mode == ListenerMode::L4 {
@@ -268,10 +296,16 @@ impl Config {
                     p.push(format!("{at}.name: 1 to 64 characters"));
                 }
                 if !seen.insert(&be.name) {
-                    p.push(format!("{at}.name: duplicate backend name `{}` in pool `{name}`", be.name));
+                    p.push(format!(
+                        "{at}.name: duplicate backend name `{}` in pool `{name}`",
+                        be.name
+                    ));
                 }
                 if !addrs.insert(be.address) {
-                    p.push(format!("{at}.address: {} appears twice in pool `{name}`", be.address));
+                    p.push(format!(
+                        "{at}.address: {} appears twice in pool `{name}`",
+                        be.address
+                    ));
                 }
                 if be.address.port() == 0 {
                     p.push(format!("{at}.address: port must be 1-65535"));
@@ -283,7 +317,10 @@ impl Config {
             backend_total += pool.backends.len();
         }
         if backend_total > proxy_common::MAX_BACKENDS as usize {
-            p.push(format!("pools: {backend_total} backends in all, at most {}", proxy_common::MAX_BACKENDS));
+            p.push(format!(
+                "pools: {backend_total} backends in all, at most {}",
+                proxy_common::MAX_BACKENDS
+            ));
         }
         p
     }
@@ -369,7 +406,9 @@ backends = [
 
     #[test]
     fn family_mismatch_and_missing_snat() {
-        let text = GOOD.replace("192.0.2.12:8090", "[2001:db8::12]:8090").replace("snat_v4 = \"192.0.2.254\"", "");
+        let text = GOOD
+            .replace("192.0.2.12:8090", "[2001:db8::12]:8090")
+            .replace("snat_v4 = \"192.0.2.254\"", "");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("needs balancer.snat_v4"), "{err}");
         assert!(err.contains("is IPv6 but the listener is IPv4"), "{err}");

@@ -44,7 +44,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Run { config, stats_interval } => run(&config, stats_interval),
+        Command::Run {
+            config,
+            stats_interval,
+        } => run(&config, stats_interval),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,14 +80,18 @@ fn run(path: &std::path::Path, stats_interval: u64) -> Result<()> {
         max_flows: b.max_flows,
     })
     .context("loading the XDP data plane (needs root and a kernel with BPF/XDP)")?;
-    let mut balancer = Balancer::from_config(&config, &mut dp).context("writing the initial state to the maps")?;
+    let mut balancer =
+        Balancer::from_config(&config, &mut dp).context("writing the initial state to the maps")?;
     for iface in &b.interfaces {
-        dp.attach(iface).with_context(|| format!("attaching XDP to {iface}"))?;
+        dp.attach(iface)
+            .with_context(|| format!("attaching XDP to {iface}"))?;
     }
     for (name, num, pool) in balancer.vips() {
         info!(listener = name, vip = num, pool, "listener ready");
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -133,7 +140,14 @@ fn reload(path: &std::path::Path, balancer: &mut Balancer, dp: &mut DataPlane) {
 fn log_stats(dp: &DataPlane, balancer: &Balancer) {
     for (name, num, _) in balancer.vips() {
         if let Ok(c) = dp.counters(num) {
-            info!(listener = name, packets = c.packets, bytes = c.bytes, new_flows = c.new_flows, lru_misses = c.lru_misses, "vip counters");
+            info!(
+                listener = name,
+                packets = c.packets,
+                bytes = c.bytes,
+                new_flows = c.new_flows,
+                lru_misses = c.lru_misses,
+                "vip counters"
+            );
         }
     }
     for (pool, backends) in balancer.pools() {

@@ -8,7 +8,10 @@ fn loads() {
         Err(e) => {
             let mut s = format!("{e}");
             let mut src = std::error::Error::source(&e);
-            while let Some(x) = src { s += &format!("\n caused by: {x}"); src = x.source(); }
+            while let Some(x) = src {
+                s += &format!("\n caused by: {x}");
+                src = x.source();
+            }
             panic!("{s}");
         }
     }

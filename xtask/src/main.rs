@@ -1,1 +1,231 @@
-fn main(){}
+//! `cargo xtask <task>`: everything a developer or CI runs, in one place.
+//!
+//! xtask itself depends on nothing that needs the eBPF toolchain, so `setup` works on a
+//! fresh machine before anything else can build.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the project needs (eBPF toolchain, network tools for tests and demo,
+/// peers for benchmarks).
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",               // rustc for bpfel-unknown-none (TOOLCHAIN.md)
+    "libstd-rust-web-dev-bpf", // prebuilt core for BPF targets
+    "llvm-22-dev",             // bpf-linker links against it
+    "iproute2",                // ip netns / ip link for tests and demo
+    "ethtool",                 // GRO on veth peers (XDP_REDIRECT delivery)
+    "iputils-ping",
+    "curl",
+    "bpftool",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the project needs (idempotent; fast when already done). Root.
+    Setup,
+    /// Setup, then formatting, lints and the whole test suite (root-only tests included).
+    Test,
+    /// Setup, then the demo: namespaces, three backend nodes, the proxy with XDP attached.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+    /// Setup, then a benchmark scenario: `xdp`.
+    Bench {
+        scenario: String,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Test => {
+            setup()?;
+            test(&root)
+        }
+        Task::Demo { duration } => {
+            setup()?;
+            let mut args = vec![
+                "run",
+                "--release",
+                "--locked",
+                "-p",
+                "proxy-perf",
+                "--bin",
+                "demo",
+                "--",
+            ];
+            let d;
+            if let Some(secs) = duration {
+                d = secs.to_string();
+                args.extend(["--duration", &d]);
+            }
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "proxy",
+                    "--bin",
+                    "proxy",
+                ],
+            )?;
+            cargo(&root, &args)
+        }
+        Task::Bench { scenario, args } => {
+            setup()?;
+            match scenario.as_str() {
+                "xdp" => {
+                    let mut a = vec![
+                        "run",
+                        "--release",
+                        "--locked",
+                        "-p",
+                        "proxy-perf",
+                        "--bin",
+                        "xdp-bench",
+                        "--",
+                    ];
+                    a.extend(args.iter().map(String::as_str));
+                    cargo(&root, &a)
+                }
+                other => bail!("unknown bench scenario `{other}` (known: xdp)"),
+            }
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ has a parent")
+        .to_path_buf()
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).current_dir(root).args(args))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        if Path::new("/usr/bin/apt-get").exists() {
+            if !is_root() {
+                bail!("missing packages {missing:?}: run `cargo xtask setup` as root");
+            }
+            eprintln!("setup: installing {}", missing.join(" "));
+            run(Command::new("apt-get").args(["update", "-q"]))?;
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        } else {
+            eprintln!(
+                "setup: not a Debian system; install a rustup nightly with rust-src, \
+                 bpf-linker, iproute2 and ethtool yourself (the build then uses -Z build-std=core)"
+            );
+        }
+    }
+    if !bpf_linker_ok() {
+        eprintln!("setup: installing bpf-linker {BPF_LINKER_VERSION} (about a minute)");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args([
+            "install",
+            "--locked",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        ]);
+        if Path::new("/usr/lib/llvm-22").is_dir() {
+            // /usr/bin/llvm-config is an older LLVM; point the build at LLVM 22.
+            cmd.env("LLVM_PREFIX", "/usr/lib/llvm-22").args([
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ]);
+        }
+        run(&mut cmd)?;
+    }
+    eprintln!("setup: ok");
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn bpf_linker_ok() -> bool {
+    // cargo install puts it in ~/.cargo/bin, which may not be on a CI shell's PATH.
+    let home_bin = std::env::var("HOME")
+        .map(|h| format!("{h}/.cargo/bin/bpf-linker"))
+        .unwrap_or_default();
+    ["bpf-linker", home_bin.as_str()].iter().any(|bin| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+            .unwrap_or(false)
+    })
+}
+
+fn test(root: &Path) -> Result<()> {
+    cargo(root, &["fmt", "--all", "--check"]).context("run `cargo fmt --all` to fix formatting")?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--locked",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    cargo(root, &["test", "--locked", "--release"])?;
+    Ok(())
+}

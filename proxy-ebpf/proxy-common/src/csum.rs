@@ -73,7 +73,9 @@ mod tests {
             let reference = full(&words);
             // 0x0000 and 0xffff are the same value in one's complement.
             assert!(
-                inc == reference || (inc == 0xffff && reference == 0) || (inc == 0 && reference == 0xffff),
+                inc == reference
+                    || (inc == 0xffff && reference == 0)
+                    || (inc == 0 && reference == 0xffff),
                 "incremental {inc:#06x} vs full {reference:#06x}"
             );
         }

@@ -18,8 +18,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use proxy_common::{
-    map_names, Backend, Counters, Reason, Settings, VipKey, VipMeta, COUNTER_SLOTS,
-    DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_VIPS, PROGRAM_NAME, BASELINE_PROGRAM_NAME,
+    map_names, Backend, Counters, Reason, Settings, VipKey, VipMeta, BASELINE_PROGRAM_NAME,
+    COUNTER_SLOTS, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_VIPS, PROGRAM_NAME,
 };
 use tracing::{info, warn};
 
@@ -73,10 +73,18 @@ pub enum DataPlaneError {
         "pinned maps in {path} were created with ring size {pinned}, config asks for {wanted}; \
          stop the proxy and remove that directory (established flows are lost) or keep the old size"
     )]
-    RingSizeChanged { path: PathBuf, pinned: u32, wanted: u32 },
+    RingSizeChanged {
+        path: PathBuf,
+        pinned: u32,
+        wanted: u32,
+    },
     /// A VIP or backend index is out of the map's range.
     #[error("{what} {index} is out of range (max {max})")]
-    OutOfRange { what: &'static str, index: u32, max: u32 },
+    OutOfRange {
+        what: &'static str,
+        index: u32,
+        max: u32,
+    },
     /// The interface does not exist.
     #[error("interface `{name}` not found")]
     NoInterface { name: String },
@@ -84,7 +92,11 @@ pub enum DataPlaneError {
 
 fn map_err(name: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> DataPlaneError {
     let what = what.into();
-    move |source| DataPlaneError::Map { name, what, source: Box::new(source) }
+    move |source| DataPlaneError::Map {
+        name,
+        what,
+        source: Box::new(source),
+    }
 }
 
 /// How to load the data plane.
@@ -98,7 +110,11 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     pub fn new(pin_dir: impl Into<PathBuf>, ring_size: u32) -> Self {
-        Self { pin_dir: pin_dir.into(), ring_size, max_flows: DEFAULT_MAX_FLOWS }
+        Self {
+            pin_dir: pin_dir.into(),
+            ring_size,
+            max_flows: DEFAULT_MAX_FLOWS,
+        }
     }
 }
 
@@ -138,10 +154,18 @@ pub fn ensure_bpffs() -> Result<(), DataPlaneError> {
     let fstype = std::ffi::CString::new("bpf").expect("no NUL");
     // SAFETY: valid C strings; no data argument.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        return Err(DataPlaneError::Bpffs { io_error: io::Error::last_os_error() });
+        return Err(DataPlaneError::Bpffs {
+            io_error: io::Error::last_os_error(),
+        });
     }
     info!(path = BPFFS, "mounted bpffs");
     Ok(())
@@ -152,11 +176,18 @@ impl DataPlane {
     /// Minimum kernel: 5.9 (bpf_link XDP attach, LRU maps, bounded loops: 5.3).
     pub fn load(opts: &LoadOptions) -> Result<Self, DataPlaneError> {
         ensure_bpffs()?;
-        std::fs::create_dir_all(&opts.pin_dir)
-            .map_err(|io_error| DataPlaneError::PinDir { path: opts.pin_dir.clone(), io_error })?;
-        let ring_entries = MAX_VIPS
-            .checked_mul(opts.ring_size)
-            .ok_or(DataPlaneError::OutOfRange { what: "ring size", index: opts.ring_size, max: u32::MAX / MAX_VIPS })?;
+        std::fs::create_dir_all(&opts.pin_dir).map_err(|io_error| DataPlaneError::PinDir {
+            path: opts.pin_dir.clone(),
+            io_error,
+        })?;
+        let ring_entries =
+            MAX_VIPS
+                .checked_mul(opts.ring_size)
+                .ok_or(DataPlaneError::OutOfRange {
+                    what: "ring size",
+                    index: opts.ring_size,
+                    max: u32::MAX / MAX_VIPS,
+                })?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
             .map_max_entries(map_names::RING, ring_entries)
@@ -166,12 +197,24 @@ impl DataPlane {
             .map_err(|e| DataPlaneError::Load(Box::new(e)))?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
-            .ok_or(DataPlaneError::MapMissing { name: "program proxy_xdp" })?
+            .ok_or(DataPlaneError::MapMissing {
+                name: "program proxy_xdp",
+            })?
             .try_into()
-            .map_err(|e| DataPlaneError::Program { what: "not an XDP program".into(), source: Box::new(e) })?;
-        prog.load()
-            .map_err(|e| DataPlaneError::Program { what: "verifier rejected proxy_xdp".into(), source: Box::new(e) })?;
-        let mut dp = Self { ebpf, pin_dir: opts.pin_dir.clone(), ring_size: opts.ring_size, attached: Vec::new() };
+            .map_err(|e| DataPlaneError::Program {
+                what: "not an XDP program".into(),
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(|e| DataPlaneError::Program {
+            what: "verifier rejected proxy_xdp".into(),
+            source: Box::new(e),
+        })?;
+        let mut dp = Self {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            ring_size: opts.ring_size,
+            attached: Vec::new(),
+        };
         let current = dp.settings()?;
         if current.ring_size != 0 && current.ring_size != opts.ring_size {
             return Err(DataPlaneError::RingSizeChanged {
@@ -196,11 +239,18 @@ impl DataPlane {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(BASELINE_PROGRAM_NAME)
-            .ok_or(DataPlaneError::MapMissing { name: "program xdp_pass_baseline" })?
+            .ok_or(DataPlaneError::MapMissing {
+                name: "program xdp_pass_baseline",
+            })?
             .try_into()
-            .map_err(|e| DataPlaneError::Program { what: "not an XDP program".into(), source: Box::new(e) })?;
-        prog.load()
-            .map_err(|e| DataPlaneError::Program { what: "verifier rejected xdp_pass_baseline".into(), source: Box::new(e) })?;
+            .map_err(|e| DataPlaneError::Program {
+                what: "not an XDP program".into(),
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(|e| DataPlaneError::Program {
+            what: "verifier rejected xdp_pass_baseline".into(),
+            source: Box::new(e),
+        })?;
         self.fd_of(BASELINE_PROGRAM_NAME)
     }
 
@@ -213,12 +263,18 @@ impl DataPlane {
         let prog: &Xdp = self
             .ebpf
             .program(name)
-            .ok_or(DataPlaneError::MapMissing { name: "program proxy_xdp" })?
+            .ok_or(DataPlaneError::MapMissing {
+                name: "program proxy_xdp",
+            })?
             .try_into()
-            .map_err(|e| DataPlaneError::Program { what: "not an XDP program".into(), source: Box::new(e) })?;
-        let fd = prog
-            .fd()
-            .map_err(|e| DataPlaneError::Program { what: "program not loaded".into(), source: Box::new(e) })?;
+            .map_err(|e| DataPlaneError::Program {
+                what: "not an XDP program".into(),
+                source: Box::new(e),
+            })?;
+        let fd = prog.fd().map_err(|e| DataPlaneError::Program {
+            what: "program not loaded".into(),
+            source: Box::new(e),
+        })?;
         Ok(fd.as_fd().as_raw_fd())
     }
 
@@ -227,17 +283,24 @@ impl DataPlane {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(PROGRAM_NAME)
-            .ok_or(DataPlaneError::MapMissing { name: "program proxy_xdp" })?
+            .ok_or(DataPlaneError::MapMissing {
+                name: "program proxy_xdp",
+            })?
             .try_into()
-            .map_err(|e| DataPlaneError::Program { what: "not an XDP program".into(), source: Box::new(e) })?;
+            .map_err(|e| DataPlaneError::Program {
+                what: "not an XDP program".into(),
+                source: Box::new(e),
+            })?;
         let (link, mode) = match prog.attach(iface, XdpMode::Driver) {
             Ok(link) => (link, AttachMode::Native),
             Err(native_err) => {
                 warn!(iface, error = %native_err, "native XDP attach failed; falling back to generic (skb) mode, which is much slower");
-                let link = prog.attach(iface, XdpMode::Skb).map_err(|e| DataPlaneError::Program {
-                    what: format!("attach to {iface}"),
-                    source: Box::new(e),
-                })?;
+                let link =
+                    prog.attach(iface, XdpMode::Skb)
+                        .map_err(|e| DataPlaneError::Program {
+                            what: format!("attach to {iface}"),
+                            source: Box::new(e),
+                        })?;
                 (link, AttachMode::Generic)
             }
         };
@@ -248,8 +311,12 @@ impl DataPlane {
 
     /// Detaches from every interface (also happens when the process exits: links are fds).
     pub fn detach_all(&mut self) {
-        let Some(prog) = self.ebpf.program_mut(PROGRAM_NAME) else { return };
-        let Ok(prog): Result<&mut Xdp, _> = prog.try_into() else { return };
+        let Some(prog) = self.ebpf.program_mut(PROGRAM_NAME) else {
+            return;
+        };
+        let Ok(prog): Result<&mut Xdp, _> = prog.try_into() else {
+            return;
+        };
         for (iface, link) in self.attached.drain(..) {
             match prog.detach(link) {
                 Ok(()) => info!(iface, "XDP detached"),
@@ -258,26 +325,42 @@ impl DataPlane {
         }
     }
 
-    fn array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>, DataPlaneError> {
-        let map = self.ebpf.map_mut(name).ok_or(DataPlaneError::MapMissing { name })?;
+    fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, DataPlaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataPlaneError::MapMissing { name })?;
         Array::try_from(map).map_err(map_err(name, "open"))
     }
 
     pub fn settings(&mut self) -> Result<Settings, DataPlaneError> {
-        self.array::<Settings>(map_names::SETTINGS)?.get(&0, 0).map_err(map_err(map_names::SETTINGS, "read"))
+        self.array::<Settings>(map_names::SETTINGS)?
+            .get(&0, 0)
+            .map_err(map_err(map_names::SETTINGS, "read"))
     }
 
     pub fn set_settings(&mut self, settings: &Settings) -> Result<(), DataPlaneError> {
         let mut s = *settings;
         s.ring_size = self.ring_size;
-        self.array::<Settings>(map_names::SETTINGS)?.set(0, s, 0).map_err(map_err(map_names::SETTINGS, "write"))
+        self.array::<Settings>(map_names::SETTINGS)?
+            .set(0, s, 0)
+            .map_err(map_err(map_names::SETTINGS, "write"))
     }
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataPlaneError> {
         if id >= MAX_BACKENDS {
-            return Err(DataPlaneError::OutOfRange { what: "backend id", index: id, max: MAX_BACKENDS - 1 });
+            return Err(DataPlaneError::OutOfRange {
+                what: "backend id",
+                index: id,
+                max: MAX_BACKENDS - 1,
+            });
         }
-        self.array::<Backend>(map_names::BACKENDS)?.set(id, *backend, 0).map_err(map_err(map_names::BACKENDS, "write"))
+        self.array::<Backend>(map_names::BACKENDS)?
+            .set(id, *backend, 0)
+            .map_err(map_err(map_names::BACKENDS, "write"))
     }
 
     /// Marks a backend removed: flows pinned to it are re-balanced on their next packet.
@@ -287,16 +370,33 @@ impl DataPlane {
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataPlaneError> {
         if meta.vip_num >= MAX_VIPS {
-            return Err(DataPlaneError::OutOfRange { what: "vip number", index: meta.vip_num, max: MAX_VIPS - 1 });
+            return Err(DataPlaneError::OutOfRange {
+                what: "vip number",
+                index: meta.vip_num,
+                max: MAX_VIPS - 1,
+            });
         }
-        let map = self.ebpf.map_mut(map_names::VIPS).ok_or(DataPlaneError::MapMissing { name: map_names::VIPS })?;
-        let mut vips: HashMap<_, VipKey, VipMeta> = HashMap::try_from(map).map_err(map_err(map_names::VIPS, "open"))?;
-        vips.insert(key, meta, 0).map_err(map_err(map_names::VIPS, "insert"))
+        let map = self
+            .ebpf
+            .map_mut(map_names::VIPS)
+            .ok_or(DataPlaneError::MapMissing {
+                name: map_names::VIPS,
+            })?;
+        let mut vips: HashMap<_, VipKey, VipMeta> =
+            HashMap::try_from(map).map_err(map_err(map_names::VIPS, "open"))?;
+        vips.insert(key, meta, 0)
+            .map_err(map_err(map_names::VIPS, "insert"))
     }
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataPlaneError> {
-        let map = self.ebpf.map_mut(map_names::VIPS).ok_or(DataPlaneError::MapMissing { name: map_names::VIPS })?;
-        let mut vips: HashMap<_, VipKey, VipMeta> = HashMap::try_from(map).map_err(map_err(map_names::VIPS, "open"))?;
+        let map = self
+            .ebpf
+            .map_mut(map_names::VIPS)
+            .ok_or(DataPlaneError::MapMissing {
+                name: map_names::VIPS,
+            })?;
+        let mut vips: HashMap<_, VipKey, VipMeta> =
+            HashMap::try_from(map).map_err(map_err(map_names::VIPS, "open"))?;
         match vips.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(map_names::VIPS, "remove")(e)),
@@ -304,11 +404,16 @@ impl DataPlane {
     }
 
     /// Writes only the changed slots of VIP `vip_num`'s ring.
-    pub fn write_ring_delta(&mut self, vip_num: u32, delta: &[RingDelta]) -> Result<(), DataPlaneError> {
+    pub fn write_ring_delta(
+        &mut self,
+        vip_num: u32,
+        delta: &[RingDelta],
+    ) -> Result<(), DataPlaneError> {
         let base = vip_num * self.ring_size;
         let mut ring = self.array::<u32>(map_names::RING)?;
         for d in delta {
-            ring.set(base + d.slot, d.id, 0).map_err(map_err(map_names::RING, "write slot"))?;
+            ring.set(base + d.slot, d.id, 0)
+                .map_err(map_err(map_names::RING, "write slot"))?;
         }
         Ok(())
     }
@@ -318,26 +423,46 @@ impl DataPlane {
         let base = vip_num * self.ring_size;
         let size = self.ring_size;
         let ring = self.array::<u32>(map_names::RING)?;
-        (0..size).map(|s| ring.get(&(base + s), 0).map_err(map_err(map_names::RING, "read slot"))).collect()
+        (0..size)
+            .map(|s| {
+                ring.get(&(base + s), 0)
+                    .map_err(map_err(map_names::RING, "read slot"))
+            })
+            .collect()
     }
 
-    fn per_cpu<V: aya::Pod>(&self, name: &'static str) -> Result<PerCpuArray<&MapData, V>, DataPlaneError> {
-        let map = self.ebpf.map(name).ok_or(DataPlaneError::MapMissing { name })?;
+    fn per_cpu<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&MapData, V>, DataPlaneError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataPlaneError::MapMissing { name })?;
         PerCpuArray::try_from(map).map_err(map_err(name, "open"))
     }
 
     /// Counters of a VIP (index < MAX_VIPS) or backend (`backend_counter_index`), summed over CPUs.
     pub fn counters(&self, index: u32) -> Result<CounterTotals, DataPlaneError> {
         if index >= COUNTER_SLOTS {
-            return Err(DataPlaneError::OutOfRange { what: "counter index", index, max: COUNTER_SLOTS - 1 });
+            return Err(DataPlaneError::OutOfRange {
+                what: "counter index",
+                index,
+                max: COUNTER_SLOTS - 1,
+            });
         }
-        let values = self.per_cpu::<Counters>(map_names::COUNTERS)?.get(&index, 0).map_err(map_err(map_names::COUNTERS, "read"))?;
-        Ok(values.iter().fold(CounterTotals::default(), |t, c| CounterTotals {
-            packets: t.packets + c.packets,
-            bytes: t.bytes + c.bytes,
-            new_flows: t.new_flows + c.new_flows,
-            lru_misses: t.lru_misses + c.lru_misses,
-        }))
+        let values = self
+            .per_cpu::<Counters>(map_names::COUNTERS)?
+            .get(&index, 0)
+            .map_err(map_err(map_names::COUNTERS, "read"))?;
+        Ok(values
+            .iter()
+            .fold(CounterTotals::default(), |t, c| CounterTotals {
+                packets: t.packets + c.packets,
+                bytes: t.bytes + c.bytes,
+                new_flows: t.new_flows + c.new_flows,
+                lru_misses: t.lru_misses + c.lru_misses,
+            }))
     }
 
     /// Packets by pass/drop/forward reason, summed over CPUs.
@@ -345,7 +470,9 @@ impl DataPlane {
         let map = self.per_cpu::<u64>(map_names::REASONS)?;
         let mut out = StdHashMap::new();
         for r in Reason::ALL {
-            let v = map.get(&(r as u32), 0).map_err(map_err(map_names::REASONS, "read"))?;
+            let v = map
+                .get(&(r as u32), 0)
+                .map_err(map_err(map_names::REASONS, "read"))?;
             out.insert(r, v.iter().sum());
         }
         Ok(out)
@@ -353,7 +480,12 @@ impl DataPlane {
 
     /// Number of live entries in the forward flow table (walks the map: diagnostics only).
     pub fn flow_count(&self) -> Result<usize, DataPlaneError> {
-        let map = self.ebpf.map(map_names::FLOWS).ok_or(DataPlaneError::MapMissing { name: map_names::FLOWS })?;
+        let map = self
+            .ebpf
+            .map(map_names::FLOWS)
+            .ok_or(DataPlaneError::MapMissing {
+                name: map_names::FLOWS,
+            })?;
         let flows: HashMap<_, proxy_common::FlowKey, proxy_common::FlowState> =
             HashMap::try_from(map).map_err(map_err(map_names::FLOWS, "open"))?;
         Ok(flows.keys().filter(|k| k.is_ok()).count())
