@@ -1,1 +1,4 @@
+pub mod fixture;
+pub mod netns;
 pub mod packet;
+pub mod topology;

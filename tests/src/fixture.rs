@@ -1,0 +1,147 @@
+//! Fixture cases for the XDP program: an input frame, the verdict and the exact output frame
+//! expected from BPF_PROG_TEST_RUN, and how to compare them with a readable failure message.
+//! Also the bits every kernel-side test or benchmark needs: XDP verdict names, a unique pin
+//! directory that removes itself, and a probe for BPF_PROG_TEST_RUN support.
+
+use std::{io, os::fd::RawFd, path::PathBuf};
+
+use proxy::ebpf::{test_run::run_xdp, DataPlane, BPFFS};
+
+use crate::packet::{hex_diff, verify_checksums};
+
+/// XDP verdicts (`enum xdp_action`).
+pub mod xdp {
+    pub const ABORTED: u32 = 0;
+    pub const DROP: u32 = 1;
+    pub const PASS: u32 = 2;
+    pub const TX: u32 = 3;
+    pub const REDIRECT: u32 = 4;
+
+    /// `XDP_PASS` etc., or the number for anything else.
+    pub fn name(action: u32) -> String {
+        match action {
+            ABORTED => "XDP_ABORTED".into(),
+            DROP => "XDP_DROP".into(),
+            PASS => "XDP_PASS".into(),
+            TX => "XDP_TX".into(),
+            REDIRECT => "XDP_REDIRECT".into(),
+            other => format!("unknown verdict {other}"),
+        }
+    }
+}
+
+/// One packet through the program: what goes in and what must come out.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub description: String,
+    pub input: Vec<u8>,
+    pub expected_action: u32,
+    /// The whole frame as the program must leave it (equal to `input` when untouched).
+    pub expected_output: Vec<u8>,
+}
+
+impl Fixture {
+    pub fn new(
+        description: impl Into<String>,
+        input: Vec<u8>,
+        expected_action: u32,
+        expected_output: Vec<u8>,
+    ) -> Self {
+        Fixture {
+            description: description.into(),
+            input,
+            expected_action,
+            expected_output,
+        }
+    }
+
+    /// A packet the program must leave byte for byte as it is.
+    pub fn unchanged(description: impl Into<String>, input: Vec<u8>, expected_action: u32) -> Self {
+        let expected_output = input.clone();
+        Self::new(description, input, expected_action, expected_output)
+    }
+
+    /// Whether the program is expected to rewrite the frame.
+    pub fn rewrites(&self) -> bool {
+        self.input != self.expected_output
+    }
+
+    /// Compares a test run's verdict and frame with the expectation. A rewritten frame must also
+    /// carry correct IPv4 header and TCP/UDP checksums. The error says what differs, with a hex
+    /// diff of the frames.
+    pub fn check(&self, action: u32, output: &[u8]) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if action != self.expected_action {
+            problems.push(format!(
+                "verdict: expected {}, got {}",
+                xdp::name(self.expected_action),
+                xdp::name(action)
+            ));
+        }
+        if output != self.expected_output.as_slice() {
+            problems.push(format!(
+                "output frame differs from the expected one:\n{}",
+                hex_diff(&self.expected_output, output)
+            ));
+        }
+        if self.rewrites() {
+            if let Err(e) = verify_checksums(output) {
+                problems.push(format!("rewritten frame has a bad checksum: {e}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+/// A pin directory `/sys/fs/bpf/<name>` that is removed (with the maps pinned in it) on drop.
+#[derive(Debug)]
+pub struct PinDir {
+    path: PathBuf,
+}
+
+impl PinDir {
+    /// `/sys/fs/bpf/<name>`; removes leftovers of an earlier run with the same name first.
+    pub fn new(name: &str) -> io::Result<PinDir> {
+        let path = PathBuf::from(BPFFS).join(name);
+        DataPlane::remove_pins(&path)?;
+        Ok(PinDir { path })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = DataPlane::remove_pins(&self.path) {
+            eprintln!("warning: could not remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Why BPF_PROG_TEST_RUN cannot be used, if the kernel lacks it for XDP (then callers skip);
+/// `Ok(None)` when it works. Any other failure is returned as an error.
+pub fn test_run_unsupported(prog_fd: RawFd) -> io::Result<Option<String>> {
+    // A minimal non-IP frame: every program must be able to run on it.
+    let mut frame = vec![0u8; 60];
+    frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    match run_xdp(prog_fd, &frame, 0, 1) {
+        Ok(_) => Ok(None),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTSUP) | Some(libc::ENOSYS) | Some(524 /* ENOTSUPP */)
+            ) =>
+        {
+            Ok(Some(format!(
+                "the kernel does not support BPF_PROG_TEST_RUN for XDP programs: {e}"
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
