@@ -185,7 +185,11 @@ impl Balancer {
             .map_err(maps)?;
         for (name, pool) in &config.pools {
             let mut members = Vec::new();
-            for be in &pool.backends {
+            // Ids in name order: replicas given the same pools write byte-identical rings,
+            // whatever order the file lists backends in.
+            let mut sorted: Vec<_> = pool.backends.iter().collect();
+            sorted.sort_by(|a, b| a.name.cmp(&b.name));
+            for be in sorted {
                 let id = bal.ids.take().ok_or(BalancerError::BackendTableFull)?;
                 w.set_backend(id, &backend_entry(be.address))
                     .map_err(maps)?;
@@ -652,6 +656,22 @@ backends = [
             .collect();
         assert_eq!(names, ["a", "c"]);
         assert!(bal.reconcile_pools(&new, &mut m).unwrap().is_empty());
+    }
+
+    #[test]
+    fn replicas_write_identical_rings_whatever_the_backend_order() {
+        let swapped = CONF.replace(
+            r#"  { name = "a", address = "192.0.2.11:8090", weight = 1 },
+  { name = "b", address = "192.0.2.12:8090", weight = 1 },"#,
+            r#"  { name = "b", address = "192.0.2.12:8090", weight = 1 },
+  { name = "a", address = "192.0.2.11:8090", weight = 1 },"#,
+        );
+        assert_ne!(swapped, CONF);
+        let (mut m1, mut m2) = (MemoryMaps::default(), MemoryMaps::default());
+        Balancer::from_config(&Config::parse(CONF, "t").unwrap(), &mut m1).unwrap();
+        Balancer::from_config(&Config::parse(&swapped, "t").unwrap(), &mut m2).unwrap();
+        assert_eq!(m1.rings, m2.rings);
+        assert_eq!(m1.backends, m2.backends);
     }
 
     #[test]

@@ -1,0 +1,82 @@
+//! The embedded XDP object passes the kernel verifier, and its pinned maps survive a
+//! restart of the userspace process (root only; CI runs as root).
+
+use std::path::{Path, PathBuf};
+
+use proxy::{
+    ebpf::{DataPlane, DataPlaneError, LoadOptions},
+    maglev::RingDelta,
+};
+use proxy_common::{Backend, Settings, BACKEND_PRESENT};
+
+struct Pins(PathBuf);
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = DataPlane::remove_pins(&self.0);
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s += &format!("\n  caused by: {x}");
+        src = x.source();
+    }
+    s
+}
+
+#[test]
+fn verifier_accepts_and_pinned_maps_survive_a_restart() {
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/pxt{}-load",
+        std::process::id()
+    )));
+    let opts = LoadOptions::new(&pins.0, 1009);
+    let mut dp = DataPlane::load(&opts).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    dp.set_settings(&Settings {
+        nat_port_min: 10_000,
+        nat_port_max: 20_000,
+        ..Default::default()
+    })
+    .unwrap();
+    let backend = Backend {
+        addr: [7, 0, 0, 0],
+        port: 80u16.to_be(),
+        family: 4,
+        flags: BACKEND_PRESENT,
+    };
+    dp.set_backend(5, &backend).unwrap();
+    dp.write_ring_delta(1, &[RingDelta { slot: 3, id: 5 }])
+        .unwrap();
+    for name in ["FLOWS", "NAT_REVERSE", "RING", "SETTINGS", "COUNTERS"] {
+        assert!(
+            pins.0.join(name).exists(),
+            "map {name} is not pinned under {}",
+            pins.0.display()
+        );
+    }
+    drop(dp);
+
+    // A second process (here: a second load) finds the same maps with their contents.
+    let mut again = DataPlane::load(&opts).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let s = again.settings().unwrap();
+    assert_eq!(
+        (s.ring_size, s.nat_port_min, s.nat_port_max),
+        (1009, 10_000, 20_000)
+    );
+    assert_eq!(again.read_ring(1).unwrap()[3], 5);
+    drop(again);
+
+    // Changing the ring size under pinned maps is refused with a clear error.
+    match DataPlane::load(&LoadOptions::new(&pins.0, 65_537)) {
+        Err(DataPlaneError::RingSizeChanged {
+            pinned: 1009,
+            wanted: 65_537,
+            ..
+        }) => {}
+        Err(e) => panic!("unexpected error: {}", chain(&e)),
+        Ok(_) => panic!("ring size change under pinned maps was accepted"),
+    }
+    assert!(Path::new(&pins.0).exists());
+}
