@@ -410,7 +410,12 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings) -> u32 {
     };
     // SAFETY: valid for this run; plain integers.
     let cur = unsafe { &mut *st };
-    if cur.nat_port != pkt.dport || expired(cur, now, pkt.proto, s) {
+    // A reply from a backend the flow no longer uses (it was removed and the flow re-pinned,
+    // possibly to the same NAT port) must not reach the client either.
+    if cur.nat_port != pkt.dport
+        || cur.backend != sc.reverse.backend
+        || expired(cur, now, pkt.proto, s)
+    {
         // The client's flow moved on to another mapping: this reply belongs to nobody.
         let _ = NAT_REVERSE.remove(&sc.nat);
         reason(Reason::PassNotVip);

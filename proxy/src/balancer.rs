@@ -540,7 +540,7 @@ pool = "eu"
 [[listener]]
 name = "wss"
 address = "203.0.113.10:443"
-mode = "tls"
+mode = "ws"
 pool = "eu"
 hash = "source"
 

@@ -132,10 +132,84 @@ pub struct ListenerConfig {
     pub pool: String,
     #[serde(default)]
     pub hash: HashKey,
+    /// `tls`/`ws`: request paths accepted for the WebSocket upgrade (or JSON-RPC POST).
+    #[serde(default = "default_paths")]
+    pub paths: Vec<String>,
+    /// `tls`/`ws`: also pass plain JSON-RPC over HTTP POST through.
+    #[serde(default = "default_true")]
+    pub allow_json_rpc_post: bool,
+    /// `tls` only: certificates by server name.
+    pub tls: Option<ListenerTls>,
 }
 
 fn default_protocol() -> Protocol {
     Protocol::Tcp
+}
+fn default_paths() -> Vec<String> {
+    vec!["/".into(), "/ws".into()]
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `[listener.tls]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertConfig>,
+    /// Served when SNI is missing or unknown; without it such handshakes fail (SNI forced).
+    pub default_certificate: Option<String>,
+}
+
+/// One server name and its certbot directory (`fullchain.pem`, `privkey.pem`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    pub server_name: String,
+    pub dir: PathBuf,
+}
+
+/// `--io` / `terminator.io`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IoChoice {
+    #[default]
+    Auto,
+    Uring,
+    Epoll,
+}
+
+/// `[terminator]`: the userspace TLS/WebSocket side.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerminatorConfig {
+    pub io: IoChoice,
+    /// Worker threads (one runtime each); 0 = one per core.
+    pub workers: usize,
+    /// A proxied connection holds two file descriptors; keep this under half the fd limit.
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub max_head_bytes: usize,
+    pub handshake_timeout_secs: u64,
+    pub connect_timeout_ms: u64,
+    pub idle_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for TerminatorConfig {
+    fn default() -> Self {
+        Self {
+            io: IoChoice::Auto,
+            workers: 0,
+            max_connections: 8_000,
+            max_connections_per_client: 64,
+            max_head_bytes: 8 * 1024,
+            handshake_timeout_secs: 10,
+            connect_timeout_ms: 2_000,
+            idle_timeout_secs: 600,
+            shutdown_grace_secs: 15,
+        }
+    }
 }
 
 /// One backend node.
@@ -162,6 +236,8 @@ pub struct PoolConfig {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub balancer: BalancerConfig,
+    #[serde(default)]
+    pub terminator: TerminatorConfig,
     #[serde(rename = "listener", default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
@@ -235,6 +311,19 @@ impl Config {
                 crate::ebpf::BPFFS
             ));
         }
+        let t = &self.terminator;
+        if t.max_connections == 0 || t.max_connections_per_client == 0 {
+            p.push("terminator.max_connections*: must be > 0".into());
+        }
+        if t.max_head_bytes < 1024 || t.max_head_bytes > 64 * 1024 {
+            p.push(format!(
+                "terminator.max_head_bytes = {}: between 1024 and 65536",
+                t.max_head_bytes
+            ));
+        }
+        if t.handshake_timeout_secs == 0 || t.connect_timeout_ms == 0 || t.idle_timeout_secs == 0 {
+            p.push("terminator.*timeout*: must be > 0".into());
+        }
         if self.listeners.len() > proxy_common::MAX_VIPS as usize {
             p.push(format!(
                 "listener: at most {} listeners",
@@ -265,6 +354,29 @@ impl Config {
                 ));
                 continue;
             };
+            match (l.mode, &l.tls) {
+                (ListenerMode::Tls, None) => p.push(format!(
+                    "{at}: mode = \"tls\" needs [listener.tls] certificates"
+                )),
+                (ListenerMode::Tls, Some(t)) => {
+                    if t.certificates.is_empty() {
+                        p.push(format!("{at}.tls.certificates: list at least one"));
+                    }
+                    if let Some(d) = &t.default_certificate {
+                        if !t.certificates.iter().any(|c| &c.server_name == d) {
+                            p.push(format!("{at}.tls.default_certificate: `{d}` is not one of the certificates' server names"));
+                        }
+                    }
+                }
+                (_, Some(_)) => p.push(format!("{at}.tls: only for mode = \"tls\"")),
+                _ => {}
+            }
+            if l.mode != ListenerMode::L4 && l.protocol != Protocol::Tcp {
+                p.push(format!("{at}.protocol: tls/ws listeners are TCP"));
+            }
+            if l.paths.iter().any(|p| !p.starts_with('/')) {
+                p.push(format!("{at}.paths: every path starts with `/`"));
+            }
             if l.mode == ListenerMode::L4 {
                 let family_v4 = l.address.is_ipv4();
                 if family_v4 && b.snat_v4.is_none() {

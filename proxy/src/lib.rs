@@ -4,4 +4,7 @@
 pub mod balancer;
 pub mod config;
 pub mod ebpf;
+pub mod handshake;
+pub mod health_rules;
 pub mod maglev;
+pub mod terminator;

@@ -6,8 +6,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use proxy::{
     balancer::{settings_from, Balancer},
-    config::Config,
+    config::{Config, IoChoice, ListenerConfig},
     ebpf::{DataPlane, LoadOptions},
+    terminator::{
+        self,
+        server::{pick_mode, ConnLimits, ListenerSpec, Terminator},
+    },
 };
 use proxy_common::{backend_counter_index, Reason};
 use tokio::signal::unix::{signal, SignalKind};
@@ -20,6 +24,13 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IoFlag {
+    Auto,
+    Uring,
+    Epoll,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load the XDP data plane, attach it and serve until SIGINT/SIGTERM (SIGHUP reloads pools).
@@ -29,6 +40,10 @@ enum Command {
         /// Seconds between counter summaries in the log (0: never).
         #[arg(long, default_value_t = 10)]
         stats_interval: u64,
+        /// Terminator I/O: io_uring, epoll, or auto (io_uring when the kernel allows it).
+        /// Overrides `terminator.io`.
+        #[arg(long, value_enum)]
+        io: Option<IoFlag>,
     },
     /// Validate a configuration file and report every problem.
     CheckConfig { file: PathBuf },
@@ -47,7 +62,8 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             stats_interval,
-        } => run(&config, stats_interval),
+            io,
+        } => run(&config, stats_interval, io),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,7 +87,8 @@ fn check_config(file: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn run(path: &std::path::Path, stats_interval: u64) -> Result<()> {
+fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = Config::load(path)?;
     let b = &config.balancer;
     let mut dp = DataPlane::load(&LoadOptions {
@@ -89,6 +106,38 @@ fn run(path: &std::path::Path, stats_interval: u64) -> Result<()> {
     for (name, num, pool) in balancer.vips() {
         info!(listener = name, vip = num, pool, "listener ready");
     }
+    let specs = terminator::listener_specs(&config, &balancer)?;
+    let mut terminated: Vec<(ListenerConfig, ListenerSpec)> = Vec::new();
+    let term = if specs.is_empty() {
+        None
+    } else {
+        let choice = match io_flag {
+            Some(IoFlag::Auto) => IoChoice::Auto,
+            Some(IoFlag::Uring) => IoChoice::Uring,
+            Some(IoFlag::Epoll) => IoChoice::Epoll,
+            None => config.terminator.io,
+        };
+        let mode = pick_mode(terminator::requested_mode(choice));
+        let t = &config.terminator;
+        let workers = if t.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            t.workers
+        };
+        let limits = ConnLimits::new(t.max_connections, t.max_connections_per_client);
+        let started = Terminator::start(
+            mode,
+            workers,
+            specs.iter().map(|(_, s)| s.clone()).collect(),
+            limits,
+            Duration::from_secs(t.shutdown_grace_secs),
+        )
+        .map_err(terminator::SetupError::Start)?;
+        terminated = specs;
+        Some(started)
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -99,16 +148,38 @@ fn run(path: &std::path::Path, stats_interval: u64) -> Result<()> {
         let period = Duration::from_secs(stats_interval.max(1));
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
+        // certbot renews in place: poll the files' modification times.
+        let mut cert_tick = tokio::time::interval(Duration::from_secs(5));
+        cert_tick.tick().await;
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => reload(path, &mut balancer, &mut dp),
+                _ = hup.recv() => {
+                    reload(path, &mut balancer, &mut dp);
+                    for (l, spec) in &terminated {
+                        match terminator::upstream_set(&balancer, l) {
+                            Ok(set) => spec.ctx.upstreams.replace(set),
+                            Err(e) => error!("reload: listener {}: {e}", l.name),
+                        }
+                    }
+                }
+                _ = cert_tick.tick() => {
+                    for (_, spec) in &terminated {
+                        if let Some(tls) = &spec.tls {
+                            tls.resolver.reload_changed();
+                        }
+                    }
+                }
                 _ = tick.tick(), if stats_interval > 0 => log_stats(&dp, &balancer),
             }
         }
         anyhow::Ok(())
     })?;
+    if let Some(t) = term {
+        info!("shutting down: no new connections; live ones get the grace period");
+        t.shutdown();
+    }
     info!("shutting down: detaching XDP (pinned maps keep established flows for a restart)");
     dp.detach_all();
     Ok(())

@@ -10,7 +10,7 @@
 //! namespace of the *calling thread*. Enter a namespace with [`run_in`] (a fresh std thread)
 //! rather than on a thread that owns a tokio runtime or is shared with other tests.
 //!
-//! ```ignore
+//! ```text
 //! let ns = NetNs::new("fix")?;
 //! veth_pair(&ns, "cli0", &ns, "cli0p")?;
 //! ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "cli0"])?;
@@ -199,5 +199,55 @@ where
     match handle.join() {
         Ok(result) => result,
         Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{panic::AssertUnwindSafe, path::Path};
+
+    use super::*;
+
+    fn exists(name: &str) -> bool {
+        Path::new(NETNS_RUN_DIR).join(name).exists()
+    }
+
+    #[test]
+    fn run_in_sees_the_namespace_and_propagates_panics() {
+        let ns = NetNs::new("kit").expect("create namespace (root?)");
+        let name = ns.name().to_string();
+        assert!(name.starts_with(&unique_prefix()), "{name}");
+        assert!(exists(&name), "{name} was not created");
+        veth_pair(&ns, "kit0", &ns, "kit1").expect("veth pair");
+        let idx = ifindex(&ns, "kit0").expect("ifindex");
+        // SAFETY: a valid NUL-terminated name.
+        let seen =
+            run_in(&ns, || unsafe { libc::if_nametoindex(c"kit0".as_ptr()) }).expect("run_in");
+        assert_eq!(seen, idx, "the thread did not see the namespace's device");
+        let err = ns.ip(&["link", "show", "dev", "nosuchdev"]).unwrap_err();
+        assert!(format!("{err:#}").contains("nosuchdev"), "{err:#}");
+        let panicked =
+            std::panic::catch_unwind(AssertUnwindSafe(|| run_in(&ns, || panic!("expected"))));
+        assert!(
+            panicked.is_err(),
+            "a panic inside run_in must reach the caller"
+        );
+        drop(ns);
+        assert!(!exists(&name), "{name} survived its guard");
+    }
+
+    #[test]
+    fn namespace_is_deleted_when_its_owner_panics() {
+        let mut name = String::new();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let ns = NetNs::new("kitp").expect("create namespace (root?)");
+            name = ns.name().to_string();
+            panic!("expected");
+        }));
+        assert!(result.is_err());
+        assert!(
+            !name.is_empty() && !exists(&name),
+            "{name} survived a panic"
+        );
     }
 }

@@ -11,7 +11,7 @@
 //! and IPv6 without extension headers, TCP (no options), UDP, ICMP and ICMPv6, and raw
 //! bytes for any other protocol (for example IP-in-IP). Uses std only.
 //!
-//! ```ignore
+//! ```text
 //! use std::net::Ipv4Addr;
 //! let ip = Ip::v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 200, 1, 1));
 //! let input = PacketBuilder::tcp(ip, 31337, 80, tcp_flags::SYN).payload(b"hi").build();

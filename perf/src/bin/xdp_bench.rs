@@ -1,0 +1,487 @@
+//! `cargo xtask bench xdp`: cost of the XDP data plane per packet, measured in the kernel with
+//! BPF_PROG_TEST_RUN (`repeat` runs per call; the kernel reports the mean per run), against an
+//! XDP program that only returns XDP_PASS.
+//!
+//! Cases, each measured `--rounds` times (interleaved, median taken):
+//! - `baseline`: `xdp_pass_baseline` on a TCP packet;
+//! - `lru_hit`: a TCP ACK of a flow that is already pinned (flow table hit, full NAT,
+//!   checksum updates, FIB lookup, MAC rewrite, XDP_REDIRECT);
+//! - `new_flow`: a TCP SYN with `tcp_idle_timeout_ns = 0` (and UDP 0), so every run finds the
+//!   flow entry expired and redoes the whole new-flow work: ring lookup, NAT port claim in the
+//!   reverse table, flow insert. Compared with a truly new flow it does one extra reverse-map
+//!   delete (the expired flow's NAT port is released first) and its flow insert replaces an
+//!   entry instead of adding one;
+//! - `reply`: a backend reply translated back to the client.
+//!
+//! BPF_PROG_TEST_RUN does not restore the packet between repetitions: run 2 sees the frame run
+//! 1 rewrote. To measure the same path on every run, the setup makes the translation an
+//! identity ("mirror" setup): the VIP address and port are also the backend's, the SNAT
+//! address is the client's and the NAT port range is exactly the client's port, and the input
+//! frames already carry the MACs the FIB lookup yields. The program does all of its work
+//! (lookups, hashing, checksum updates, stores) but writes back the same bytes. After every
+//! measurement the bench checks the counters: exactly `repeat` packets took the intended path
+//! (forwarded / new flow / reply translated), so a measurement of the wrong path fails loudly.
+//!
+//! The FIB lookups need routes and neighbours: the bench builds a namespace `pxt<pid>-bench`
+//! (two veth pairs, permanent neighbour entries, removed at exit) and runs from a thread that
+//! entered it, pinned to one CPU.
+
+use std::{collections::HashMap, net::Ipv4Addr, os::fd::RawFd, path::PathBuf, time::Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use proxy::{
+    ebpf::{test_run::run_xdp, CounterTotals, DataPlane, LoadOptions},
+    maglev::{MaglevRing, RingMember},
+};
+use proxy_common::{
+    v4_words, Backend, Reason, Settings, VipKey, VipMeta, BACKEND_PRESENT, DEFAULT_RING_SIZE,
+    FAMILY_V4, PROTO_TCP,
+};
+use proxy_tests::{
+    fixture::{test_run_unsupported, xdp, PinDir},
+    netns::{ifindex, run_in, unique_prefix, veth_pair, NetNs},
+    packet::{hex_diff, tcp_flags, Ip, PacketBuilder},
+};
+use serde::Serialize;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "XDP data-plane cost per packet via BPF_PROG_TEST_RUN")]
+struct Args {
+    /// Where to write the JSON results.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/xdp.json"))]
+    out: PathBuf,
+    /// Program runs per BPF_PROG_TEST_RUN call (the kernel reports the mean).
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Measurements per case; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// CPU to pin the measuring thread to (default: the last one).
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Measure only this case (and the baseline), e.g. under `perf record`; writes no JSON.
+    #[arg(long, value_parser = ["lru_hit", "new_flow", "reply"])]
+    only: Option<String>,
+}
+
+/// Measured cases, in the order each round runs them.
+const CASES: [&str; 4] = ["baseline", "lru_hit", "new_flow", "reply"];
+
+const CLI_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
+const BK_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
+const CLIENT_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 0x10];
+const VIP_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x10];
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const CLIENT_PORT: u16 = 40_000;
+/// VIP and (mirror setup) its only backend.
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const VIP_PORT: u16 = 80;
+const VIP_NUM: u32 = 0;
+const BACKEND_ID: u32 = 1;
+
+const TARGET_LRU_HIT: f64 = 2.5;
+const TARGET_NEW_FLOW: f64 = 5.0;
+
+#[derive(Serialize)]
+struct CaseResult {
+    name: &'static str,
+    ns_per_pkt: f64,
+    ratio: f64,
+}
+
+#[derive(Serialize)]
+struct Results {
+    scenario: &'static str,
+    baseline_ns: f64,
+    cases: Vec<CaseResult>,
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn build_namespace() -> Result<NetNs> {
+    let ns = NetNs::new("bench")?;
+    veth_pair(&ns, "cli0", &ns, "cli0p")?;
+    veth_pair(&ns, "bk0", &ns, "bk0p")?;
+    ns.ip(&["link", "set", "cli0", "address", &fmt_mac(CLI_DEV_MAC)])?;
+    ns.ip(&["link", "set", "bk0", "address", &fmt_mac(BK_DEV_MAC)])?;
+    for dev in ["cli0", "cli0p", "bk0", "bk0p"] {
+        ns.ip(&["link", "set", dev, "up"])?;
+    }
+    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "cli0"])?;
+    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "bk0"])?;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    for (addr, mac, dev) in [(CLIENT, CLIENT_MAC, "cli0"), (VIP, VIP_MAC, "bk0")] {
+        ns.ip(&[
+            "neigh",
+            "add",
+            &addr.to_string(),
+            "lladdr",
+            &fmt_mac(mac),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])?;
+    }
+    Ok(ns)
+}
+
+/// Settings of the mirror setup; `idle_ns` is the TCP and UDP idle timeout.
+fn settings(idle_ns: u64) -> Settings {
+    Settings {
+        snat_v4: u32::from_ne_bytes(CLIENT.octets()),
+        nat_port_min: CLIENT_PORT,
+        nat_port_max: CLIENT_PORT,
+        tcp_idle_timeout_ns: idle_ns,
+        udp_idle_timeout_ns: idle_ns,
+        closing_timeout_ns: 10_000_000_000,
+        ..Settings::default()
+    }
+}
+
+const IDLE_NS: u64 = 300_000_000_000;
+
+fn configure(dp: &mut DataPlane) -> Result<()> {
+    dp.set_settings(&settings(IDLE_NS))?;
+    dp.set_backend(
+        BACKEND_ID,
+        &Backend {
+            addr: v4_words(VIP.octets()),
+            port: VIP_PORT.to_be(),
+            family: FAMILY_V4,
+            flags: BACKEND_PRESENT,
+        },
+    )?;
+    dp.set_vip(
+        &VipKey {
+            addr: v4_words(VIP.octets()),
+            port: VIP_PORT.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+        },
+        &VipMeta {
+            vip_num: VIP_NUM,
+            flags: 0,
+        },
+    )?;
+    let mut ring = MaglevRing::new(dp.ring_size())?;
+    let delta = ring.rebuild(&[RingMember::new(BACKEND_ID, "backend-1", 1)])?;
+    dp.write_ring_delta(VIP_NUM, &delta)?;
+    Ok(())
+}
+
+/// What one measured case must leave behind, per run.
+#[derive(Clone, Copy)]
+struct Expect {
+    action: u32,
+    reason: Option<Reason>,
+    new_flows: u64,
+    vip_packets: u64,
+}
+
+struct Bench {
+    dp: DataPlane,
+    prog_fd: RawFd,
+    baseline_fd: RawFd,
+    cli_ifindex: u32,
+    bk_ifindex: u32,
+    repeat: u32,
+}
+
+impl Bench {
+    fn totals(&self) -> Result<(CounterTotals, HashMap<Reason, u64>)> {
+        Ok((self.dp.counters(VIP_NUM)?, self.dp.reasons()?))
+    }
+
+    /// One BPF_PROG_TEST_RUN call of `repeat` runs; checks that every run took the intended
+    /// path and left the frame as it was. Returns the kernel's mean ns per run.
+    fn measure(&self, fd: RawFd, frame: &[u8], ifindex: u32, expect: Expect) -> Result<u32> {
+        let (c0, r0) = self.totals()?;
+        let out = run_xdp(fd, frame, ifindex, self.repeat).context("BPF_PROG_TEST_RUN")?;
+        let (c1, r1) = self.totals()?;
+        ensure!(
+            out.action == expect.action,
+            "verdict {} instead of {}",
+            xdp::name(out.action),
+            xdp::name(expect.action)
+        );
+        ensure!(
+            out.packet == frame,
+            "the mirror setup must leave the frame unchanged:\n{}",
+            hex_diff(frame, &out.packet)
+        );
+        let n = u64::from(self.repeat);
+        if let Some(reason) = expect.reason {
+            let moved = r1[&reason] - r0[&reason];
+            ensure!(
+                moved == n,
+                "{} of {n} runs counted as {}",
+                moved,
+                reason.label()
+            );
+        }
+        ensure!(
+            c1.packets - c0.packets == expect.vip_packets * n,
+            "VIP counted {} packets for {n} runs",
+            c1.packets - c0.packets
+        );
+        ensure!(
+            c1.new_flows - c0.new_flows == expect.new_flows * n,
+            "VIP counted {} new flows for {n} runs",
+            c1.new_flows - c0.new_flows
+        );
+        Ok(out.duration_ns)
+    }
+}
+
+fn median(v: &mut [u32]) -> f64 {
+    v.sort_unstable();
+    let n = v.len();
+    if n % 2 == 1 {
+        f64::from(v[n / 2])
+    } else {
+        (f64::from(v[n / 2 - 1]) + f64::from(v[n / 2])) / 2.0
+    }
+}
+
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("sched_setaffinity to CPU {cpu}"));
+        }
+    }
+    Ok(())
+}
+
+/// Everything inside the namespace: load, configure, measure. Returns ns/pkt medians by case.
+fn run_bench(
+    args: Args,
+    pin_dir: PathBuf,
+    cli_ifindex: u32,
+    bk_ifindex: u32,
+) -> Result<Vec<(&'static str, f64)>> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = args.cpu.unwrap_or(cpus - 1);
+    pin_to_cpu(cpu)?;
+
+    let opts = LoadOptions::new(&pin_dir, DEFAULT_RING_SIZE);
+    let mut dp = DataPlane::load(&opts).context("loading the XDP program")?;
+    let baseline_fd = dp.load_baseline()?;
+    let prog_fd = dp.program_fd()?;
+    if let Some(why) = test_run_unsupported(prog_fd)? {
+        bail!("{why}");
+    }
+    configure(&mut dp)?;
+
+    let ip = Ip::v4(CLIENT, VIP);
+    // Client -> VIP as it must leave: egress bk0, to the backend's (= VIP's) MAC.
+    let syn = PacketBuilder::tcp(ip, CLIENT_PORT, VIP_PORT, tcp_flags::SYN)
+        .macs(BK_DEV_MAC, VIP_MAC)
+        .build();
+    let ack = PacketBuilder::tcp(ip, CLIENT_PORT, VIP_PORT, tcp_flags::ACK)
+        .seq(1)
+        .ack(1)
+        .macs(BK_DEV_MAC, VIP_MAC)
+        .build();
+    // Backend -> NAT address (= client), leaving by cli0 to the client.
+    let reply = PacketBuilder::tcp(
+        Ip::v4(VIP, CLIENT),
+        VIP_PORT,
+        CLIENT_PORT,
+        tcp_flags::ACK | tcp_flags::PSH,
+    )
+    .seq(1)
+    .ack(1)
+    .payload(b"HTTP/1.1 200 OK\r\n\r\n")
+    .macs(CLI_DEV_MAC, CLIENT_MAC)
+    .build();
+
+    let mut b = Bench {
+        dp,
+        prog_fd,
+        baseline_fd,
+        cli_ifindex,
+        bk_ifindex,
+        repeat: args.repeat,
+    };
+    // Pin the flow once (a real new flow), and warm up.
+    let first = run_xdp(b.prog_fd, &syn, b.cli_ifindex, 1)?;
+    ensure!(
+        first.action == xdp::REDIRECT,
+        "first SYN: {} instead of XDP_REDIRECT (FIB lookup failed?)",
+        xdp::name(first.action)
+    );
+
+    let fwd = Expect {
+        action: xdp::REDIRECT,
+        reason: Some(Reason::Forwarded),
+        new_flows: 0,
+        vip_packets: 1,
+    };
+    let cases: Vec<&'static str> = CASES
+        .iter()
+        .copied()
+        .filter(|c| {
+            args.only
+                .as_deref()
+                .is_none_or(|o| o == *c || *c == "baseline")
+        })
+        .collect();
+    let mut samples: Vec<(&'static str, Vec<u32>)> =
+        cases.iter().map(|n| (*n, Vec::new())).collect();
+    let started = Instant::now();
+    for _ in 0..args.rounds {
+        for (name, v) in samples.iter_mut() {
+            let ns = match *name {
+                "baseline" => b.measure(
+                    b.baseline_fd,
+                    &ack,
+                    b.cli_ifindex,
+                    Expect {
+                        action: xdp::PASS,
+                        reason: None,
+                        new_flows: 0,
+                        vip_packets: 0,
+                    },
+                )?,
+                "lru_hit" => b.measure(b.prog_fd, &ack, b.cli_ifindex, fwd)?,
+                "reply" => b.measure(
+                    b.prog_fd,
+                    &reply,
+                    b.bk_ifindex,
+                    Expect {
+                        reason: Some(Reason::ReplyTranslated),
+                        ..fwd
+                    },
+                )?,
+                "new_flow" => {
+                    // Every run finds the flow expired: the full new-flow path (module docs).
+                    b.dp.set_settings(&settings(0))?;
+                    let ns = b.measure(
+                        b.prog_fd,
+                        &syn,
+                        b.cli_ifindex,
+                        Expect {
+                            new_flows: 1,
+                            ..fwd
+                        },
+                    );
+                    b.dp.set_settings(&settings(IDLE_NS))?;
+                    ns?
+                }
+                other => unreachable!("unknown case {other}"),
+            };
+            v.push(ns);
+        }
+    }
+    eprintln!(
+        "{} rounds x {} cases x {} runs on CPU {cpu} in {:.1?}",
+        args.rounds,
+        cases.len(),
+        args.repeat,
+        started.elapsed()
+    );
+    Ok(samples
+        .into_iter()
+        .map(|(n, mut v)| (n, median(&mut v)))
+        .collect())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    if args.repeat < 1_000_000 {
+        eprintln!(
+            "warning: --repeat {} is below 1,000,000; short runs overstate the cost",
+            args.repeat
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("xdp-bench needs root (namespaces, bpffs, BPF_PROG_TEST_RUN)");
+    }
+    let ns = build_namespace().context("setting up the bench namespace")?;
+    let cli_ifindex = ifindex(&ns, "cli0")?;
+    let bk_ifindex = ifindex(&ns, "bk0")?;
+    let pin = PinDir::new(&format!("{}-bench", unique_prefix()))?;
+    let pin_path = pin.path().to_path_buf();
+    let bench_args = args.clone();
+    let medians = run_in(&ns, move || {
+        run_bench(bench_args, pin_path, cli_ifindex, bk_ifindex)
+    })??;
+    drop(pin);
+    drop(ns);
+
+    let get = |name: &str| {
+        medians
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .expect("measured")
+    };
+    let baseline = get("baseline");
+    ensure!(baseline > 0.0, "baseline measured 0 ns; raise --repeat");
+    let ratio = |v: f64| (v / baseline * 1000.0).round() / 1000.0;
+    let cases: Vec<CaseResult> = medians
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| *name != "baseline")
+        .map(|name| CaseResult {
+            name,
+            ns_per_pkt: get(name),
+            ratio: ratio(get(name)),
+        })
+        .collect();
+
+    println!(
+        "XDP data plane, BPF_PROG_TEST_RUN x {} (median of {})",
+        args.repeat, args.rounds
+    );
+    println!("{:<10} {:>8} {:>8}  target", "case", "ns/pkt", "ratio");
+    println!("{:<10} {:>8.1} {:>8.2}", "baseline", baseline, 1.0);
+    for c in &cases {
+        let target = match c.name {
+            "lru_hit" => Some(TARGET_LRU_HIT),
+            "new_flow" => Some(TARGET_NEW_FLOW),
+            _ => None,
+        };
+        let verdict = match target {
+            Some(t) if c.ratio <= t => format!("<= {t}x  met"),
+            Some(t) => format!("<= {t}x  MISSED"),
+            None => "-".to_string(),
+        };
+        println!(
+            "{:<10} {:>8.1} {:>8.2}  {verdict}",
+            c.name, c.ns_per_pkt, c.ratio
+        );
+    }
+
+    if args.only.is_some() {
+        println!("--only: not writing {}", args.out.display());
+        return Ok(());
+    }
+    let results = Results {
+        scenario: "xdp",
+        baseline_ns: baseline,
+        cases,
+    };
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_string(&results)?;
+    std::fs::write(&args.out, format!("{json}\n"))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

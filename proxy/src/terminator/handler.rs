@@ -1,0 +1,235 @@
+//! One client connection: read and validate the first request (with a deadline), pick the
+//! client's node, connect (retrying on refusal before any byte was forwarded), forward the
+//! request verbatim, check the node's `101`, then relay.
+//!
+//! Everything sent to the client on failure is a short fixed text: never a backend address
+//! and never an internal error string.
+
+use std::{
+    cell::Cell,
+    net::{Shutdown, SocketAddr},
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use metrics::{counter, gauge, histogram};
+use tracing::debug;
+
+use super::{
+    io::Io,
+    net::Connector,
+    relay::relay,
+    upstream::{Upstream, UpstreamTable},
+};
+use crate::handshake::{self, Decision};
+
+/// Per-listener settings shared by all connections.
+pub struct ListenerCtx {
+    pub name: String,
+    pub limits: handshake::Limits,
+    pub upstreams: UpstreamTable,
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Why a connection ended early (for metrics and debug logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    ClientGone,
+    Rejected(u16),
+    HandshakeTimeout,
+    NoBackend,
+    BadUpstreamAnswer,
+    Stats,
+    Relayed,
+}
+
+/// Reads into `buf` until `done` says it has what it needs, the peer closes, or `deadline`
+/// passes (then the socket's read side is shut down: a pending io_uring read cannot be
+/// dropped). Returns `(result, timed_out)`.
+async fn read_until<S: Io, T>(
+    s: &S,
+    buf: &mut Vec<u8>,
+    deadline: Duration,
+    mut done: impl FnMut(&[u8]) -> Option<T>,
+) -> (Option<T>, bool) {
+    let timed_out = Cell::new(false);
+    let reading = async {
+        let mut chunk = Vec::with_capacity(2048);
+        loop {
+            if s.ready().await.is_err() {
+                return None;
+            }
+            let (res, c) = s.read(chunk).await;
+            chunk = c;
+            match res {
+                Ok(n) if n > 0 => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(t) = done(buf) {
+                        return Some(t);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    };
+    tokio::pin!(reading);
+    let sleep = tokio::time::sleep(deadline);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            r = &mut reading => return (r, timed_out.get()),
+            _ = &mut sleep, if !timed_out.get() => {
+                timed_out.set(true);
+                let _ = s.shutdown(Shutdown::Read);
+            }
+        }
+    }
+}
+
+async fn send_and_close<S: Io>(s: &S, bytes: Vec<u8>) {
+    let _ = s.write_all(bytes).await;
+    let _ = s.shutdown(Shutdown::Write);
+}
+
+/// Serves one accepted client connection to the end.
+pub async fn handle<S: Io + 'static, K: Connector>(
+    client: Rc<S>,
+    peer: SocketAddr,
+    ctx: Arc<ListenerCtx>,
+    connector: &K,
+) -> Ending {
+    let mut head = Vec::new();
+    let limits = &ctx.limits;
+    let (decision, timed_out) =
+        read_until(
+            &*client,
+            &mut head,
+            ctx.handshake_timeout,
+            |b| match handshake::inspect(b, limits) {
+                Decision::NeedMore => None,
+                d => Some(d),
+            },
+        )
+        .await;
+    let decision = match decision {
+        Some(d) => d,
+        None if timed_out => {
+            counter!("proxy_handshake_rejects_total", "listener" => ctx.name.clone(), "status" => "408").increment(1);
+            send_and_close(&*client, handshake::timeout_response()).await;
+            return Ending::HandshakeTimeout;
+        }
+        None => return Ending::ClientGone,
+    };
+    let (forward_len, ws_key) = match decision {
+        Decision::NeedMore => unreachable!("read_until only returns final decisions"),
+        Decision::Reject(r) => {
+            counter!("proxy_handshake_rejects_total", "listener" => ctx.name.clone(), "status" => r.status.to_string()).increment(1);
+            send_and_close(&*client, r.response()).await;
+            return Ending::Rejected(r.status);
+        }
+        Decision::Stats { .. } => {
+            send_and_close(&*client, stats_response(&ctx)).await;
+            return Ending::Stats;
+        }
+        Decision::Upgrade { head_len, key, .. } => (head_len, Some(key)),
+        Decision::JsonRpcPost { total_len, .. } => (total_len, None),
+    };
+
+    let set = ctx.upstreams.current();
+    let mut chosen: Option<(Rc<K::Stream>, Upstream)> = None;
+    for up in set.candidates(peer.ip()) {
+        let started = Instant::now();
+        match connector.connect(up.addr, ctx.connect_timeout).await {
+            Ok(s) => {
+                histogram!("proxy_backend_connect_seconds", "backend" => up.name.clone())
+                    .record(started.elapsed().as_secs_f64());
+                chosen = Some((Rc::new(s), up.clone()));
+                break;
+            }
+            Err(e) => {
+                let kind = if e.kind() == std::io::ErrorKind::TimedOut {
+                    "connect_timeout"
+                } else {
+                    "refused"
+                };
+                counter!("proxy_backend_errors_total", "backend" => up.name.clone(), "kind" => kind).increment(1);
+                debug!(listener = %ctx.name, backend = %up.name, error = %e, "connect failed, trying the next node");
+            }
+        }
+    }
+    let Some((backend, up)) = chosen else {
+        send_and_close(&*client, handshake::overloaded_response()).await;
+        return Ending::NoBackend;
+    };
+    let requested_at = Instant::now();
+    let (res, _) = backend.write_all(head[..forward_len].to_vec()).await;
+    if res.is_err() {
+        counter!("proxy_backend_errors_total", "backend" => up.name.clone(), "kind" => "reset")
+            .increment(1);
+        send_and_close(&*client, bad_gateway()).await;
+        return Ending::BadUpstreamAnswer;
+    }
+    if let Some(key) = ws_key {
+        let mut answer = Vec::new();
+        let (ok, _) = read_until(&*backend, &mut answer, ctx.handshake_timeout, |b| {
+            match handshake::check_upgrade_response(b, &key) {
+                Ok(Some(_)) => Some(true),
+                Ok(None) => None,
+                Err(_) => Some(false),
+            }
+        })
+        .await;
+        if ok != Some(true) {
+            counter!("proxy_backend_errors_total", "backend" => up.name.clone(), "kind" => "bad_upstream_answer").increment(1);
+            send_and_close(&*client, bad_gateway()).await;
+            return Ending::BadUpstreamAnswer;
+        }
+        histogram!("proxy_backend_time_to_101_seconds", "backend" => up.name.clone())
+            .record(requested_at.elapsed().as_secs_f64());
+        // The 101 and anything the node sent right after it.
+        let (res, _) = client.write_all(answer).await;
+        if res.is_err() {
+            return Ending::ClientGone;
+        }
+    }
+    let active = gauge!("proxy_backend_active_connections", "backend" => up.name.clone());
+    active.increment(1.0);
+    let outcome = relay(client, backend, ctx.idle_timeout).await;
+    active.decrement(1.0);
+    counter!("proxy_backend_bytes_total", "backend" => up.name.clone(), "direction" => "up")
+        .increment(outcome.up_bytes);
+    counter!("proxy_backend_bytes_total", "backend" => up.name.clone(), "direction" => "down")
+        .increment(outcome.down_bytes);
+    if outcome.idle_timeout {
+        counter!("proxy_backend_errors_total", "backend" => up.name.clone(), "kind" => "idle_timeout").increment(1);
+    } else if outcome.reset {
+        counter!("proxy_backend_errors_total", "backend" => up.name.clone(), "kind" => "reset")
+            .increment(1);
+    }
+    Ending::Relayed
+}
+
+fn bad_gateway() -> Vec<u8> {
+    let body = "bad gateway\n";
+    format!(
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A minimal `/stats` (names only, never addresses); the observability issue extends it.
+fn stats_response(ctx: &ListenerCtx) -> Vec<u8> {
+    let set = ctx.upstreams.current();
+    let mut names: Vec<&str> = set.backends.values().map(|b| b.name.as_str()).collect();
+    names.sort_unstable();
+    let body = serde_json::json!({ "listener": ctx.name, "backends": names }).to_string();
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}

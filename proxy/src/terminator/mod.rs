@@ -1,0 +1,142 @@
+//! The userspace terminator: TLS (rustls) and WebSocket handshake validation, then a relay
+//! to the client's node. One single-threaded runtime per core, io_uring or epoll.
+
+pub mod handler;
+pub mod io;
+pub mod net;
+pub mod relay;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use crate::{
+    balancer::Balancer,
+    config::{Config, IoChoice, ListenerConfig, ListenerMode},
+    handshake::Limits,
+};
+
+/// Errors setting up the terminator from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A certificate could not be loaded.
+    #[error("listener `{listener}`: certificate for `{server_name}`")]
+    Certificate {
+        listener: String,
+        server_name: String,
+        #[source]
+        source: Box<tls::CertError>,
+    },
+    /// The control plane has no ring for a listener it was configured with.
+    #[error("listener `{0}` has no ring (internal)")]
+    NoRing(String),
+    /// Binding or starting workers failed.
+    #[error("starting the terminator")]
+    Start(#[source] std::io::Error),
+}
+
+/// The io mode asked for by config or flag; `None` = auto.
+pub fn requested_mode(choice: IoChoice) -> Option<io::IoMode> {
+    match choice {
+        IoChoice::Auto => None,
+        IoChoice::Uring => Some(io::IoMode::Uring),
+        IoChoice::Epoll => Some(io::IoMode::Epoll),
+    }
+}
+
+/// The terminator's view of a listener's pool, from the control plane's current state.
+pub fn upstream_set(
+    balancer: &Balancer,
+    listener: &ListenerConfig,
+) -> Result<upstream::UpstreamSet, SetupError> {
+    let ring = balancer
+        .ring(&listener.name)
+        .ok_or_else(|| SetupError::NoRing(listener.name.clone()))?
+        .clone();
+    let backends: HashMap<u32, upstream::Upstream> = balancer
+        .backends(&listener.pool)
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            (
+                b.id,
+                upstream::Upstream {
+                    id: b.id,
+                    name: b.name.clone(),
+                    addr: b.address,
+                },
+            )
+        })
+        .collect();
+    Ok(upstream::UpstreamSet { ring, backends })
+}
+
+/// Terminator listeners (`tls`/`ws`) of a config, with their shared upstream tables.
+pub fn listener_specs(
+    config: &Config,
+    balancer: &Balancer,
+) -> Result<Vec<(ListenerConfig, server::ListenerSpec)>, SetupError> {
+    let t = &config.terminator;
+    let mut out = Vec::new();
+    for l in config
+        .listeners
+        .iter()
+        .filter(|l| l.mode != ListenerMode::L4)
+    {
+        let tls = match &l.tls {
+            Some(tls_conf) => {
+                let sources: Vec<tls::CertSource> = tls_conf
+                    .certificates
+                    .iter()
+                    .map(|c| tls::CertSource {
+                        server_name: c.server_name.clone(),
+                        dir: c.dir.clone(),
+                    })
+                    .collect();
+                let resolver =
+                    tls::SniResolver::load(&sources, tls_conf.default_certificate.clone())
+                        .map_err(|source| {
+                            let server_name = match &source {
+                                tls::CertError::Read { path, .. }
+                                | tls::CertError::Content { path, .. }
+                                | tls::CertError::Key { path, .. } => sources
+                                    .iter()
+                                    .find(|s| path.starts_with(&s.dir))
+                                    .map(|s| s.server_name.clone())
+                                    .unwrap_or_default(),
+                            };
+                            SetupError::Certificate {
+                                listener: l.name.clone(),
+                                server_name,
+                                source: Box::new(source),
+                            }
+                        })?;
+                Some(tls::TlsAcceptor::new(resolver))
+            }
+            None => None,
+        };
+        let ctx = Arc::new(handler::ListenerCtx {
+            name: l.name.clone(),
+            limits: Limits {
+                max_head_bytes: t.max_head_bytes,
+                allowed_paths: l.paths.clone(),
+                allow_json_rpc_post: l.allow_json_rpc_post,
+                ..Limits::default()
+            },
+            upstreams: upstream::UpstreamTable::new(upstream_set(balancer, l)?),
+            handshake_timeout: Duration::from_secs(t.handshake_timeout_secs),
+            connect_timeout: Duration::from_millis(t.connect_timeout_ms),
+            idle_timeout: Duration::from_secs(t.idle_timeout_secs),
+        });
+        out.push((
+            l.clone(),
+            server::ListenerSpec {
+                addr: l.address,
+                ctx,
+                tls,
+            },
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,389 @@
+//! Worker threads: one single-threaded runtime per core (io_uring or epoll), each with its
+//! own `SO_REUSEPORT` listener per listening address, so the kernel spreads connections
+//! over cores and no lock is shared on the accept path.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    io,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd, RawFd},
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{info, warn};
+
+use super::{
+    handler::{handle, ListenerCtx},
+    io::{Io, IoMode},
+    net::{Connector, EpollConnector, UringConnector},
+    tls::{TlsAcceptor, TlsIo},
+};
+
+/// A listening address served by the terminator.
+#[derive(Clone)]
+pub struct ListenerSpec {
+    pub addr: SocketAddr,
+    pub ctx: Arc<ListenerCtx>,
+    /// `None`: a plain `ws` listener.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Connection limits shared by all workers.
+#[derive(Debug)]
+pub struct ConnLimits {
+    pub max_total: usize,
+    pub max_per_client: usize,
+    total: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnLimits {
+    pub fn new(max_total: usize, max_per_client: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_client,
+            total: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for a connection from `ip`, or None when a limit is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let mut map = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_per_client {
+            drop(map);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn active(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+/// Held for the life of a connection; gives its slot back on drop.
+struct ConnSlot {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .limits
+            .per_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+        self.limits.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Live client sockets of one worker, so a shutdown deadline can close them.
+type LiveSockets = Rc<RefCell<HashMap<u64, RawFd>>>;
+
+/// A running terminator.
+pub struct Terminator {
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    pub mode: IoMode,
+    pub local_addrs: Vec<SocketAddr>,
+    pub limits: Arc<ConnLimits>,
+}
+
+/// Whether this kernel lets us create an io_uring (containers and seccomp profiles often don't).
+pub fn uring_available() -> Result<(), String> {
+    #[repr(C)]
+    struct Params([u32; 30]);
+    let mut p = Params([0; 30]);
+    // SAFETY: io_uring_setup(2) with a zeroed params struct of the kernel's size (120 bytes).
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, &mut p as *mut Params) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error().to_string());
+    }
+    // SAFETY: closing the fd we just got.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// `auto`: io_uring when the kernel allows it, else epoll (logged with the reason).
+pub fn pick_mode(requested: Option<IoMode>) -> IoMode {
+    match requested {
+        Some(m) => m,
+        None => match uring_available() {
+            Ok(()) => IoMode::Uring,
+            Err(why) => {
+                warn!("io_uring unavailable ({why}); using epoll");
+                IoMode::Epoll
+            }
+        },
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+impl Terminator {
+    /// Binds every listener once per worker and starts the workers.
+    pub fn start(
+        mode: IoMode,
+        workers: usize,
+        mut listeners: Vec<ListenerSpec>,
+        limits: Arc<ConnLimits>,
+        grace: Duration,
+    ) -> io::Result<Self> {
+        let workers = workers.max(1);
+        // Port 0 (tests): the first bind picks the port, the other workers reuse it.
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, ListenerSpec)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut local_addrs = Vec::new();
+        for spec in &mut listeners {
+            let first = bind_reuseport(spec.addr)?;
+            spec.addr = first.local_addr()?;
+            local_addrs.push(spec.addr);
+            per_worker[0].push((first, spec.clone()));
+            for w in per_worker.iter_mut().skip(1) {
+                w.push((bind_reuseport(spec.addr)?, spec.clone()));
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (i, socks) in per_worker.into_iter().enumerate() {
+            let stop = stop.clone();
+            let limits = limits.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("term-{i}"))
+                    .spawn(move || match mode {
+                        IoMode::Epoll => run_epoll(socks, limits, stop, grace),
+                        IoMode::Uring => run_uring(socks, limits, stop, grace),
+                    })?,
+            );
+        }
+        info!(?mode, workers, "terminator started");
+        Ok(Self {
+            threads,
+            stop,
+            mode,
+            local_addrs,
+            limits,
+        })
+    }
+
+    /// Stops accepting, lets live connections finish up to the grace period, then closes
+    /// them; returns when every worker is done.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve_conn<S: Io + 'static, K: Connector>(
+    stream: S,
+    peer: SocketAddr,
+    spec: ListenerSpec,
+    connector: Rc<K>,
+    slot: ConnSlot,
+) {
+    let _slot = slot;
+    let ctx = spec.ctx.clone();
+    match spec.tls {
+        Some(acceptor) => {
+            let Ok(tls) = TlsIo::accept(stream, &acceptor, ctx.handshake_timeout).await else {
+                return;
+            };
+            handle(Rc::new(tls), peer, ctx, &*connector).await;
+        }
+        None => {
+            handle(Rc::new(stream), peer, ctx, &*connector).await;
+        }
+    }
+}
+
+/// Waits for `stop`, then shuts the listeners (ending pending accepts), waits for live
+/// connections up to `grace`, then shuts those down too.
+async fn supervise(
+    listener_fds: Vec<RawFd>,
+    live: LiveSockets,
+    stop: Arc<AtomicBool>,
+    grace: Duration,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for fd in listener_fds {
+        // SAFETY: shutdown(2) on a listening socket this worker owns: pending accepts fail.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    let deadline = Instant::now() + grace;
+    while !live.borrow().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for fd in live.borrow().values() {
+        // SAFETY: these fds stay open while registered (removed before the stream drops).
+        unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+    }
+    while !live.borrow().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Registers a client socket for the shutdown deadline for as long as it is alive.
+struct LiveGuard {
+    live: LiveSockets,
+    id: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.live.borrow_mut().remove(&self.id);
+    }
+}
+
+fn run_epoll(
+    socks: Vec<(std::net::TcpListener, ListenerSpec)>,
+    limits: Arc<ConnLimits>,
+    stop: Arc<AtomicBool>,
+    grace: Duration,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!("epoll worker failed to start: {e}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let live: LiveSockets = Rc::default();
+        let connector = Rc::new(EpollConnector);
+        let mut fds = Vec::new();
+        let mut accepts = Vec::new();
+        for (std_listener, spec) in socks {
+            fds.push(std_listener.as_raw_fd());
+            let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                continue;
+            };
+            let (live, limits, connector, stop) = (
+                live.clone(),
+                limits.clone(),
+                connector.clone(),
+                stop.clone(),
+            );
+            accepts.push(tokio::task::spawn_local(async move {
+                let mut next_id = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((stream, peer)) = listener.accept().await else {
+                        break;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let Some(slot) = limits.admit(peer.ip()) else {
+                        continue;
+                    };
+                    next_id += 1;
+                    live.borrow_mut().insert(next_id, stream.as_raw_fd());
+                    let guard = LiveGuard {
+                        live: live.clone(),
+                        id: next_id,
+                    };
+                    let (spec, connector) = (spec.clone(), connector.clone());
+                    tokio::task::spawn_local(async move {
+                        serve_conn(stream, peer, spec, connector, slot).await;
+                        drop(guard);
+                    });
+                }
+            }));
+        }
+        supervise(fds, live, stop, grace).await;
+        for a in accepts {
+            a.abort();
+        }
+    });
+}
+
+fn run_uring(
+    socks: Vec<(std::net::TcpListener, ListenerSpec)>,
+    limits: Arc<ConnLimits>,
+    stop: Arc<AtomicBool>,
+    grace: Duration,
+) {
+    tokio_uring::start(async move {
+        let live: LiveSockets = Rc::default();
+        let connector = Rc::new(UringConnector);
+        let mut fds = Vec::new();
+        for (std_listener, spec) in socks {
+            fds.push(std_listener.as_raw_fd());
+            let _ = std_listener.set_nonblocking(false);
+            let listener = tokio_uring::net::TcpListener::from_std(std_listener);
+            let (live, limits, connector, stop) = (
+                live.clone(),
+                limits.clone(),
+                connector.clone(),
+                stop.clone(),
+            );
+            tokio_uring::spawn(async move {
+                let mut next_id = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((stream, peer)) = listener.accept().await else {
+                        break;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let Some(slot) = limits.admit(peer.ip()) else {
+                        continue;
+                    };
+                    next_id += 1;
+                    live.borrow_mut().insert(next_id, stream.as_raw_fd());
+                    let guard = LiveGuard {
+                        live: live.clone(),
+                        id: next_id,
+                    };
+                    let (spec, connector) = (spec.clone(), connector.clone());
+                    tokio_uring::spawn(async move {
+                        serve_conn(stream, peer, spec, connector, slot).await;
+                        drop(guard);
+                    });
+                }
+            });
+        }
+        supervise(fds, live, stop, grace).await;
+    });
+}

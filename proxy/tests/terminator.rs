@@ -1,0 +1,487 @@
+//! The terminator with real clients and servers on loopback, in both io modes: a
+//! tungstenite WebSocket client (plain and over rustls) through the proxy to WebSocket echo
+//! nodes.
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{Arc, Once},
+    thread,
+    time::{Duration, Instant},
+};
+
+use proxy::{
+    handshake::Limits,
+    maglev::{MaglevRing, RingMember},
+    terminator::{
+        handler::ListenerCtx,
+        io::IoMode,
+        server::{ConnLimits, ListenerSpec, Terminator},
+        tls::{CertSource, SniResolver, TlsAcceptor},
+        upstream::{Upstream, UpstreamSet, UpstreamTable},
+    },
+};
+use tungstenite::Message;
+
+fn init_crypto() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+/// A WebSocket echo node (and a JSON-RPC-over-POST echo) on loopback.
+fn echo_node() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || serve_node(s));
+        }
+    });
+    addr
+}
+
+fn serve_node(s: TcpStream) {
+    let mut peek = [0u8; 4];
+    if s.peek(&mut peek).is_ok() && &peek == b"POST" {
+        return serve_post(s);
+    }
+    let Ok(mut ws) = tungstenite::accept(s) else {
+        return;
+    };
+    while let Ok(msg) = ws.read() {
+        if msg.is_close() {
+            break;
+        }
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).is_err() {
+            break;
+        }
+    }
+}
+
+fn serve_post(mut s: TcpStream) {
+    // Reads to EOF (the client half-closes), then answers: proves half-close works.
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let body_at = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(all.len());
+    let body = &all[body_at..];
+    let _ = write!(
+        s,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(body);
+}
+
+fn table(nodes: &[(&str, SocketAddr)]) -> UpstreamTable {
+    let mut ring = MaglevRing::new(1009).unwrap();
+    let members: Vec<RingMember> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| RingMember {
+            id: i as u32,
+            name: n.to_string(),
+            weight: 1,
+        })
+        .collect();
+    ring.rebuild(&members).unwrap();
+    let backends: HashMap<u32, Upstream> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (n, a))| {
+            (
+                i as u32,
+                Upstream {
+                    id: i as u32,
+                    name: n.to_string(),
+                    addr: *a,
+                },
+            )
+        })
+        .collect();
+    UpstreamTable::new(UpstreamSet { ring, backends })
+}
+
+struct Setup {
+    tls: Option<TlsAcceptor>,
+    idle: Duration,
+    per_client: usize,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            idle: Duration::from_secs(30),
+            per_client: 64,
+        }
+    }
+}
+
+fn start(mode: IoMode, upstreams: UpstreamTable, setup: Setup) -> (Terminator, SocketAddr) {
+    init_crypto();
+    let ctx = Arc::new(ListenerCtx {
+        name: "wss-test".into(),
+        limits: Limits::default(),
+        upstreams,
+        handshake_timeout: Duration::from_millis(800),
+        connect_timeout: Duration::from_millis(500),
+        idle_timeout: setup.idle,
+    });
+    let spec = ListenerSpec {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        ctx,
+        tls: setup.tls,
+    };
+    let t = Terminator::start(
+        mode,
+        2,
+        vec![spec],
+        ConnLimits::new(1000, setup.per_client),
+        Duration::from_millis(300),
+    )
+    .expect("terminator starts");
+    let addr = t.local_addrs[0];
+    (t, addr)
+}
+
+fn modes() -> [IoMode; 2] {
+    [IoMode::Epoll, IoMode::Uring]
+}
+
+fn ws_client(addr: SocketAddr) -> tungstenite::WebSocket<TcpStream> {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (ws, resp) =
+        tungstenite::client(format!("ws://{addr}/"), s).expect("upgrade through the proxy");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+#[test]
+fn websocket_messages_pass_byte_exact_in_both_modes() {
+    let node = echo_node();
+    for mode in modes() {
+        let (t, addr) = start(mode, table(&[("node-a", node)]), Setup::default());
+        let mut ws = ws_client(addr);
+        ws.send(Message::text(
+            "{\"id\":1,\"method\":\"call\",\"params\":[\"database\",\"get_chain_id\",[]]}",
+        ))
+        .unwrap();
+        assert!(ws
+            .read()
+            .unwrap()
+            .to_text()
+            .unwrap()
+            .contains("get_chain_id"));
+        // A large message: many TCP segments and relay buffers.
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        ws.send(Message::binary(big.clone())).unwrap();
+        assert_eq!(
+            ws.read().unwrap().into_data(),
+            big,
+            "{mode:?}: large message corrupted"
+        );
+        // A fragmented message (continuation frames) passes untouched: the node reassembles.
+        for i in 0..50 {
+            let m = format!("message {i}");
+            ws.send(Message::text(m.clone())).unwrap();
+            assert_eq!(ws.read().unwrap().into_text().unwrap(), m);
+        }
+        ws.close(None).unwrap();
+        t.shutdown();
+    }
+}
+
+#[test]
+fn handshake_fed_byte_by_byte_then_fragmented_frames() {
+    let node = echo_node();
+    for mode in modes() {
+        let (t, addr) = start(mode, table(&[("node-a", node)]), Setup::default());
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_nodelay(true).unwrap();
+        let head = "GET / HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        for b in head.as_bytes() {
+            s.write_all(&[*b]).unwrap();
+        }
+        let mut resp = [0u8; 12];
+        s.read_exact(&mut resp).unwrap();
+        assert_eq!(&resp, b"HTTP/1.1 101", "{mode:?}");
+        let mut rest = Vec::new();
+        while !rest.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+            rest.push(b[0]);
+        }
+        // "Hel" + "lo" as two masked frames (FIN=0 text, then FIN=1 continuation).
+        let frame = |fin_op: u8, payload: &[u8]| {
+            let mask = [1u8, 2, 3, 4];
+            let mut f = vec![fin_op, 0x80 | payload.len() as u8];
+            f.extend_from_slice(&mask);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            f
+        };
+        s.write_all(&frame(0x01, b"Hel")).unwrap();
+        s.write_all(&frame(0x80, b"lo")).unwrap();
+        let mut echo = [0u8; 7];
+        s.read_exact(&mut echo).unwrap();
+        assert_eq!(
+            &echo, b"\x81\x05Hello",
+            "{mode:?}: the node's unmasked reply"
+        );
+        drop(s);
+        t.shutdown();
+    }
+}
+
+#[test]
+fn json_rpc_post_with_half_close() {
+    let node = echo_node();
+    for mode in modes() {
+        let (t, addr) = start(mode, table(&[("node-a", node)]), Setup::default());
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let body =
+            r#"{"id":1,"method":"call","params":["database","get_dynamic_global_properties",[]]}"#;
+        write!(s, "POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{mode:?}: {resp}");
+        assert!(
+            resp.ends_with(body),
+            "{mode:?}: the answer after our FIN is lost: {resp}"
+        );
+        t.shutdown();
+    }
+}
+
+#[test]
+fn retries_another_node_when_the_chosen_one_refuses() {
+    let node = echo_node();
+    // A port with nothing listening: connection refused.
+    let dead = {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    for mode in modes() {
+        let (t, addr) = start(
+            mode,
+            table(&[("dead", dead), ("alive", node)]),
+            Setup::default(),
+        );
+        for _ in 0..5 {
+            let mut ws = ws_client(addr);
+            ws.send(Message::text("ping")).unwrap();
+            assert_eq!(ws.read().unwrap().into_text().unwrap(), "ping");
+        }
+        t.shutdown();
+    }
+}
+
+#[test]
+fn rejects_bad_handshakes_with_fixed_texts() {
+    let node = echo_node();
+    for mode in modes() {
+        let (t, addr) = start(mode, table(&[("node-a", node)]), Setup::default());
+        for (req, status) in [
+            ("GET /admin HTTP/1.1\r\nHost: t\r\n\r\n", "404"),
+            ("DELETE / HTTP/1.1\r\nHost: t\r\n\r\n", "405"),
+            ("GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", "426"),
+            ("\x16\x03\x01 not http\r\n\r\n", "400"),
+        ] {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(req.as_bytes()).unwrap();
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            assert!(resp.starts_with(&format!("HTTP/1.1 {status}")), "{mode:?} {req:?} -> {resp:?}");
+            assert!(!resp.contains("127.0.0.1"), "a backend address leaked: {resp}");
+        }
+        // Slowloris: a head that never ends gets 408 at the deadline.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+        let started = Instant::now();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.starts_with("HTTP/1.1 408"), "{mode:?}: {resp:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        t.shutdown();
+    }
+}
+
+#[test]
+fn idle_timeout_closes_both_sides() {
+    let node = echo_node();
+    for mode in modes() {
+        let setup = Setup {
+            idle: Duration::from_millis(400),
+            ..Default::default()
+        };
+        let (t, addr) = start(mode, table(&[("node-a", node)]), setup);
+        let mut ws = ws_client(addr);
+        ws.send(Message::text("still here")).unwrap();
+        assert_eq!(ws.read().unwrap().into_text().unwrap(), "still here");
+        let started = Instant::now();
+        let r = ws.read();
+        assert!(
+            r.is_err() || r.unwrap().is_close(),
+            "{mode:?}: idle connection not closed"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+            "{mode:?}: {waited:?}"
+        );
+        t.shutdown();
+    }
+}
+
+#[test]
+fn per_client_limit_and_graceful_shutdown() {
+    let node = echo_node();
+    for mode in modes() {
+        let setup = Setup {
+            per_client: 2,
+            ..Default::default()
+        };
+        let (t, addr) = start(mode, table(&[("node-a", node)]), setup);
+        let mut a = ws_client(addr);
+        let _b = ws_client(addr);
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            c.read(&mut buf).unwrap_or(0),
+            0,
+            "{mode:?}: a third connection from one client was served"
+        );
+        a.send(Message::text("ok")).unwrap();
+        assert_eq!(a.read().unwrap().into_text().unwrap(), "ok");
+        // SIGTERM path: stop accepting; live connections are closed after the grace period.
+        let started = Instant::now();
+        t.shutdown();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{mode:?}: shutdown hung"
+        );
+        let r = a.read();
+        assert!(
+            r.is_err() || r.unwrap().is_close(),
+            "{mode:?}: live connection survived shutdown"
+        );
+        assert!(
+            TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+            "{mode:?}: still accepting"
+        );
+    }
+}
+
+fn write_cert_dir(root: &std::path::Path, name: &str) -> CertSource {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("fullchain.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("privkey.pem"), ck.key_pair.serialize_pem()).unwrap();
+    CertSource {
+        server_name: name.to_string(),
+        dir,
+    }
+}
+
+fn tls_client(
+    addr: SocketAddr,
+    name: &str,
+    ca_pem: &[u8],
+) -> Result<tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>, String>
+{
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), server_name).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let stream = rustls::StreamOwned::new(conn, tcp);
+    tungstenite::client(format!("wss://{name}/"), stream)
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn tls_per_sni_certificates_and_reload_in_both_modes() {
+    init_crypto();
+    let node = echo_node();
+    let dir = std::env::temp_dir().join(format!("pxt-certs-{}", std::process::id()));
+    for mode in modes() {
+        let eu = write_cert_dir(&dir, "eu.example.test");
+        let us = write_cert_dir(&dir, "us.example.test");
+        let eu_pem = std::fs::read(eu.dir.join("fullchain.pem")).unwrap();
+        let us_pem = std::fs::read(us.dir.join("fullchain.pem")).unwrap();
+        let resolver = SniResolver::load(&[eu.clone(), us.clone()], None).unwrap();
+        let acceptor = TlsAcceptor::new(resolver.clone());
+        let (t, addr) = start(
+            mode,
+            table(&[("node-a", node)]),
+            Setup {
+                tls: Some(acceptor),
+                ..Default::default()
+            },
+        );
+        for (name, pem) in [("eu.example.test", &eu_pem), ("us.example.test", &us_pem)] {
+            let mut ws =
+                tls_client(addr, name, pem).unwrap_or_else(|e| panic!("{mode:?} {name}: {e}"));
+            ws.send(Message::text(name)).unwrap();
+            assert_eq!(ws.read().unwrap().into_text().unwrap(), name);
+        }
+        // Unknown name: no certificate, the handshake fails with an alert.
+        assert!(
+            tls_client(addr, "other.example.test", &eu_pem).is_err(),
+            "{mode:?}"
+        );
+        // A live connection survives a certificate swap; new handshakes get the new one;
+        // a broken file keeps the old certificate.
+        let mut live = tls_client(addr, "eu.example.test", &eu_pem).unwrap();
+        thread::sleep(Duration::from_millis(1100)); // mtime granularity
+        let fresh = write_cert_dir(&dir, "eu.example.test");
+        let fresh_pem = std::fs::read(fresh.dir.join("fullchain.pem")).unwrap();
+        assert_eq!(
+            resolver.reload_changed(),
+            vec!["eu.example.test".to_string()]
+        );
+        live.send(Message::text("after reload")).unwrap();
+        assert_eq!(live.read().unwrap().into_text().unwrap(), "after reload");
+        assert!(
+            tls_client(addr, "eu.example.test", &fresh_pem).is_ok(),
+            "{mode:?}: new certificate not served"
+        );
+        assert!(
+            tls_client(addr, "eu.example.test", &eu_pem).is_err(),
+            "{mode:?}: old certificate still served"
+        );
+        thread::sleep(Duration::from_millis(1100));
+        std::fs::write(fresh.dir.join("privkey.pem"), b"garbage").unwrap();
+        assert!(resolver.reload_changed().is_empty());
+        assert!(
+            tls_client(addr, "eu.example.test", &fresh_pem).is_ok(),
+            "{mode:?}: broken file replaced a good certificate"
+        );
+        drop(live);
+        t.shutdown();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
