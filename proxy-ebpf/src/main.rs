@@ -14,7 +14,7 @@ use core::num::NonZeroU32;
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::PerCpuArray,
     programs::XdpContext,
@@ -107,7 +107,8 @@ fn expired(state: &FlowState, now: u64, proto: u8, s: &Settings) -> bool {
     } else {
         s.udp_idle_timeout_ns
     };
-    now.saturating_sub(state.last_seen_ns) > timeout
+    // `>=`: a timeout of 0 expires at once even within one coarse-clock tick.
+    now.saturating_sub(state.last_seen_ns) >= timeout
 }
 
 /// Per-CPU working memory for the keys and values of one packet: the BPF stack is 512 bytes
@@ -157,8 +158,9 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, s: &Settings) -> u3
         family: pkt.family,
         pad: [0; 2],
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Coarse (tick-resolution) time is plenty for timeouts and costs a fraction.
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let mut new_flow = false;
     let mut miss = false;
     let mut found = false;
@@ -256,7 +258,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, s: &Settings) -> u3
         reason(Reason::DropMalformed);
         return xdp_action::XDP_DROP;
     }
-    forward::send(ctx, pkt, &sc.t, Reason::Forwarded)
+    forward::send(ctx, pkt, &sc.t, backend_id, now)
 }
 
 /// The backend id in the VIP's ring slot for this hash.
@@ -400,8 +402,9 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings) -> u32 {
         family: pkt.family,
         pad: [0; 2],
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Coarse (tick-resolution) time is plenty for timeouts and costs a fraction.
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(st) = FLOWS.get_ptr_mut(&sc.flow) else {
         // The client side is gone (evicted): the stack answers the backend (with a RST).
         let _ = NAT_REVERSE.remove(&sc.nat);
@@ -450,7 +453,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings) -> u32 {
         reason(Reason::DropMalformed);
         return xdp_action::XDP_DROP;
     }
-    forward::send(ctx, pkt, &sc.t, Reason::ReplyTranslated)
+    forward::send(ctx, pkt, &sc.t, forward::CLIENT_HOP, now)
 }
 
 #[cfg(not(test))]

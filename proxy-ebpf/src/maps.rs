@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    Backend, Counters, FlowKey, FlowState, NatKey, NatState, Settings, VipKey, VipMeta,
-    COUNTER_SLOTS, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_VIPS,
+    Backend, Counters, FlowKey, FlowState, HopKey, NatKey, NatState, NextHop, Settings, VipKey,
+    VipMeta, CLIENT_HOP_ENTRIES, COUNTER_SLOTS, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_VIPS,
 };
 
 /// (VIP address, port, protocol) -> ring number and flags. Written by the control plane.
@@ -48,3 +48,13 @@ pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(COUNTER_SLOTS, 
 /// Per-CPU packet counts by `proxy_common::Reason`.
 #[map(name = "REASONS")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(proxy_common::Reason::COUNT, 0);
+
+/// Next hop towards backend id n, cached from the FIB (a FIB lookup per packet would cost
+/// more than the rest of the fast path together).
+#[map(name = "HOPS_BY_BACKEND")]
+pub static HOPS_BY_BACKEND: Array<NextHop> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Next hop towards a client address (the reply path), cached from the FIB.
+#[map(name = "HOPS_BY_CLIENT")]
+pub static HOPS_BY_CLIENT: LruHashMap<HopKey, NextHop> =
+    LruHashMap::with_max_entries(CLIENT_HOP_ENTRIES, BPF_F_NO_COMMON_LRU);

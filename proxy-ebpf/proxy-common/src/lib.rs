@@ -18,6 +18,8 @@ pub mod map_names {
     pub const SETTINGS: &str = "SETTINGS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const REASONS: &str = "REASONS";
+    pub const HOPS_BY_BACKEND: &str = "HOPS_BY_BACKEND";
+    pub const HOPS_BY_CLIENT: &str = "HOPS_BY_CLIENT";
 }
 
 /// Name of the XDP program in the object file.
@@ -160,6 +162,32 @@ pub struct Settings {
     pub closing_timeout_ns: u64,
 }
 
+/// A cached FIB answer: where packets to one destination leave and with which MACs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub ifindex: u32,
+    /// Re-asked from the FIB after this (coarse monotonic ns): neighbour changes show
+    /// within `NEXT_HOP_TTL_NS`.
+    pub expires_ns: u64,
+}
+
+/// How long a cached next hop is used before the FIB is asked again.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+/// Client destinations whose next hop is cached.
+pub const CLIENT_HOP_ENTRIES: u32 = 65_536;
+
+/// Key of the client next-hop cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HopKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub pad: [u8; 3],
+}
+
 /// Per-CPU counters for one VIP or one backend (slot in the `COUNTERS` array).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -265,6 +293,8 @@ mod pod {
     unsafe impl aya::Pod for super::NatState {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::HopKey {}
 }
 
 // No implicit padding anywhere: the kernel hashes keys byte by byte.
@@ -278,4 +308,6 @@ const _: () = {
     assert!(core::mem::size_of::<NatState>() == 44);
     assert!(core::mem::size_of::<Settings>() == 64);
     assert!(core::mem::size_of::<Counters>() == 32);
+    assert!(core::mem::size_of::<NextHop>() == 24);
+    assert!(core::mem::size_of::<HopKey>() == 20);
 };
