@@ -239,6 +239,20 @@ impl Balancer {
         let idx = self.vips.len() - 1;
         // Ring first, then the VIP entry: the VIP never exists with an empty ring.
         self.rebuild_vip(idx, w)?;
+        // The kernel's copy may hold anything (zeros = backend 0 in a fresh map, an old
+        // ring in pinned maps after a restart): write every slot once, deltas after that.
+        let v = &self.vips[idx];
+        let full: Vec<RingDelta> = v
+            .ring
+            .slots()
+            .iter()
+            .enumerate()
+            .map(|(slot, &id)| RingDelta {
+                slot: slot as u32,
+                id,
+            })
+            .collect();
+        w.write_ring_delta(v.meta.vip_num, &full).map_err(maps)?;
         let v = &self.vips[idx];
         w.set_vip(&v.key, &v.meta).map_err(maps)
     }
@@ -568,6 +582,12 @@ backends = [
         assert_eq!(m.backends.len(), 2);
         assert_eq!(m.rings[&0].len(), 1009);
         let ring_pos = m.log.iter().position(|l| l == "ring 0 +1009").unwrap();
+        assert_eq!(
+            m.log.iter().filter(|l| l.starts_with("ring 0 ")).count(),
+            2,
+            "delta, then the full table: {:?}",
+            m.log
+        );
         let vip_pos = m.log.iter().position(|l| l == "vip 0").unwrap();
         assert!(ring_pos < vip_pos, "{:?}", m.log);
         let wss = m.vips[&vip_key("203.0.113.10:443".parse().unwrap(), Protocol::Tcp)];
@@ -672,6 +692,22 @@ backends = [
         Balancer::from_config(&Config::parse(&swapped, "t").unwrap(), &mut m2).unwrap();
         assert_eq!(m1.rings, m2.rings);
         assert_eq!(m1.backends, m2.backends);
+    }
+
+    #[test]
+    fn a_listener_with_an_empty_pool_writes_empty_slots() {
+        let text = CONF.replace(
+            r#"pool = "eu"
+hash = "source""#,
+            r#"pool = "none"
+hash = "source""#,
+        ) + "\n[pools.none]\nbackends = []\n";
+        let config = Config::parse(&text, "t").unwrap();
+        let mut m = MemoryMaps::default();
+        Balancer::from_config(&config, &mut m).unwrap();
+        let ring = &m.rings[&1];
+        assert_eq!(ring.len(), 1009, "every slot written");
+        assert!(ring.values().all(|&id| id == proxy_common::EMPTY_SLOT));
     }
 
     #[test]

@@ -485,3 +485,79 @@ fn tls_per_sni_certificates_and_reload_in_both_modes() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A node that pushes `total` bytes of binary messages as fast as the socket takes them,
+/// like a subscription flood, and reports how much it managed to write.
+fn pushing_node(total: usize) -> (SocketAddr, std::sync::mpsc::Receiver<usize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let Ok(mut ws) = tungstenite::accept(s) else {
+                    return;
+                };
+                let chunk = vec![0x5au8; 64 * 1024];
+                let mut sent = 0;
+                while sent < total {
+                    if ws.send(Message::binary(chunk.clone())).is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                    let _ = tx.send(sent);
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn slow_reader_backpressure_keeps_memory_flat() {
+    for mode in modes() {
+        let total = 256 * 1024 * 1024;
+        let (node, progress) = pushing_node(total);
+        let (t, addr) = start(mode, table(&[("pusher", node)]), Setup::default());
+        let mut ws = ws_client(addr);
+        ws.send(Message::text("subscribe")).unwrap();
+        let before = rss_bytes();
+        // The client reads nothing for a while: the node must get stuck, not the proxy's
+        // memory grow.
+        thread::sleep(Duration::from_millis(1500));
+        let mut pushed = 0;
+        while let Ok(p) = progress.try_recv() {
+            pushed = p;
+        }
+        let grown = rss_bytes().saturating_sub(before);
+        assert!(
+            pushed < total / 4,
+            "{mode:?}: node pushed {pushed} bytes into a client that reads nothing"
+        );
+        assert!(
+            grown < 16 * 1024 * 1024,
+            "{mode:?}: memory grew {grown} bytes while the client was stalled"
+        );
+        // And the bytes are all there, in order, once the client reads.
+        let mut got = 0usize;
+        while got < 8 * 1024 * 1024 {
+            let m = ws.read().unwrap().into_data();
+            assert!(m.iter().all(|&b| b == 0x5a));
+            got += m.len();
+        }
+        drop(ws);
+        t.shutdown();
+    }
+}
