@@ -231,6 +231,25 @@ pub struct PoolConfig {
     pub backends: Vec<BackendConfig>,
 }
 
+/// `[admin]`: the operator's side.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Unix socket of the admin API (`proxy backends ...`).
+    pub socket: PathBuf,
+    /// Prometheus `/metrics` listener; keep it on a private address.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(crate::admin::DEFAULT_SOCKET),
+            metrics: None,
+        }
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -238,6 +257,8 @@ pub struct Config {
     pub balancer: BalancerConfig,
     #[serde(default)]
     pub terminator: TerminatorConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     #[serde(rename = "listener", default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! The proxy: configuration, control plane, kernel data-plane loader (and, later, the
 //! TLS/WebSocket terminator).
 
+pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod ebpf;

@@ -4,7 +4,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use metrics::{counter, gauge};
 use proxy::{
+    admin::{BackendRow, Request, Response},
     balancer::{settings_from, Balancer},
     config::{Config, IoChoice, ListenerConfig},
     ebpf::{DataPlane, LoadOptions},
@@ -47,6 +49,42 @@ enum Command {
     },
     /// Validate a configuration file and report every problem.
     CheckConfig { file: PathBuf },
+    /// Inspect and change backends of a running proxy (admin socket).
+    Backends {
+        /// Admin socket of the running proxy (`admin.socket` in its config).
+        #[arg(long, global = true, default_value = proxy::admin::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[command(subcommand)]
+        action: BackendsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendsCmd {
+    /// Every backend with weight, state, why, and counters.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a backend to a pool (no restart, nobody dropped).
+    Add {
+        pool: String,
+        name: String,
+        address: std::net::SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        weight: u32,
+    },
+    /// No new connections; live ones continue.
+    Drain { pool: String, name: String },
+    /// Remove from the pool; its pinned flows are re-balanced.
+    Remove { pool: String, name: String },
+    /// Set a new weight (0 = drain).
+    Weight {
+        pool: String,
+        name: String,
+        weight: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +97,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Backends { socket, action } => backends(&socket, action),
         Command::Run {
             config,
             stats_interval,
@@ -85,6 +124,161 @@ fn check_config(file: &std::path::Path) -> Result<()> {
         backends
     );
     Ok(())
+}
+
+fn backends(socket: &std::path::Path, action: BackendsCmd) -> Result<()> {
+    let (req, json) = match action {
+        BackendsCmd::List { json } => (Request::List, json),
+        BackendsCmd::Add {
+            pool,
+            name,
+            address,
+            weight,
+        } => (
+            Request::Add {
+                pool,
+                name,
+                address,
+                weight: Some(weight),
+            },
+            false,
+        ),
+        BackendsCmd::Drain { pool, name } => (Request::Drain { pool, name }, false),
+        BackendsCmd::Remove { pool, name } => (Request::Remove { pool, name }, false),
+        BackendsCmd::Weight { pool, name, weight } => {
+            (Request::Weight { pool, name, weight }, false)
+        }
+    };
+    let answer = proxy::admin::call(socket, &req)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if !answer.backends.is_empty() {
+        print!("{}", proxy::admin::render_table(&answer.backends));
+    } else {
+        println!("{}", answer.message);
+    }
+    if !answer.ok {
+        anyhow::bail!("refused: {}", answer.message);
+    }
+    Ok(())
+}
+
+/// Applies an admin request to the control plane and the terminator's tables.
+fn apply_admin(
+    req: Request,
+    balancer: &mut Balancer,
+    dp: &mut DataPlane,
+    terminated: &[(ListenerConfig, ListenerSpec)],
+) -> Response {
+    let result = match &req {
+        Request::List => {
+            return Response {
+                backends: backend_rows(balancer, dp),
+                ..Response::ok("ok")
+            }
+        }
+        Request::Add {
+            pool,
+            name,
+            address,
+            weight,
+        } => balancer
+            .add_backend(pool, name, *address, weight.unwrap_or(100), dp)
+            .map(|id| format!("added {name} to {pool} (id {id})")),
+        Request::Drain { pool, name } => balancer
+            .set_weight(pool, name, 0, dp)
+            .map(|_| format!("drained {name} in {pool}")),
+        Request::Remove { pool, name } => balancer
+            .remove_backend(pool, name, dp)
+            .map(|_| format!("removed {name} from {pool}")),
+        Request::Weight { pool, name, weight } => balancer
+            .set_weight(pool, name, *weight, dp)
+            .map(|_| format!("{name} in {pool}: weight {weight}")),
+    };
+    match result {
+        Ok(msg) => {
+            info!("admin: {msg}");
+            refresh_terminator(balancer, terminated);
+            Response::ok(msg)
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            proxy::admin::log_refusal(&req, &why);
+            Response::err(why)
+        }
+    }
+}
+
+fn refresh_terminator(balancer: &Balancer, terminated: &[(ListenerConfig, ListenerSpec)]) {
+    for (l, spec) in terminated {
+        match terminator::upstream_set(balancer, l) {
+            Ok(set) => spec.ctx.upstreams.replace(set),
+            Err(e) => error!("listener {}: {e}", l.name),
+        }
+    }
+}
+
+fn backend_rows(balancer: &Balancer, dp: &DataPlane) -> Vec<BackendRow> {
+    let mut rows = Vec::new();
+    for (pool, backends) in balancer.pools() {
+        for be in backends {
+            let c = dp
+                .counters(backend_counter_index(be.id))
+                .unwrap_or_default();
+            let (state, why) = if be.weight == 0 {
+                (
+                    "drained",
+                    "weight 0: no new connections, live ones continue",
+                )
+            } else {
+                ("active", "in the ring (no health checks configured)")
+            };
+            rows.push(BackendRow {
+                pool: pool.to_string(),
+                name: be.name.clone(),
+                id: be.id,
+                address: be.address,
+                weight: be.weight,
+                state: state.into(),
+                why: why.into(),
+                packets: c.packets,
+                new_flows: c.new_flows,
+            });
+        }
+    }
+    rows
+}
+
+/// Publishes the kernel's per-CPU counters (summed) as Prometheus counters.
+fn export_xdp_counters(dp: &DataPlane, balancer: &Balancer) {
+    for (name, num, _) in balancer.vips() {
+        if let Ok(c) = dp.counters(num) {
+            let l = name.to_string();
+            counter!("proxy_xdp_vip_packets_total", "listener" => l.clone()).absolute(c.packets);
+            counter!("proxy_xdp_vip_bytes_total", "listener" => l.clone()).absolute(c.bytes);
+            counter!("proxy_xdp_vip_new_flows_total", "listener" => l.clone())
+                .absolute(c.new_flows);
+            counter!("proxy_xdp_vip_lru_misses_total", "listener" => l).absolute(c.lru_misses);
+        }
+    }
+    for (_, backends) in balancer.pools() {
+        for be in backends {
+            if let Ok(c) = dp.counters(backend_counter_index(be.id)) {
+                counter!("proxy_xdp_backend_packets_total", "backend" => be.name.clone())
+                    .absolute(c.packets);
+                counter!("proxy_xdp_backend_bytes_total", "backend" => be.name.clone())
+                    .absolute(c.bytes);
+                counter!("proxy_xdp_backend_new_flows_total", "backend" => be.name.clone())
+                    .absolute(c.new_flows);
+            }
+            gauge!("proxy_backend_weight", "backend" => be.name.clone()).set(be.weight as f64);
+        }
+    }
+    if let Ok(r) = dp.reasons() {
+        for (reason, n) in r {
+            counter!("proxy_xdp_packets_by_reason_total", "reason" => reason.label()).absolute(n);
+        }
+    }
 }
 
 fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> Result<()> {
@@ -141,7 +335,24 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let admin_socket = config.admin.socket.clone();
+    let metrics_addr = config.admin.metrics;
     rt.block_on(async {
+        if let Some(addr) = metrics_addr {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .with_context(|| format!("starting the metrics listener on {addr}"))?;
+            info!(%addr, "Prometheus metrics at /metrics");
+        }
+        let (admin_tx, mut admin_rx) = tokio::sync::mpsc::channel(16);
+        let socket = admin_socket.clone();
+        tokio::spawn(async move {
+            if let Err(e) = proxy::admin::serve(socket.clone(), admin_tx).await {
+                error!(socket = %socket.display(), "admin API stopped: {e}");
+            }
+        });
+        let mut metrics_tick = tokio::time::interval(Duration::from_secs(2));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -157,13 +368,12 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     reload(path, &mut balancer, &mut dp);
-                    for (l, spec) in &terminated {
-                        match terminator::upstream_set(&balancer, l) {
-                            Ok(set) => spec.ctx.upstreams.replace(set),
-                            Err(e) => error!("reload: listener {}: {e}", l.name),
-                        }
-                    }
+                    refresh_terminator(&balancer, &terminated);
                 }
+                Some((req, reply)) = admin_rx.recv() => {
+                    let _ = reply.send(apply_admin(req, &mut balancer, &mut dp, &terminated));
+                }
+                _ = metrics_tick.tick(), if metrics_addr.is_some() => export_xdp_counters(&dp, &balancer),
                 _ = cert_tick.tick() => {
                     for (_, spec) in &terminated {
                         if let Some(tls) = &spec.tls {
@@ -180,6 +390,7 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
         info!("shutting down: no new connections; live ones get the grace period");
         t.shutdown();
     }
+    let _ = std::fs::remove_file(&admin_socket);
     info!("shutting down: detaching XDP (pinned maps keep established flows for a restart)");
     dp.detach_all();
     Ok(())

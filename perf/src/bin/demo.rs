@@ -167,10 +167,15 @@ fn main() -> Result<()> {
          \n  ip netns exec {lb} ip link show lb-c                 # 'prog/xdp' = native XDP attached\
          \n  bpftool map dump pinned {pins}/REASONS               # per-CPU packet counts by reason\
          \n  tail -f {log}                    # the proxy's log, counters every 5 s\
+         \n  {bin} backends --socket {sock} list                      # state, weight, counters\
+         \n  {bin} backends --socket {sock} drain demo node-3        # no new flows; live ones continue\
+         \n  ip netns exec {lb} curl -s 127.0.0.1:9100/metrics | grep ^proxy_   # Prometheus\
          \n  edit config/demo.toml (weights), then: pkill -HUP -x proxy   # live reload of pools\
          \n\nCtrl-C stops the proxy and removes the namespaces.",
         vip = topology::VIP,
         log = log.display(),
+        bin = proxy_bin.display(),
+        sock = config.admin.socket.display(),
     );
     let deadline = args
         .duration

@@ -1,0 +1,280 @@
+//! The admin API: one JSON request and one JSON answer per line over a unix socket
+//! (root-only by file mode), used by `proxy backends list|add|drain|remove|weight`.
+//!
+//! The socket task only parses and forwards requests; the main loop, which owns the control
+//! plane, applies them one at a time and answers.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    os::unix::{fs::PermissionsExt, net::UnixStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
+    sync::{mpsc, oneshot},
+};
+use tracing::{info, warn};
+
+/// Default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/xdp-proxy/admin.sock";
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 16 * 1024;
+
+/// A request, as sent by the CLI.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// Every pool's backends with state and counters.
+    List,
+    /// A new backend (weight defaults to 100).
+    Add {
+        pool: String,
+        name: String,
+        address: SocketAddr,
+        weight: Option<u32>,
+    },
+    /// Weight 0: no new connections, live ones continue.
+    Drain { pool: String, name: String },
+    /// Out of the pool: flows pinned to it are re-balanced on their next packet.
+    Remove { pool: String, name: String },
+    /// A new weight.
+    Weight {
+        pool: String,
+        name: String,
+        weight: u32,
+    },
+}
+
+/// One backend in a `list` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendRow {
+    pub pool: String,
+    pub name: String,
+    pub id: u32,
+    pub address: SocketAddr,
+    pub weight: u32,
+    /// `active`, `drained`.
+    pub state: String,
+    /// Why it is in that state (health detail once health feeds run).
+    pub why: String,
+    pub packets: u64,
+    pub new_flows: u64,
+}
+
+/// The answer to any request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub ok: bool,
+    /// What happened, or why not.
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendRow>,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            message: message.into(),
+            backends: Vec::new(),
+        }
+    }
+    pub fn err(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            message: message.into(),
+            backends: Vec::new(),
+        }
+    }
+}
+
+/// A request waiting for the main loop, with where to send the answer.
+pub type Pending = (Request, oneshot::Sender<Response>);
+
+/// Listens on `path` (replacing a stale socket), forwarding requests to `tx`.
+pub async fn serve(path: PathBuf, tx: mpsc::Sender<Pending>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    // Root only: the API changes what the balancer does.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    info!(socket = %path.display(), "admin API listening");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(rd)
+                .take(MAX_REQUEST as u64 * 64)
+                .lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let response = if line.len() > MAX_REQUEST {
+                    Response::err("request too long")
+                } else {
+                    match serde_json::from_str::<Request>(&line) {
+                        Err(e) => Response::err(format!("bad request: {e}")),
+                        Ok(req) => {
+                            let (otx, orx) = oneshot::channel();
+                            if tx.send((req, otx)).await.is_err() {
+                                Response::err("shutting down")
+                            } else {
+                                orx.await.unwrap_or_else(|_| Response::err("shutting down"))
+                            }
+                        }
+                    }
+                };
+                let mut out = serde_json::to_vec(&response).unwrap_or_default();
+                out.push(b'\n');
+                if wr.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Errors of the CLI side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The proxy is not running, or runs with another socket path.
+    #[error("cannot connect to the admin socket {path} (is `proxy run` running? see `admin.socket` in its config)")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection broke.
+    #[error("admin socket I/O failed")]
+    Io(#[from] std::io::Error),
+    /// The answer was not JSON.
+    #[error("unreadable answer from the proxy: {0}")]
+    Answer(String),
+}
+
+/// Sends one request and waits for the answer (blocking; for the CLI).
+pub fn call(path: &Path, req: &Request) -> Result<Response, ClientError> {
+    let mut s = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        path: path.to_owned(),
+        source,
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Answer(e.to_string()))?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    serde_json::from_str(&answer).map_err(|e| ClientError::Answer(format!("{e}: {answer:?}")))
+}
+
+/// A fixed-width table of backends for the terminal.
+pub fn render_table(rows: &[BackendRow]) -> String {
+    let mut out = format!(
+        "{:<10} {:<16} {:>4} {:<40} {:>7} {:<8} {:>12} {:>10}  {}\n",
+        "POOL", "NAME", "ID", "ADDRESS", "WEIGHT", "STATE", "PACKETS", "NEW FLOWS", "WHY"
+    );
+    for r in rows {
+        out += &format!(
+            "{:<10} {:<16} {:>4} {:<40} {:>7} {:<8} {:>12} {:>10}  {}\n",
+            r.pool,
+            r.name,
+            r.id,
+            r.address.to_string(),
+            r.weight,
+            r.state,
+            r.packets,
+            r.new_flows,
+            r.why
+        );
+    }
+    out
+}
+
+/// Logs a refused admin request (the caller sees the message too).
+pub fn log_refusal(req: &Request, why: &str) {
+    warn!(?req, why, "admin request refused");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_unknown_fields_are_refused() {
+        let reqs = [
+            Request::List,
+            Request::Add {
+                pool: "eu".into(),
+                name: "n4".into(),
+                address: "192.0.2.14:8090".parse().unwrap(),
+                weight: Some(50),
+            },
+            Request::Drain {
+                pool: "eu".into(),
+                name: "n1".into(),
+            },
+            Request::Remove {
+                pool: "eu".into(),
+                name: "n1".into(),
+            },
+            Request::Weight {
+                pool: "eu".into(),
+                name: "n2".into(),
+                weight: 7,
+            },
+        ];
+        for r in reqs {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        }
+        assert!(serde_json::from_str::<Request>(
+            r#"{"cmd":"drain","pool":"eu","name":"n","force":true}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn socket_forwards_requests_and_answers() {
+        let path = std::env::temp_dir().join(format!("pxt-admin-{}.sock", std::process::id()));
+        let (tx, mut rx) = mpsc::channel::<Pending>(4);
+        tokio::spawn(serve(path.clone(), tx));
+        tokio::spawn(async move {
+            while let Some((req, reply)) = rx.recv().await {
+                let _ = reply.send(Response::ok(format!("got {req:?}")));
+            }
+        });
+        for _ in 0..50 {
+            if path.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let p = path.clone();
+        let answer = tokio::task::spawn_blocking(move || call(&p, &Request::List))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.ok);
+        assert_eq!(answer.message, "got List");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let p = path.clone();
+        let bad = tokio::task::spawn_blocking(move || {
+            let mut s = UnixStream::connect(&p).unwrap();
+            s.write_all(b"{not json}\n").unwrap();
+            let mut a = String::new();
+            BufReader::new(s).read_line(&mut a).unwrap();
+            a
+        })
+        .await
+        .unwrap();
+        assert!(bad.contains("bad request"), "{bad}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
