@@ -71,7 +71,34 @@ pub struct BackendState {
     pub id: u32,
     pub name: String,
     pub address: SocketAddr,
+    /// Configured (or admin-set) weight; 0 = drained.
     pub weight: u32,
+    /// What health checks say; true until they say otherwise (fail open at start).
+    pub available: bool,
+    /// Slow start after re-admission: share of `weight` in use, per mille.
+    pub ramp_permille: u32,
+}
+
+impl BackendState {
+    fn new(id: u32, name: &str, address: SocketAddr, weight: u32) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            address,
+            weight,
+            available: true,
+            ramp_permille: 1000,
+        }
+    }
+
+    /// The weight the ring uses: 0 when drained or unhealthy, ramped during slow start.
+    pub fn effective_weight(&self) -> u32 {
+        if !self.available || self.weight == 0 {
+            return 0;
+        }
+        let w = (self.weight as u64 * self.ramp_permille.min(1000) as u64 / 1000) as u32;
+        w.max(1)
+    }
 }
 
 #[derive(Debug)]
@@ -193,12 +220,7 @@ impl Balancer {
                 let id = bal.ids.take().ok_or(BalancerError::BackendTableFull)?;
                 w.set_backend(id, &backend_entry(be.address))
                     .map_err(maps)?;
-                members.push(BackendState {
-                    id,
-                    name: be.name.clone(),
-                    address: be.address,
-                    weight: be.weight,
-                });
+                members.push(BackendState::new(id, &be.name, be.address, be.weight));
             }
             bal.pools.insert(name.clone(), members);
         }
@@ -267,7 +289,7 @@ impl Balancer {
                     .map(|b| RingMember {
                         id: b.id,
                         name: b.name.clone(),
-                        weight: b.weight,
+                        weight: b.effective_weight(),
                     })
                     .collect()
             })
@@ -325,12 +347,7 @@ impl Balancer {
         self.pools
             .get_mut(pool)
             .expect("checked above")
-            .push(BackendState {
-                id,
-                name: name.into(),
-                address,
-                weight,
-            });
+            .push(BackendState::new(id, name, address, weight));
         self.rebuild_pool(pool, w)?;
         Ok(id)
     }
@@ -385,6 +402,27 @@ impl Balancer {
                 pool: pool.into(),
                 name: name.into(),
             })
+    }
+
+    /// Health says a backend is (un)available, with a slow-start share; rebuilds the rings
+    /// only when the effective weight changes. Returns whether it did.
+    pub fn set_health<W: MapWriter>(
+        &mut self,
+        pool: &str,
+        name: &str,
+        available: bool,
+        ramp_permille: u32,
+        w: &mut W,
+    ) -> Result<bool, BalancerError> {
+        let b = self.backend_mut(pool, name)?;
+        let before = b.effective_weight();
+        b.available = available;
+        b.ramp_permille = ramp_permille.min(1000);
+        if b.effective_weight() == before {
+            return Ok(false);
+        }
+        self.rebuild_pool(pool, w)?;
+        Ok(true)
     }
 
     /// Brings pools in line with a reloaded config: adds, re-weights and removes backends.
@@ -708,6 +746,31 @@ hash = "source""#,
         let ring = &m.rings[&1];
         assert_eq!(ring.len(), 1009, "every slot written");
         assert!(ring.values().all(|&id| id == proxy_common::EMPTY_SLOT));
+    }
+
+    #[test]
+    fn unhealthy_backends_leave_the_ring_and_ramp_back() {
+        let config = Config::parse(CONF, "t").unwrap();
+        let mut m = MemoryMaps::default();
+        let mut bal = Balancer::from_config(&config, &mut m).unwrap();
+        let a = bal.backends("eu").unwrap()[0].id;
+        assert!(bal.set_health("eu", "a", false, 1000, &mut m).unwrap());
+        assert!(!owners(&m, 0).contains_key(&a));
+        assert!(
+            !bal.set_health("eu", "a", false, 1000, &mut m).unwrap(),
+            "no change, no rebuild"
+        );
+        bal.set_weight("eu", "a", 10, &mut m).unwrap();
+        bal.set_weight("eu", "b", 10, &mut m).unwrap();
+        assert!(bal.set_health("eu", "a", true, 100, &mut m).unwrap());
+        let o = owners(&m, 0);
+        let share = o[&a] as f64 / 1009.0;
+        assert!(
+            share > 0.05 && share < 0.15,
+            "slow start at 10%: share {share}"
+        );
+        bal.set_health("eu", "a", true, 1000, &mut m).unwrap();
+        assert!((owners(&m, 0)[&a] as i64 - 504).abs() < 10);
     }
 
     #[test]

@@ -229,6 +229,8 @@ pub struct BackendConfig {
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub backends: Vec<BackendConfig>,
+    /// Active checks; without them every backend counts as healthy.
+    pub health: Option<crate::health::HealthConfig>,
 }
 
 /// `[admin]`: the operator's side.
@@ -448,6 +450,9 @@ impl Config {
                 }
             }
             backend_total += pool.backends.len();
+            if let Some(h) = &pool.health {
+                p.extend(h.problems(&format!("pools.{name}.health")));
+            }
         }
         if backend_total > proxy_common::MAX_BACKENDS as usize {
             p.push(format!(

@@ -6,6 +6,6 @@ pub mod balancer;
 pub mod config;
 pub mod ebpf;
 pub mod handshake;
-pub mod health_rules;
+pub mod health;
 pub mod maglev;
 pub mod terminator;

@@ -4,12 +4,15 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::collections::HashMap;
+
 use metrics::{counter, gauge};
 use proxy::{
     admin::{BackendRow, Request, Response},
-    balancer::{settings_from, Balancer},
+    balancer::{settings_from, Balancer, BalancerError},
     config::{Config, IoChoice, ListenerConfig},
     ebpf::{DataPlane, LoadOptions},
+    health::{checks::unix_now, Board, HealthConfig, Report, Supervisor},
     terminator::{
         self,
         server::{pick_mode, ConnLimits, ListenerSpec, Terminator},
@@ -168,12 +171,13 @@ fn apply_admin(
     req: Request,
     balancer: &mut Balancer,
     dp: &mut DataPlane,
+    board: &Board,
     terminated: &[(ListenerConfig, ListenerSpec)],
 ) -> Response {
     let result = match &req {
         Request::List => {
             return Response {
-                backends: backend_rows(balancer, dp),
+                backends: backend_rows(balancer, dp, board),
                 ..Response::ok("ok")
             }
         }
@@ -218,20 +222,87 @@ fn refresh_terminator(balancer: &Balancer, terminated: &[(ListenerConfig, Listen
     }
 }
 
-fn backend_rows(balancer: &Balancer, dp: &DataPlane) -> Vec<BackendRow> {
+fn health_configs(config: &Config) -> HashMap<String, HealthConfig> {
+    config
+        .pools
+        .iter()
+        .filter_map(|(name, p)| p.health.clone().map(|h| (name.clone(), h)))
+        .collect()
+}
+
+/// Applies a probe report: health state, then the backend's effective weight.
+fn apply_health(
+    report: Report,
+    board: &mut Board,
+    balancer: &mut Balancer,
+    dp: &mut DataPlane,
+    terminated: &[(ListenerConfig, ListenerSpec)],
+) {
+    let now = unix_now();
+    if let Some(change) = board.record(&report.pool, &report.name, report.outcome, now) {
+        let why = board.why(&report.pool, &report.name).unwrap_or_default();
+        info!(pool = %report.pool, backend = %report.name, "health: {change}: {why}");
+    }
+    apply_desired(
+        &report.pool,
+        &report.name,
+        board,
+        balancer,
+        dp,
+        terminated,
+        now,
+    );
+}
+
+fn apply_desired(
+    pool: &str,
+    name: &str,
+    board: &Board,
+    balancer: &mut Balancer,
+    dp: &mut DataPlane,
+    terminated: &[(ListenerConfig, ListenerSpec)],
+    now: i64,
+) {
+    let (available, ramp) = board.desired(pool, name, now);
+    gauge!("proxy_backend_up", "backend" => name.to_string()).set(if available {
+        1.0
+    } else {
+        0.0
+    });
+    match balancer.set_health(pool, name, available, ramp, dp) {
+        Ok(true) => refresh_terminator(balancer, terminated),
+        Ok(false) => {}
+        // Removed meanwhile: its probe stops at the next sync.
+        Err(BalancerError::NoBackend { .. }) | Err(BalancerError::NoPool(_)) => {}
+        Err(e) => error!(pool, backend = name, "applying health failed: {e:#}"),
+    }
+}
+
+fn backend_rows(balancer: &Balancer, dp: &DataPlane, board: &Board) -> Vec<BackendRow> {
     let mut rows = Vec::new();
     for (pool, backends) in balancer.pools() {
         for be in backends {
             let c = dp
                 .counters(backend_counter_index(be.id))
                 .unwrap_or_default();
+            let health_why = board.why(pool, &be.name);
             let (state, why) = if be.weight == 0 {
                 (
                     "drained",
-                    "weight 0: no new connections, live ones continue",
+                    "weight 0: no new connections, live ones continue".to_string(),
+                )
+            } else if !be.available {
+                ("down", health_why.unwrap_or_default())
+            } else if board.config(pool).is_none() {
+                (
+                    "active",
+                    "in the ring (no health checks configured)".to_string(),
                 )
             } else {
-                ("active", "in the ring (no health checks configured)")
+                (
+                    "active",
+                    health_why.unwrap_or_else(|| "not checked yet".into()),
+                )
             };
             rows.push(BackendRow {
                 pool: pool.to_string(),
@@ -240,7 +311,7 @@ fn backend_rows(balancer: &Balancer, dp: &DataPlane) -> Vec<BackendRow> {
                 address: be.address,
                 weight: be.weight,
                 state: state.into(),
-                why: why.into(),
+                why,
                 packets: c.packets,
                 new_flows: c.new_flows,
             });
@@ -353,6 +424,10 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
             }
         });
         let mut metrics_tick = tokio::time::interval(Duration::from_secs(2));
+        let mut board = Board::new(health_configs(&config));
+        let (mut supervisor, mut health_rx) = Supervisor::new();
+        supervisor.sync(&balancer, &board);
+        let mut ramp_tick = tokio::time::interval(Duration::from_secs(1));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -367,11 +442,30 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    reload(path, &mut balancer, &mut dp);
+                    if let Some(new) = reload(path, &mut balancer, &mut dp) {
+                        board.set_configs(health_configs(&new));
+                    }
                     refresh_terminator(&balancer, &terminated);
+                    supervisor.sync(&balancer, &board);
                 }
                 Some((req, reply)) = admin_rx.recv() => {
-                    let _ = reply.send(apply_admin(req, &mut balancer, &mut dp, &terminated));
+                    let _ = reply.send(apply_admin(req, &mut balancer, &mut dp, &board, &terminated));
+                    supervisor.sync(&balancer, &board);
+                }
+                Some(report) = health_rx.recv() => {
+                    apply_health(report, &mut board, &mut balancer, &mut dp, &terminated);
+                }
+                _ = ramp_tick.tick() => {
+                    let now = unix_now();
+                    if board.ramping(now + 1) {
+                        let names: Vec<(String, String)> = balancer
+                            .pools()
+                            .flat_map(|(p, bs)| bs.iter().map(move |b| (p.to_string(), b.name.clone())))
+                            .collect();
+                        for (p, n) in names {
+                            apply_desired(&p, &n, &board, &mut balancer, &mut dp, &terminated, now);
+                        }
+                    }
                 }
                 _ = metrics_tick.tick(), if metrics_addr.is_some() => export_xdp_counters(&dp, &balancer),
                 _ = cert_tick.tick() => {
@@ -396,17 +490,18 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
     Ok(())
 }
 
-fn reload(path: &std::path::Path, balancer: &mut Balancer, dp: &mut DataPlane) {
+/// Reloads the config file; returns it when it was valid and applied.
+fn reload(path: &std::path::Path, balancer: &mut Balancer, dp: &mut DataPlane) -> Option<Config> {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             error!("reload rejected, keeping the running config: {e}");
-            return;
+            return None;
         }
     };
     if let Err(e) = dp.set_settings(&settings_from(&config.balancer)) {
         error!("reload: writing settings failed: {e}");
-        return;
+        return None;
     }
     match balancer.reconcile_pools(&config, dp) {
         Ok(changes) if changes.is_empty() => info!("reload: no changes"),
@@ -417,6 +512,7 @@ fn reload(path: &std::path::Path, balancer: &mut Balancer, dp: &mut DataPlane) {
         }
         Err(e) => error!("reload failed part way: {e:#}"),
     }
+    Some(config)
 }
 
 fn log_stats(dp: &DataPlane, balancer: &Balancer) {

@@ -1,0 +1,528 @@
+//! Backend health: chain-aware rules (`rules`), probes (`checks`), the per-backend record
+//! (`Board`, pure) and the probe tasks (`Supervisor`). The control plane turns the board's
+//! answer into an effective weight; an unhealthy backend leaves the ring, but its pinned
+//! flows are left alone (a lagging node still serves its clients until they reconnect).
+
+pub mod checks;
+pub mod rules;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use serde::Deserialize;
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use checks::{AgentReport, Answer, ProbeKind};
+use rules::{
+    judge, BackendState, ChainParams, HeadSample, HealthState, RuleConfig, Transition, Verdict,
+};
+
+use crate::balancer::Balancer;
+
+fn default_interval() -> u64 {
+    2_000
+}
+fn default_timeout() -> u64 {
+    1_500
+}
+fn default_rise() -> u32 {
+    RuleConfig::DEFAULT_RISE
+}
+fn default_fall() -> u32 {
+    RuleConfig::DEFAULT_FALL
+}
+fn default_path() -> String {
+    "/".into()
+}
+
+/// `[pools.NAME.health]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    pub check: ProbeKind,
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Request path of ws / HTTP probes.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Seconds added to the head-age allowance.
+    pub margin_secs: Option<u32>,
+    /// A backend this many blocks behind the best healthy head is out.
+    pub max_lag_blocks: Option<u64>,
+    /// Chain parameters; read from the node (`get_global_properties`) unless set here.
+    pub block_interval_secs: Option<u32>,
+    pub maintenance_interval_secs: Option<u32>,
+    pub maintenance_skip_slots: Option<u32>,
+    /// Re-admitted backends ramp from 10% to 100% of their weight over this long.
+    #[serde(default)]
+    pub slow_start_secs: u64,
+    /// Agent feed: the node answers `GET /agent` on this port with up/down/drain/NN%.
+    pub agent_port: Option<u16>,
+}
+
+impl HealthConfig {
+    /// Problems for `check-config`, each naming its key under `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.interval_ms < 100 {
+            p.push(format!(
+                "{at}.interval_ms = {}: at least 100",
+                self.interval_ms
+            ));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > self.interval_ms.max(100) * 10 {
+            p.push(format!(
+                "{at}.timeout_ms = {}: between 1 and 10 intervals",
+                self.timeout_ms
+            ));
+        }
+        if self.rise == 0 || self.fall == 0 {
+            p.push(format!("{at}.rise/fall: at least 1"));
+        }
+        if !self.path.starts_with('/') {
+            p.push(format!("{at}.path: starts with `/`"));
+        }
+        if self.block_interval_secs == Some(0) {
+            p.push(format!("{at}.block_interval_secs: at least 1"));
+        }
+        p
+    }
+
+    fn chain_override(&self) -> Option<ChainParams> {
+        let d = ChainParams::BITSHARES_MAINNET;
+        (self.block_interval_secs.is_some()
+            || self.maintenance_interval_secs.is_some()
+            || self.maintenance_skip_slots.is_some())
+        .then(|| ChainParams {
+            block_interval_secs: self.block_interval_secs.unwrap_or(d.block_interval_secs),
+            maintenance_interval_secs: self
+                .maintenance_interval_secs
+                .unwrap_or(d.maintenance_interval_secs),
+            maintenance_skip_slots: self
+                .maintenance_skip_slots
+                .unwrap_or(d.maintenance_skip_slots),
+        })
+    }
+
+    fn rule_config(&self, params: &ChainParams) -> RuleConfig {
+        let mut r = RuleConfig::for_chain(params);
+        r.rise = self.rise;
+        r.fall = self.fall;
+        if let Some(m) = self.margin_secs {
+            r.margin_secs = m;
+        }
+        if let Some(l) = self.max_lag_blocks {
+            r.max_lag_blocks = l;
+        }
+        r
+    }
+}
+
+/// One probe round's result.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub probe: Result<Answer, String>,
+    pub agent: Option<Result<AgentReport, String>>,
+}
+
+/// What the board knows about one backend.
+#[derive(Debug, Clone)]
+struct Tracked {
+    state: HealthState,
+    params: ChainParams,
+    last_sample: Option<HeadSample>,
+    agent: Option<AgentReport>,
+    agent_error: Option<String>,
+    up_since: Option<i64>,
+}
+
+/// Health of every checked backend (pure: fed by probe results, read by the control plane).
+#[derive(Debug, Default)]
+pub struct Board {
+    configs: HashMap<String, HealthConfig>,
+    tracked: HashMap<(String, String), Tracked>,
+}
+
+impl Board {
+    pub fn new(configs: HashMap<String, HealthConfig>) -> Self {
+        Self {
+            configs,
+            tracked: HashMap::new(),
+        }
+    }
+
+    pub fn set_configs(&mut self, configs: HashMap<String, HealthConfig>) {
+        self.configs = configs;
+        let pools: HashSet<String> = self.configs.keys().cloned().collect();
+        self.tracked.retain(|(p, _), _| pools.contains(p));
+    }
+
+    pub fn config(&self, pool: &str) -> Option<&HealthConfig> {
+        self.configs.get(pool)
+    }
+
+    /// Forgets backends that no longer exist.
+    pub fn retain(&mut self, live: &HashSet<(String, String)>) {
+        self.tracked.retain(|k, _| live.contains(k));
+    }
+
+    /// The best head among the pool's backends that are not down (the lag reference).
+    fn best_head(&self, pool: &str, except: &str) -> Option<u64> {
+        self.tracked
+            .iter()
+            .filter(|((p, n), t)| p == pool && n != except && t.state.state() != BackendState::Down)
+            .filter_map(|(_, t)| t.last_sample.map(|s| s.head_block_number))
+            .max()
+    }
+
+    /// Records one probe round; returns the state change, if any.
+    pub fn record(
+        &mut self,
+        pool: &str,
+        name: &str,
+        outcome: Outcome,
+        now_unix: i64,
+    ) -> Option<Transition> {
+        let cfg = self.configs.get(pool)?.clone();
+        let override_params = cfg.chain_override();
+        let best = self.best_head(pool, name);
+        let t = self
+            .tracked
+            .entry((pool.to_string(), name.to_string()))
+            .or_insert_with(|| {
+                let params = override_params.unwrap_or_default();
+                Tracked {
+                    state: HealthState::new(&cfg.rule_config(&params)),
+                    params,
+                    last_sample: None,
+                    agent: None,
+                    agent_error: None,
+                    up_since: None,
+                }
+            });
+        if let Some(agent) = outcome.agent {
+            match agent {
+                Ok(r) => {
+                    t.agent = Some(r);
+                    t.agent_error = None;
+                }
+                Err(e) => t.agent_error = Some(e),
+            }
+        }
+        let verdict = match outcome.probe {
+            Err(reason) => Verdict::Unreachable { reason },
+            Ok(answer) => {
+                if let (Some(p), None) = (answer.params, override_params) {
+                    t.params = p;
+                }
+                match answer.sample {
+                    Some(sample) => {
+                        t.last_sample = Some(sample);
+                        judge(&t.params, &cfg.rule_config(&t.params), &sample, best)
+                    }
+                    None => Verdict::Healthy,
+                }
+            }
+        };
+        let change = t.state.record_at(now_unix, verdict);
+        if let Some(tr) = change {
+            t.up_since = (tr.to == BackendState::Up).then_some(now_unix);
+        }
+        change
+    }
+
+    /// Whether the backend should take new flows, and its slow-start share (per mille).
+    pub fn desired(&self, pool: &str, name: &str, now_unix: i64) -> (bool, u32) {
+        let Some(t) = self.tracked.get(&(pool.to_string(), name.to_string())) else {
+            return (true, 1000);
+        };
+        // Unknown (just added, or just started) fails open: the first failures decide.
+        let mut available = t.state.state() != BackendState::Down;
+        let mut ramp = 1000u32;
+        if let (Some(since), Some(cfg)) = (t.up_since, self.configs.get(pool)) {
+            let elapsed = now_unix.saturating_sub(since).max(0) as u64;
+            ramp = rules::slow_start_weight(1000, elapsed, cfg.slow_start_secs);
+        }
+        match t.agent {
+            Some(AgentReport::Down) | Some(AgentReport::Drain) => available = false,
+            Some(AgentReport::WeightPercent(p)) => ramp = ramp * p / 100,
+            _ => {}
+        }
+        if ramp == 0 {
+            available = false;
+        }
+        (available, ramp.max(1))
+    }
+
+    /// Whether any backend is still ramping up (the control plane then re-applies weights).
+    pub fn ramping(&self, now_unix: i64) -> bool {
+        self.tracked.iter().any(
+            |((pool, _), t)| match (t.up_since, self.configs.get(pool)) {
+                (Some(s), Some(c)) => {
+                    c.slow_start_secs > 0 && now_unix.saturating_sub(s) <= c.slow_start_secs as i64
+                }
+                _ => false,
+            },
+        )
+    }
+
+    /// Human-readable state and reason, for `proxy backends list`.
+    pub fn why(&self, pool: &str, name: &str) -> Option<String> {
+        let t = self.tracked.get(&(pool.to_string(), name.to_string()))?;
+        let mut s = t.state.why();
+        if let Some(a) = t.agent {
+            s += &format!("; agent says {a:?}");
+        }
+        if let Some(e) = &t.agent_error {
+            s += &format!("; agent: {e}");
+        }
+        Some(s)
+    }
+
+    pub fn state(&self, pool: &str, name: &str) -> Option<BackendState> {
+        self.tracked
+            .get(&(pool.to_string(), name.to_string()))
+            .map(|t| t.state.state())
+    }
+}
+
+/// A probe task's report.
+#[derive(Debug)]
+pub struct Report {
+    pub pool: String,
+    pub name: String,
+    pub id: u32,
+    pub outcome: Outcome,
+}
+
+/// The probe tasks: one per checked backend, restarted when the backend set changes.
+pub struct Supervisor {
+    tx: mpsc::Sender<Report>,
+    tasks: HashMap<(String, String, u32), (SocketAddr, JoinHandle<()>)>,
+}
+
+impl Supervisor {
+    pub fn new() -> (Self, mpsc::Receiver<Report>) {
+        let (tx, rx) = mpsc::channel(256);
+        (
+            Self {
+                tx,
+                tasks: HashMap::new(),
+            },
+            rx,
+        )
+    }
+
+    /// Starts probes for new backends of checked pools and stops those of removed ones.
+    pub fn sync(&mut self, balancer: &Balancer, board: &Board) {
+        let mut want = HashSet::new();
+        for (pool, backends) in balancer.pools() {
+            let Some(cfg) = board.config(pool) else {
+                continue;
+            };
+            for b in backends {
+                let key = (pool.to_string(), b.name.clone(), b.id);
+                want.insert(key.clone());
+                if self
+                    .tasks
+                    .get(&key)
+                    .is_some_and(|(addr, _)| *addr == b.address)
+                {
+                    continue;
+                }
+                let handle = tokio::spawn(probe_loop(
+                    key.clone(),
+                    b.address,
+                    cfg.clone(),
+                    self.tx.clone(),
+                ));
+                if let Some((_, old)) = self.tasks.insert(key, (b.address, handle)) {
+                    old.abort();
+                }
+            }
+        }
+        self.tasks.retain(|k, (_, h)| {
+            let keep = want.contains(k);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        for (_, (_, h)) in self.tasks.drain() {
+            h.abort();
+        }
+    }
+}
+
+/// Chain parameters are re-read every this many probes.
+const PARAMS_EVERY: u64 = 100;
+
+async fn probe_loop(
+    key: (String, String, u32),
+    addr: SocketAddr,
+    cfg: HealthConfig,
+    tx: mpsc::Sender<Report>,
+) {
+    let interval = Duration::from_millis(cfg.interval_ms);
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        let want_params = cfg.chain_override().is_none() && n % PARAMS_EVERY == 0;
+        let probe = checks::probe(cfg.check, addr, &cfg.path, timeout, want_params).await;
+        if let Ok(a) = &probe {
+            metrics::histogram!("proxy_health_check_seconds", "backend" => key.1.clone())
+                .record(a.rtt.as_secs_f64());
+        }
+        let agent = match cfg.agent_port {
+            Some(port) => Some(checks::agent(SocketAddr::new(addr.ip(), port), timeout).await),
+            None => None,
+        };
+        n += 1;
+        let report = Report {
+            pool: key.0.clone(),
+            name: key.1.clone(),
+            id: key.2,
+            outcome: Outcome { probe, agent },
+        };
+        if tx.send(report).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HealthConfig {
+        toml::from_str(
+            r#"check = "bitshares-ws"
+               rise = 2
+               fall = 2
+               slow_start_secs = 10
+               block_interval_secs = 3
+               maintenance_interval_secs = 3600
+               maintenance_skip_slots = 3"#,
+        )
+        .unwrap()
+    }
+
+    fn answer(head: u64, age: i64, now: i64) -> Outcome {
+        Outcome {
+            probe: Ok(Answer {
+                rtt: Duration::from_millis(1),
+                sample: Some(HeadSample {
+                    observed_at_unix: now,
+                    head_block_number: head,
+                    head_block_time_unix: now - age,
+                    next_maintenance_time_unix: now + 1800,
+                }),
+                params: None,
+            }),
+            agent: None,
+        }
+    }
+
+    #[test]
+    fn stale_node_goes_down_after_fall_and_ramps_back() {
+        let mut b = Board::new(HashMap::from([("eu".to_string(), cfg())]));
+        let now = 1_800_000_000;
+        assert_eq!(
+            b.desired("eu", "a", now),
+            (true, 1000),
+            "unknown fails open"
+        );
+        b.record("eu", "a", answer(100, 1, now), now);
+        b.record("eu", "b", answer(100, 1, now), now);
+        assert!(b
+            .record("eu", "a", answer(100, 60, now + 3), now + 3)
+            .is_none());
+        let down = b
+            .record("eu", "a", answer(100, 63, now + 6), now + 6)
+            .expect("down after fall = 2");
+        assert_eq!(down.to, BackendState::Down);
+        assert_eq!(b.desired("eu", "a", now + 6).0, false);
+        assert!(
+            b.why("eu", "a").unwrap().contains("down"),
+            "{:?}",
+            b.why("eu", "a")
+        );
+        b.record("eu", "a", answer(110, 1, now + 9), now + 9);
+        let up = b
+            .record("eu", "a", answer(111, 1, now + 12), now + 12)
+            .expect("up after rise = 2");
+        assert_eq!(up.to, BackendState::Up);
+        let (avail, ramp) = b.desired("eu", "a", now + 12);
+        assert!(avail && ramp <= 150, "slow start begins near 10%: {ramp}");
+        assert!(b.ramping(now + 15));
+        assert_eq!(b.desired("eu", "a", now + 30), (true, 1000));
+    }
+
+    #[test]
+    fn lagging_node_is_out_and_agent_can_drain() {
+        let no_slow_start = HealthConfig {
+            slow_start_secs: 0,
+            ..cfg()
+        };
+        let mut b = Board::new(HashMap::from([("eu".to_string(), no_slow_start)]));
+        let now = 1_800_000_000;
+        for i in 0..3 {
+            b.record(
+                "eu",
+                "best",
+                answer(1000 + i, 1, now + i as i64),
+                now + i as i64,
+            );
+            b.record(
+                "eu",
+                "slow",
+                answer(985 + i, 1, now + i as i64),
+                now + i as i64,
+            );
+        }
+        assert_eq!(b.state("eu", "slow"), Some(BackendState::Down));
+        assert_eq!(b.state("eu", "best"), Some(BackendState::Up));
+        let drained = Outcome {
+            agent: Some(Ok(AgentReport::Drain)),
+            ..answer(1003, 1, now + 3)
+        };
+        b.record("eu", "best", drained, now + 3);
+        assert_eq!(b.desired("eu", "best", now + 3).0, false, "agent drain");
+        let half = Outcome {
+            agent: Some(Ok(AgentReport::WeightPercent(50))),
+            ..answer(1004, 1, now + 4)
+        };
+        b.record("eu", "best", half, now + 4);
+        assert_eq!(b.desired("eu", "best", now + 4), (true, 500));
+    }
+
+    #[test]
+    fn unreachable_counts_as_failure() {
+        let mut b = Board::new(HashMap::from([("eu".to_string(), cfg())]));
+        let fail = || Outcome {
+            probe: Err("connect: refused".into()),
+            agent: None,
+        };
+        b.record("eu", "a", fail(), 1);
+        let t = b.record("eu", "a", fail(), 2).unwrap();
+        assert_eq!(t.to, BackendState::Down);
+        assert!(b.why("eu", "a").unwrap().contains("refused"));
+    }
+}
