@@ -384,7 +384,7 @@ async fn probe_loop(
     let mut n = 0u64;
     loop {
         tick.tick().await;
-        let want_params = cfg.chain_override().is_none() && n % PARAMS_EVERY == 0;
+        let want_params = cfg.chain_override().is_none() && n.is_multiple_of(PARAMS_EVERY);
         let probe = checks::probe(cfg.check, addr, &cfg.path, timeout, want_params).await;
         if let Ok(a) = &probe {
             metrics::histogram!("proxy_health_check_seconds", "backend" => key.1.clone())
@@ -458,7 +458,7 @@ mod tests {
             .record("eu", "a", answer(100, 63, now + 6), now + 6)
             .expect("down after fall = 2");
         assert_eq!(down.to, BackendState::Down);
-        assert_eq!(b.desired("eu", "a", now + 6).0, false);
+        assert!(!b.desired("eu", "a", now + 6).0);
         assert!(
             b.why("eu", "a").unwrap().contains("down"),
             "{:?}",
@@ -504,7 +504,7 @@ mod tests {
             ..answer(1003, 1, now + 3)
         };
         b.record("eu", "best", drained, now + 3);
-        assert_eq!(b.desired("eu", "best", now + 3).0, false, "agent drain");
+        assert!(!b.desired("eu", "best", now + 3).0, "agent drain");
         let half = Outcome {
             agent: Some(Ok(AgentReport::WeightPercent(50))),
             ..answer(1004, 1, now + 4)
