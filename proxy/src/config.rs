@@ -268,12 +268,59 @@ pub struct Config {
 }
 
 impl Config {
+    /// Reads, parses and validates a file, including the files it names (certificates).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let origin = path.display().to_string();
+        let config = Self::parse(&text, &origin)?;
+        let problems = config.file_problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: origin,
+                problems: locate_all(&text, problems),
+            })
+        }
+    }
+
+    /// Problems with the files the config points at: certificates that do not load or do
+    /// not match their server name.
+    pub fn file_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let Some(tls) = &l.tls else { continue };
+            for (j, c) in tls.certificates.iter().enumerate() {
+                let at = format!("listener[{i}].tls.certificates[{j}]");
+                match crate::terminator::tls::load_certified_key(&c.dir) {
+                    Err(e) => p.push(format!(
+                        "{at}.dir: {e} (certbot layout: fullchain.pem + privkey.pem)"
+                    )),
+                    Ok(key) => {
+                        let Some(leaf) = key.cert.first() else {
+                            continue;
+                        };
+                        let valid = webpki::EndEntityCert::try_from(leaf)
+                            .ok()
+                            .is_some_and(|ee| {
+                                rustls::pki_types::ServerName::try_from(c.server_name.as_str())
+                                    .is_ok_and(|n| ee.verify_is_valid_for_subject_name(&n).is_ok())
+                            });
+                        if !valid {
+                            p.push(format!(
+                                "{at}.server_name: the certificate in {} is not valid for `{}` (hint: wrong directory, or the certificate lacks this name)",
+                                c.dir.display(),
+                                c.server_name
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        p
     }
 
     /// Parses and validates; `origin` names the source in error messages.
@@ -288,7 +335,7 @@ impl Config {
         } else {
             Err(ConfigError::Invalid {
                 path: origin.to_string(),
-                problems,
+                problems: locate_all(text, problems),
             })
         }
     }
@@ -356,7 +403,7 @@ impl Config {
         let mut names = HashSet::new();
         let mut vips = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
-            let at = format!("listener[{i}] ({})", l.name);
+            let at = format!("listener[{i}]");
             if !names.insert(&l.name) {
                 p.push(format!("{at}.name: duplicate listener name"));
             }
@@ -473,6 +520,84 @@ impl Config {
     }
 }
 
+/// Prefixes each problem with `line:column` of the key it names (the problem text starts
+/// with a dotted key path such as `pools.eu.backends[1].name`).
+fn locate_all(text: &str, problems: Vec<String>) -> Vec<String> {
+    let doc = toml_edit::ImDocument::parse(text).ok();
+    problems
+        .into_iter()
+        .map(|p| {
+            let path = p.split([':', ' ']).next().unwrap_or("");
+            match doc
+                .as_ref()
+                .and_then(|d| locate(d, path))
+                .map(|off| line_col(text, off))
+            {
+                Some((line, col)) => format!("line {line}, column {col}: {p}"),
+                None => p,
+            }
+        })
+        .collect()
+}
+
+/// Byte offset of the item a dotted path (`a.b[2].c`) names, as precisely as the document
+/// allows (the key itself when it exists, else the closest enclosing item).
+fn locate(doc: &toml_edit::ImDocument<&str>, path: &str) -> Option<usize> {
+    use toml_edit::{Item, TableLike, Value};
+    let mut table: Option<&dyn TableLike> = Some(doc.as_table());
+    let mut best = None;
+    let segs: Vec<&str> = path.split('.').collect();
+    for (n, seg) in segs.iter().enumerate() {
+        let (key, index) = match seg.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (*seg, None),
+        };
+        let Some((k, item)) = table.and_then(|t| t.get_key_value(key)) else {
+            return best;
+        };
+        best = k.span().map(|r| r.start).or(best);
+        table = item.as_table_like();
+        if let Some(i) = index {
+            match item {
+                Item::ArrayOfTables(a) => {
+                    let t = a.get(i)?;
+                    best = t.span().map(|r| r.start).or(best);
+                    table = Some(t as &dyn TableLike);
+                }
+                Item::Value(Value::Array(arr)) => {
+                    let v = arr.get(i)?;
+                    best = v.span().map(|r| r.start).or(best);
+                    return walk_inline(v, &segs[n + 1..].join("."), best);
+                }
+                _ => return best,
+            }
+        }
+    }
+    best
+}
+
+fn walk_inline(v: &toml_edit::Value, rest: &str, best: Option<usize>) -> Option<usize> {
+    let rest = rest.trim_start_matches('.');
+    if rest.is_empty() {
+        return best;
+    }
+    let key = rest.split(['.', '[']).next().unwrap_or(rest);
+    match v.as_inline_table().and_then(|t| t.get_key_value(key)) {
+        Some((k, _)) => k.span().map(|r| r.start).or(best),
+        None => best,
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map(|nl| offset - nl)
+        .unwrap_or(offset + 1);
+    (line, col)
+}
+
 fn family(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() {
         "IPv4"
@@ -538,8 +663,44 @@ backends = [
             .replace("snat_v4 = \"192.0.2.254\"", "ring_size = 65536");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("duplicate backend name `node-a`"), "{err}");
+        // Located: the second backend's name is on line 15 of GOOD.
+        assert!(
+            err.contains("line 15, column 5: pools.eu.backends[1].name"),
+            "{err}"
+        );
         assert!(err.contains("ring_size = 65536"), "{err}");
         assert!(err.contains("no pool named `us`"), "{err}");
+    }
+
+    #[test]
+    fn certificates_are_checked_against_their_server_name() {
+        let dir = std::env::temp_dir().join(format!("pxt-cfgcert-{}", std::process::id()));
+        let cert_dir = dir.join("eu");
+        std::fs::create_dir_all(&cert_dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["eu.example.test".to_string()]).unwrap();
+        std::fs::write(cert_dir.join("fullchain.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(cert_dir.join("privkey.pem"), ck.key_pair.serialize_pem()).unwrap();
+        let listener = |name: &str| {
+            format!(
+                "\n[[listener]]\nname = \"wss\"\naddress = \"203.0.113.10:443\"\nmode = \"tls\"\npool = \"eu\"\n[listener.tls]\ncertificates = [ {{ server_name = \"{name}\", dir = \"{}\" }} ]\n",
+                cert_dir.display()
+            )
+        };
+        let file = dir.join("proxy.toml");
+        std::fs::write(&file, format!("{GOOD}{}", listener("eu.example.test"))).unwrap();
+        Config::load(&file).expect("matching certificate");
+        std::fs::write(&file, format!("{GOOD}{}", listener("us.example.test"))).unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(err.contains("is not valid for `us.example.test`"), "{err}");
+        assert!(
+            err.contains("line 24, column 20: listener[1].tls.certificates[0].server_name"),
+            "located at the key: {err}"
+        );
+        std::fs::write(cert_dir.join("privkey.pem"), b"junk").unwrap();
+        std::fs::write(&file, format!("{GOOD}{}", listener("eu.example.test"))).unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(err.contains("no private key"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
