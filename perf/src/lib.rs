@@ -1,1 +1,1 @@
-
+pub mod node_sim;
