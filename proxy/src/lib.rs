@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod balancer;
 pub mod config;
+pub mod control;
 pub mod ebpf;
 pub mod handshake;
 pub mod health;

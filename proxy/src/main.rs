@@ -4,15 +4,15 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::collections::HashMap;
 
 use metrics::{counter, gauge};
 use proxy::{
     admin::{BackendRow, Request, Response},
-    balancer::{settings_from, Balancer, BalancerError},
+    balancer::{settings_from, Balancer},
     config::{Config, IoChoice, ListenerConfig},
+    control::{apply_health, health_configs, refresh_terminator, tick_ramps},
     ebpf::{DataPlane, LoadOptions},
-    health::{checks::unix_now, Board, HealthConfig, Report, Supervisor},
+    health::{checks::unix_now, Board, Supervisor},
     terminator::{
         self,
         server::{pick_mode, ConnLimits, ListenerSpec, Terminator},
@@ -213,71 +213,6 @@ fn apply_admin(
     }
 }
 
-fn refresh_terminator(balancer: &Balancer, terminated: &[(ListenerConfig, ListenerSpec)]) {
-    for (l, spec) in terminated {
-        match terminator::upstream_set(balancer, l) {
-            Ok(set) => spec.ctx.upstreams.replace(set),
-            Err(e) => error!("listener {}: {e}", l.name),
-        }
-    }
-}
-
-fn health_configs(config: &Config) -> HashMap<String, HealthConfig> {
-    config
-        .pools
-        .iter()
-        .filter_map(|(name, p)| p.health.clone().map(|h| (name.clone(), h)))
-        .collect()
-}
-
-/// Applies a probe report: health state, then the backend's effective weight.
-fn apply_health(
-    report: Report,
-    board: &mut Board,
-    balancer: &mut Balancer,
-    dp: &mut DataPlane,
-    terminated: &[(ListenerConfig, ListenerSpec)],
-) {
-    let now = unix_now();
-    if let Some(change) = board.record(&report.pool, &report.name, report.outcome, now) {
-        let why = board.why(&report.pool, &report.name).unwrap_or_default();
-        info!(pool = %report.pool, backend = %report.name, "health: {change}: {why}");
-    }
-    apply_desired(
-        &report.pool,
-        &report.name,
-        board,
-        balancer,
-        dp,
-        terminated,
-        now,
-    );
-}
-
-fn apply_desired(
-    pool: &str,
-    name: &str,
-    board: &Board,
-    balancer: &mut Balancer,
-    dp: &mut DataPlane,
-    terminated: &[(ListenerConfig, ListenerSpec)],
-    now: i64,
-) {
-    let (available, ramp) = board.desired(pool, name, now);
-    gauge!("proxy_backend_up", "backend" => name.to_string()).set(if available {
-        1.0
-    } else {
-        0.0
-    });
-    match balancer.set_health(pool, name, available, ramp, dp) {
-        Ok(true) => refresh_terminator(balancer, terminated),
-        Ok(false) => {}
-        // Removed meanwhile: its probe stops at the next sync.
-        Err(BalancerError::NoBackend { .. }) | Err(BalancerError::NoPool(_)) => {}
-        Err(e) => error!(pool, backend = name, "applying health failed: {e:#}"),
-    }
-}
-
 fn backend_rows(balancer: &Balancer, dp: &DataPlane, board: &Board) -> Vec<BackendRow> {
     let mut rows = Vec::new();
     for (pool, backends) in balancer.pools() {
@@ -455,18 +390,7 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
                 Some(report) = health_rx.recv() => {
                     apply_health(report, &mut board, &mut balancer, &mut dp, &terminated);
                 }
-                _ = ramp_tick.tick() => {
-                    let now = unix_now();
-                    if board.ramping(now + 1) {
-                        let names: Vec<(String, String)> = balancer
-                            .pools()
-                            .flat_map(|(p, bs)| bs.iter().map(move |b| (p.to_string(), b.name.clone())))
-                            .collect();
-                        for (p, n) in names {
-                            apply_desired(&p, &n, &board, &mut balancer, &mut dp, &terminated, now);
-                        }
-                    }
-                }
+                _ = ramp_tick.tick() => tick_ramps(&board, &mut balancer, &mut dp, &terminated, unix_now()),
                 _ = metrics_tick.tick(), if metrics_addr.is_some() => export_xdp_counters(&dp, &balancer),
                 _ = cert_tick.tick() => {
                     for (_, spec) in &terminated {

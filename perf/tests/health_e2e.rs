@@ -1,0 +1,284 @@
+//! Health feeds end to end with simulated BitShares nodes: the real probes (BitShares call
+//! over the websocket), the rules, the control plane and the terminator, on loopback.
+//! A stalled node leaves the ring after its head-age allowance plus `fall` checks; clients
+//! pinned to healthy nodes are untouched; the node comes back after `rise` checks.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use proxy::{
+    balancer::{Balancer, MemoryMaps},
+    config::Config,
+    control::{apply_health, health_configs},
+    health::{rules::BackendState, Board, Report, Supervisor},
+    terminator::{
+        io::IoMode,
+        listener_specs,
+        server::{ConnLimits, ListenerSpec, Terminator},
+        upstream_set,
+    },
+};
+use proxy_perf::node_sim::{Control, NodeSim, NodeSimConfig};
+use tokio::sync::mpsc::Receiver;
+
+const INTERVAL_MS: u64 = 250;
+const FALL: u64 = 2;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(port: u16, nodes: &[SocketAddr]) -> Config {
+    let backends: String = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            format!(
+                "  {{ name = \"node-{}\", address = \"{a}\", weight = 100 }},\n",
+                i + 1
+            )
+        })
+        .collect();
+    let text = format!(
+        r#"
+[balancer]
+interfaces = ["lo"]
+snat_v4 = "192.0.2.254"
+ring_size = 1009
+
+[[listener]]
+name = "wss"
+address = "127.0.0.1:{port}"
+mode = "ws"
+pool = "eu"
+
+[pools.eu]
+backends = [
+{backends}]
+
+[pools.eu.health]
+check = "bitshares-ws"
+interval_ms = {INTERVAL_MS}
+timeout_ms = 500
+rise = 2
+fall = {FALL}
+margin_secs = 1
+"#
+    );
+    Config::parse(&text, "health e2e").expect("config")
+}
+
+struct Plane {
+    balancer: Balancer,
+    maps: MemoryMaps,
+    board: Board,
+    terminated: Vec<(proxy::config::ListenerConfig, ListenerSpec)>,
+    rx: Receiver<Report>,
+}
+
+impl Plane {
+    /// Applies probe reports (what `proxy run`'s loop does) until `done` or `limit`.
+    async fn pump_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Plane) -> bool,
+    ) -> Option<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if done(self) {
+                return Some(started.elapsed());
+            }
+            if let Ok(Some(r)) =
+                tokio::time::timeout(Duration::from_millis(100), self.rx.recv()).await
+            {
+                apply_health(
+                    r,
+                    &mut self.board,
+                    &mut self.balancer,
+                    &mut self.maps,
+                    &self.terminated,
+                );
+            }
+        }
+        None
+    }
+
+    fn available(&self, name: &str) -> bool {
+        self.balancer
+            .backends("eu")
+            .unwrap()
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap()
+            .available
+    }
+
+    fn choice(&self, src: u8) -> String {
+        let (l, _) = &self.terminated[0];
+        let set = upstream_set(&self.balancer, l).unwrap();
+        set.candidates([127, 0, 0, src].into())[0].name.clone()
+    }
+}
+
+/// A websocket client through the proxy from 127.0.0.`src` that calls `get_chain_id`.
+fn rpc_client(src: u8, proxy: SocketAddr) -> tungstenite::WebSocket<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, src], 0)).into())
+        .unwrap();
+    sock.connect(&proxy.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tungstenite::client(format!("ws://{proxy}/"), s)
+        .expect("upgrade through the proxy")
+        .0
+}
+
+fn call_chain_id(ws: &mut tungstenite::WebSocket<TcpStream>, id: u64) -> Result<(), String> {
+    let req = format!(r#"{{"id":{id},"method":"call","params":["database","get_chain_id",[]]}}"#);
+    ws.send(tungstenite::Message::text(req))
+        .map_err(|e| e.to_string())?;
+    loop {
+        let m = ws.read().map_err(|e| e.to_string())?;
+        let Ok(text) = m.to_text() else { continue };
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if v["id"] == id {
+            return v["result"]
+                .as_str()
+                .map(|_| ())
+                .ok_or_else(|| format!("bad answer {text}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stalled_node_leaves_and_comes_back_without_touching_others() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        // 1 s blocks, maintenance every 30 s: a shortened mainnet.
+        nodes.push(
+            NodeSim::spawn(NodeSimConfig::fast(1_000, 30))
+                .await
+                .expect("node sim"),
+        );
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let config = config(free_port(), &addrs);
+    let mut maps = MemoryMaps::default();
+    let balancer = Balancer::from_config(&config, &mut maps).unwrap();
+    let terminated = listener_specs(&config, &balancer).unwrap();
+    let term = Terminator::start(
+        IoMode::Epoll,
+        1,
+        terminated.iter().map(|(_, s)| s.clone()).collect(),
+        ConnLimits::new(1000, 100),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let proxy = term.local_addrs[0];
+    let board = Board::new(health_configs(&config));
+    let (mut supervisor, rx) = Supervisor::new();
+    supervisor.sync(&balancer, &board);
+    let mut plane = Plane {
+        balancer,
+        maps,
+        board,
+        terminated,
+        rx,
+    };
+
+    let all_up = |p: &Plane| {
+        (1..=3).all(|i| p.board.state("eu", &format!("node-{i}")) == Some(BackendState::Up))
+    };
+    plane
+        .pump_until(Duration::from_secs(5), all_up)
+        .await
+        .expect("all nodes up");
+
+    // A client of node-2 keeps calling while node-1 stalls and recovers.
+    let healthy_src = (2..250u8).find(|s| plane.choice(*s) == "node-2").unwrap();
+    let victim_src = (2..250u8).find(|s| plane.choice(*s) == "node-1").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let (stop2, calls2) = (stop.clone(), calls.clone());
+    let steady = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut ws = rpc_client(healthy_src, proxy);
+        let mut id = 1;
+        while !stop2.load(Ordering::Relaxed) {
+            call_chain_id(&mut ws, id)?;
+            calls2.fetch_add(1, Ordering::Relaxed);
+            id += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    });
+
+    nodes[0].set_mode(Control::Stall).await.unwrap();
+    let stalled_at = Instant::now();
+    let took = plane
+        .pump_until(Duration::from_secs(15), |p| !p.available("node-1"))
+        .await
+        .expect("the stalled node was never taken out");
+    eprintln!("node-1 out of the ring {took:?} after it stalled");
+    // Allowance: 2 × 1 s + 1 s margin away from maintenance, (1 + 3) × 1 s + 1 s around it;
+    // the frozen head was up to one block old already; then `fall` checks.
+    let bound = Duration::from_secs(5 + 1) + Duration::from_millis(FALL * INTERVAL_MS + 500);
+    assert!(took <= bound, "taken out after {took:?}, bound {bound:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "taken out after {took:?}: before the allowance could run out"
+    );
+    assert!(plane.available("node-2") && plane.available("node-3"));
+    assert!(
+        plane.board.why("eu", "node-1").unwrap().contains("stale"),
+        "{:?}",
+        plane.board.why("eu", "node-1")
+    );
+
+    // New clients of node-1 now go elsewhere, and really get answers.
+    assert_ne!(plane.choice(victim_src), "node-1");
+    let served = tokio::task::spawn_blocking(move || {
+        let mut ws = rpc_client(victim_src, proxy);
+        call_chain_id(&mut ws, 7)
+    })
+    .await
+    .unwrap();
+    served.expect("a client of the stalled node is served by another");
+
+    nodes[0].set_mode(Control::Resume).await.unwrap();
+    let back = plane
+        .pump_until(Duration::from_secs(5), |p| p.available("node-1"))
+        .await;
+    assert!(back.is_some(), "node-1 did not come back after resuming");
+    assert_eq!(
+        plane.choice(victim_src),
+        "node-1",
+        "a recovered node gets its clients back"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    steady
+        .await
+        .unwrap()
+        .expect("the healthy node's client was disturbed");
+    assert!(
+        calls.load(Ordering::Relaxed) > 20,
+        "too few calls to prove anything: {}",
+        calls.load(Ordering::Relaxed)
+    );
+    let _ = stalled_at;
+    drop(supervisor);
+    tokio::task::spawn_blocking(move || term.shutdown())
+        .await
+        .unwrap();
+}
