@@ -704,6 +704,17 @@ backends = [
     }
 
     #[test]
+    fn shipped_examples_stay_valid() {
+        for (name, text) in [
+            ("demo.toml", include_str!("../../config/demo.toml")),
+            ("three-regions.toml", include_str!("../../config/three-regions.toml")),
+        ] {
+            let c = Config::parse(text, name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!c.listeners.is_empty() && !c.pools.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
     fn family_mismatch_and_missing_snat() {
         let text = GOOD
             .replace("192.0.2.12:8090", "[2001:db8::12]:8090")
