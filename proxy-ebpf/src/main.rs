@@ -20,8 +20,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use proxy_common::{
-    hash, Backend, FlowKey, FlowState, NatKey, NatState, Reason, Settings, VipKey, VipMeta,
-    BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, PROTO_TCP,
+    hash, ring_index, Backend, FlowKey, FlowState, NatKey, NatState, Reason, Settings, VipKey,
+    VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, PROTO_TCP,
     VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
 };
 
@@ -193,7 +193,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, s: &Settings) -> u3
             miss = true;
         }
         let hash = hash::flow_hash(&sc.flow, vip.flags & VIP_HASH_SOURCE_ONLY != 0);
-        let Some(id) = ring_slot(vip.vip_num, hash, s) else {
+        let Some(id) = ring_slot(vip, hash, s) else {
             reason(Reason::DropNoBackend);
             return xdp_action::XDP_DROP;
         };
@@ -263,10 +263,10 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, s: &Settings) -> u3
 
 /// The backend id in the VIP's ring slot for this hash.
 #[inline(always)]
-fn ring_slot(vip_num: u32, hash: u32, s: &Settings) -> Option<u32> {
+fn ring_slot(vip: &VipMeta, hash: u32, s: &Settings) -> Option<u32> {
     // NonZero: a `%` the compiler cannot prove safe becomes a panic call the verifier rejects.
     let size = NonZeroU32::new(s.ring_size)?;
-    let index = vip_num * s.ring_size + hash % size;
+    let index = ring_index(vip.vip_num, vip.active_ring) * s.ring_size + hash % size;
     let id = *RING.get(index)?;
     (id != EMPTY_SLOT).then_some(id)
 }

@@ -19,8 +19,9 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::pinned(MAX_VIPS, 0);
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
 
-/// Maglev rings, one per VIP, back to back: slot s of VIP n is at n * ring_size + s.
-/// The loader sizes it to MAX_VIPS * ring_size; only changed slots are ever written.
+/// Maglev rings, two copies per VIP, back to back: slot s of copy c of VIP n is at
+/// (2n + c) * ring_size + s. The loader sizes it to 2 * MAX_VIPS * ring_size; only changed
+/// slots are ever written, to the copy packets are not using.
 #[map(name = "RING")]
 pub static RING: Array<u32> = Array::pinned(1, 0);
 

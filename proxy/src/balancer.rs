@@ -28,7 +28,13 @@ pub trait MapWriter {
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), Self::Error>;
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), Self::Error>;
     fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), Self::Error>;
-    fn write_ring_delta(&mut self, vip_num: u32, delta: &[RingDelta]) -> Result<(), Self::Error>;
+    /// Writes slots into copy `copy` (0 or 1) of a VIP's ring.
+    fn write_ring_copy(
+        &mut self,
+        vip_num: u32,
+        copy: u32,
+        delta: &[RingDelta],
+    ) -> Result<(), Self::Error>;
 }
 
 /// Errors of control-plane operations.
@@ -253,16 +259,27 @@ impl Balancer {
         let vip = Vip {
             name: l.name.clone(),
             key: vip_key(l.address, l.protocol),
-            meta: VipMeta { vip_num, flags },
+            meta: VipMeta {
+                vip_num,
+                flags,
+                ..VipMeta::default()
+            },
             pool: l.pool.clone(),
             ring,
         };
         self.vips.push(vip);
         let idx = self.vips.len() - 1;
-        // Ring first, then the VIP entry: the VIP never exists with an empty ring.
-        self.rebuild_vip(idx, w)?;
-        // The kernel's copy may hold anything (zeros = backend 0 in a fresh map, an old
-        // ring in pinned maps after a restart): write every slot once, deltas after that.
+        let members = self.members(&self.vips[idx].pool);
+        let v = &mut self.vips[idx];
+        v.ring
+            .rebuild(&members)
+            .map_err(|source| BalancerError::Ring {
+                listener: v.name.clone(),
+                source,
+            })?;
+        // Rings first, then the VIP entry: the VIP never exists with an empty ring. The
+        // kernel's copies may hold anything (zeros = backend 0 in a fresh map, an old ring in
+        // pinned maps after a restart): write every slot of both, deltas after that.
         let v = &self.vips[idx];
         let full: Vec<RingDelta> = v
             .ring
@@ -274,16 +291,14 @@ impl Balancer {
                 id,
             })
             .collect();
-        w.write_ring_delta(v.meta.vip_num, &full).map_err(maps)?;
-        let v = &self.vips[idx];
+        w.write_ring_copy(v.meta.vip_num, 0, &full).map_err(maps)?;
+        w.write_ring_copy(v.meta.vip_num, 1, &full).map_err(maps)?;
         w.set_vip(&v.key, &v.meta).map_err(maps)
     }
 
-    fn rebuild_vip<W: MapWriter>(&mut self, idx: usize, w: &mut W) -> Result<usize, BalancerError> {
-        let vip = &mut self.vips[idx];
-        let members: Vec<RingMember> = self
-            .pools
-            .get(&vip.pool)
+    fn members(&self, pool: &str) -> Vec<RingMember> {
+        self.pools
+            .get(pool)
             .map(|bs| {
                 bs.iter()
                     .map(|b| RingMember {
@@ -293,7 +308,15 @@ impl Balancer {
                     })
                     .collect()
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// Rebuilds a live VIP's ring: the delta goes into the copy packets are not using, the
+    /// VIP entry flips to it in one map update, then the other copy catches up. A packet
+    /// sees the old ring or the new one, never a mix.
+    fn rebuild_vip<W: MapWriter>(&mut self, idx: usize, w: &mut W) -> Result<usize, BalancerError> {
+        let members = self.members(&self.vips[idx].pool);
+        let vip = &mut self.vips[idx];
         let delta = vip
             .ring
             .rebuild(&members)
@@ -301,7 +324,17 @@ impl Balancer {
                 listener: vip.name.clone(),
                 source,
             })?;
-        w.write_ring_delta(vip.meta.vip_num, &delta).map_err(maps)?;
+        if delta.is_empty() {
+            return Ok(0);
+        }
+        let old = vip.meta.active_ring & 1;
+        let new = old ^ 1;
+        w.write_ring_copy(vip.meta.vip_num, new, &delta)
+            .map_err(maps)?;
+        vip.meta.active_ring = new;
+        w.set_vip(&vip.key, &vip.meta).map_err(maps)?;
+        w.write_ring_copy(vip.meta.vip_num, old, &delta)
+            .map_err(maps)?;
         Ok(delta.len())
     }
 
@@ -517,8 +550,26 @@ impl MapWriter for crate::ebpf::DataPlane {
     fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), Self::Error> {
         crate::ebpf::DataPlane::set_backend(self, id, b)
     }
-    fn write_ring_delta(&mut self, vip_num: u32, delta: &[RingDelta]) -> Result<(), Self::Error> {
-        crate::ebpf::DataPlane::write_ring_delta(self, vip_num, delta)
+    fn write_ring_copy(
+        &mut self,
+        vip_num: u32,
+        copy: u32,
+        delta: &[RingDelta],
+    ) -> Result<(), Self::Error> {
+        crate::ebpf::DataPlane::write_ring_copy(self, vip_num, copy, delta)
+    }
+}
+
+impl MemoryMaps {
+    /// The ring copy packets of VIP `vip_num` use now.
+    pub fn active_ring(&self, vip_num: u32) -> &std::collections::HashMap<u32, u32> {
+        let active = self
+            .vips
+            .values()
+            .find(|m| m.vip_num == vip_num)
+            .map(|m| m.active_ring)
+            .unwrap_or(0);
+        &self.rings[&proxy_common::ring_index(vip_num, active)]
     }
 }
 
@@ -562,12 +613,21 @@ impl MapWriter for MemoryMaps {
         ));
         Ok(())
     }
-    fn write_ring_delta(&mut self, vip_num: u32, delta: &[RingDelta]) -> Result<(), Self::Error> {
-        let ring = self.rings.entry(vip_num).or_default();
+    fn write_ring_copy(
+        &mut self,
+        vip_num: u32,
+        copy: u32,
+        delta: &[RingDelta],
+    ) -> Result<(), Self::Error> {
+        let ring = self
+            .rings
+            .entry(proxy_common::ring_index(vip_num, copy))
+            .or_default();
         for d in delta {
             ring.insert(d.slot, d.id);
         }
-        self.log.push(format!("ring {vip_num} +{}", delta.len()));
+        self.log
+            .push(format!("ring {vip_num}.{copy} +{}", delta.len()));
         Ok(())
     }
 }
@@ -605,7 +665,7 @@ backends = [
 
     fn owners(m: &MemoryMaps, vip: u32) -> BTreeMap<u32, usize> {
         let mut c = BTreeMap::new();
-        for id in m.rings[&vip].values() {
+        for id in m.active_ring(vip).values() {
             *c.entry(*id).or_default() += 1;
         }
         c
@@ -618,16 +678,16 @@ backends = [
         let bal = Balancer::from_config(&config, &mut m).unwrap();
         assert_eq!(m.vips.len(), 2);
         assert_eq!(m.backends.len(), 2);
-        assert_eq!(m.rings[&0].len(), 1009);
-        let ring_pos = m.log.iter().position(|l| l == "ring 0 +1009").unwrap();
-        assert_eq!(
-            m.log.iter().filter(|l| l.starts_with("ring 0 ")).count(),
-            2,
-            "delta, then the full table: {:?}",
+        assert_eq!(m.active_ring(0).len(), 1009);
+        let copy0 = m.log.iter().position(|l| l == "ring 0.0 +1009").unwrap();
+        let copy1 = m.log.iter().position(|l| l == "ring 0.1 +1009").unwrap();
+        let vip_pos = m.log.iter().position(|l| l == "vip 0").unwrap();
+        assert!(
+            copy0 < vip_pos && copy1 < vip_pos,
+            "both full copies before the VIP: {:?}",
             m.log
         );
-        let vip_pos = m.log.iter().position(|l| l == "vip 0").unwrap();
-        assert!(ring_pos < vip_pos, "{:?}", m.log);
+        assert_eq!(m.rings[&0], m.rings[&1]);
         let wss = m.vips[&vip_key("203.0.113.10:443".parse().unwrap(), Protocol::Tcp)];
         assert_eq!(wss.flags, VIP_HASH_SOURCE_ONLY | VIP_PASS_TO_STACK);
         assert_eq!(
@@ -743,7 +803,7 @@ hash = "source""#,
         let config = Config::parse(&text, "t").unwrap();
         let mut m = MemoryMaps::default();
         Balancer::from_config(&config, &mut m).unwrap();
-        let ring = &m.rings[&1];
+        let ring = m.active_ring(1);
         assert_eq!(ring.len(), 1009, "every slot written");
         assert!(ring.values().all(|&id| id == proxy_common::EMPTY_SLOT));
     }
@@ -771,6 +831,36 @@ hash = "source""#,
         );
         bal.set_health("eu", "a", true, 1000, &mut m).unwrap();
         assert!((owners(&m, 0)[&a] as i64 - 504).abs() < 10);
+    }
+
+    #[test]
+    fn live_ring_changes_flip_between_two_copies() {
+        let config = Config::parse(CONF, "t").unwrap();
+        let mut m = MemoryMaps::default();
+        let mut bal = Balancer::from_config(&config, &mut m).unwrap();
+        m.log.clear();
+        bal.set_weight("eu", "a", 0, &mut m).unwrap();
+        // Per VIP: fill the unused copy, flip the VIP to it, then catch up the old copy.
+        let vip0: Vec<&str> = m
+            .log
+            .iter()
+            .map(String::as_str)
+            .filter(|l| l.starts_with("ring 0.") || *l == "vip 0")
+            .collect();
+        assert_eq!(vip0.len(), 3, "{:?}", m.log);
+        assert!(vip0[0].starts_with("ring 0.1 "), "{vip0:?}");
+        assert_eq!(vip0[1], "vip 0");
+        assert!(vip0[2].starts_with("ring 0.0 "), "{vip0:?}");
+        let meta = m.vips.values().find(|v| v.vip_num == 0).unwrap();
+        assert_eq!(meta.active_ring, 1);
+        assert_eq!(
+            m.rings[&0], m.rings[&1],
+            "both copies hold the new ring afterwards"
+        );
+        // No change, no writes, no flip.
+        m.log.clear();
+        bal.set_weight("eu", "a", 0, &mut m).unwrap();
+        assert!(m.log.is_empty(), "{:?}", m.log);
     }
 
     #[test]

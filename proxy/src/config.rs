@@ -352,7 +352,7 @@ impl Config {
                 "balancer.ring_size = {}: must be a prime up to {MAX_RING_SIZE} (e.g. 65537, 131071)",
                 b.ring_size
             ));
-        } else if (proxy_common::MAX_VIPS as u64) * (b.ring_size as u64) > u32::MAX as u64 {
+        } else if 2 * (proxy_common::MAX_VIPS as u64) * (b.ring_size as u64) > u32::MAX as u64 {
             p.push(format!(
                 "balancer.ring_size = {}: too large for {} VIPs",
                 b.ring_size,
@@ -707,7 +707,10 @@ backends = [
     fn shipped_examples_stay_valid() {
         for (name, text) in [
             ("demo.toml", include_str!("../../config/demo.toml")),
-            ("three-regions.toml", include_str!("../../config/three-regions.toml")),
+            (
+                "three-regions.toml",
+                include_str!("../../config/three-regions.toml"),
+            ),
         ] {
             let c = Config::parse(text, name).unwrap_or_else(|e| panic!("{e}"));
             assert!(!c.listeners.is_empty() && !c.pools.is_empty(), "{name}");

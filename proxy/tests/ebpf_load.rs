@@ -65,7 +65,8 @@ fn verifier_accepts_and_pinned_maps_survive_a_restart() {
         (s.ring_size, s.nat_port_min, s.nat_port_max),
         (1009, 10_000, 20_000)
     );
-    assert_eq!(again.read_ring(1).unwrap()[3], 5);
+    assert_eq!(again.read_ring(1, 0).unwrap()[3], 5);
+    assert_eq!(again.read_ring(1, 1).unwrap()[3], 5);
     drop(again);
 
     // Changing the ring size under pinned maps is refused with a clear error.

@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::{Arc, Once},
     thread,
@@ -568,10 +568,4 @@ fn plain_http_and_a_stalled_handshake_are_closed() {
             "{mode:?}: closed after {waited:?}"
         );
     }
-}
-
-// Keeps `Path` in use for helpers that take paths (the certbot layout).
-#[allow(dead_code)]
-fn _is_dir(p: &Path) -> bool {
-    p.is_dir()
 }

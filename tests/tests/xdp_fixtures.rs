@@ -1419,6 +1419,7 @@ fn configure(dp: &mut DataPlane, model: &Model) {
             &VipMeta {
                 vip_num: v.num,
                 flags: v.flags,
+                ..VipMeta::default()
             },
         )
         .expect("set vip");
@@ -1433,12 +1434,14 @@ fn configure(dp: &mut DataPlane, model: &Model) {
             })
             .collect();
         dp.write_ring_delta(v.num, &full).expect("write ring");
-        assert_eq!(
-            dp.read_ring(v.num).expect("read ring"),
-            slots,
-            "ring of vip {}",
-            v.num
-        );
+        for copy in [0, 1] {
+            assert_eq!(
+                dp.read_ring(v.num, copy).expect("read ring"),
+                slots,
+                "ring copy {copy} of vip {}",
+                v.num
+            );
+        }
     }
 }
 

@@ -169,6 +169,7 @@ fn configure(dp: &mut DataPlane) -> Result<()> {
         &VipMeta {
             vip_num: VIP_NUM,
             flags: 0,
+            ..VipMeta::default()
         },
     )?;
     let mut ring = MaglevRing::new(dp.ring_size())?;

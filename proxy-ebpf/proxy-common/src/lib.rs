@@ -63,9 +63,19 @@ pub const VIP_PASS_TO_STACK: u32 = 1 << 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipMeta {
-    /// Index of the VIP's ring in `RING` and of its counters in `COUNTERS`.
+    /// Index of the VIP's rings in `RING` and of its counters in `COUNTERS`.
     pub vip_num: u32,
     pub flags: u32,
+    /// Which of the VIP's two ring copies packets use (0 or 1). The control plane updates
+    /// the other copy, then flips this in one map update: no packet sees a half-written ring.
+    pub active_ring: u32,
+    pub pad: u32,
+}
+
+/// `RING` index of slot 0 of copy `copy` of VIP `vip_num`'s ring, in rings (multiply by the
+/// ring size for slots).
+pub const fn ring_index(vip_num: u32, copy: u32) -> u32 {
+    vip_num * 2 + (copy & 1)
 }
 
 /// The backend exists (a zeroed entry is an unused or removed slot).
@@ -300,7 +310,7 @@ mod pod {
 // No implicit padding anywhere: the kernel hashes keys byte by byte.
 const _: () = {
     assert!(core::mem::size_of::<VipKey>() == 20);
-    assert!(core::mem::size_of::<VipMeta>() == 8);
+    assert!(core::mem::size_of::<VipMeta>() == 16);
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowState>() == 16);

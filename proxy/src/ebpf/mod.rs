@@ -403,13 +403,14 @@ impl DataPlane {
         }
     }
 
-    /// Writes only the changed slots of VIP `vip_num`'s ring.
-    pub fn write_ring_delta(
+    /// Writes changed slots into one copy of VIP `vip_num`'s ring (see `VipMeta::active_ring`).
+    pub fn write_ring_copy(
         &mut self,
         vip_num: u32,
+        copy: u32,
         delta: &[RingDelta],
     ) -> Result<(), DataPlaneError> {
-        let base = vip_num * self.ring_size;
+        let base = proxy_common::ring_index(vip_num, copy) * self.ring_size;
         let mut ring = self.array::<u32>(map_names::RING)?;
         for d in delta {
             ring.set(base + d.slot, d.id, 0)
@@ -418,9 +419,20 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Reads back one VIP's whole ring (tests and diagnostics).
-    pub fn read_ring(&mut self, vip_num: u32) -> Result<Vec<u32>, DataPlaneError> {
-        let base = vip_num * self.ring_size;
+    /// Writes the same slots into both copies (set-up and tests; live changes go through
+    /// the control plane's copy-and-flip).
+    pub fn write_ring_delta(
+        &mut self,
+        vip_num: u32,
+        delta: &[RingDelta],
+    ) -> Result<(), DataPlaneError> {
+        self.write_ring_copy(vip_num, 0, delta)?;
+        self.write_ring_copy(vip_num, 1, delta)
+    }
+
+    /// Reads back one copy of a VIP's ring (tests and diagnostics).
+    pub fn read_ring(&mut self, vip_num: u32, copy: u32) -> Result<Vec<u32>, DataPlaneError> {
+        let base = proxy_common::ring_index(vip_num, copy) * self.ring_size;
         let size = self.ring_size;
         let ring = self.array::<u32>(map_names::RING)?;
         (0..size)
