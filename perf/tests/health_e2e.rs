@@ -15,11 +15,11 @@ use std::{
 use proxy::{
     balancer::{Balancer, MemoryMaps},
     config::Config,
-    control::{apply_health, health_configs},
+    control::{apply_connect_event, apply_health, health_configs},
     health::{rules::BackendState, Board, Report, Supervisor},
     terminator::{
         io::IoMode,
-        listener_specs,
+        listener_specs, listener_specs_with_events,
         server::{ConnLimits, ListenerSpec, Terminator},
         upstream_set,
     },
@@ -278,6 +278,104 @@ async fn stalled_node_leaves_and_comes_back_without_touching_others() {
     );
     let _ = stalled_at;
     drop(supervisor);
+    tokio::task::spawn_blocking(move || term.shutdown())
+        .await
+        .unwrap();
+}
+
+/// Passive health: a node that refuses connections is ejected after a few failed connects
+/// seen by the terminator, even without active checks; its clients are served elsewhere
+/// meanwhile (retry), and after the backoff it gets traffic again.
+#[tokio::test(flavor = "current_thread")]
+async fn refusing_node_is_ejected_by_failed_connects() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(
+            NodeSim::spawn(NodeSimConfig::fast(1_000, 30))
+                .await
+                .expect("node sim"),
+        );
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    // No [pools.eu.health]: only the data path reports.
+    let mut config = config(free_port(), &addrs);
+    config.pools.get_mut("eu").unwrap().health = None;
+    let mut maps = MemoryMaps::default();
+    let mut balancer = Balancer::from_config(&config, &mut maps).unwrap();
+    let (tx, mut events) = tokio::sync::mpsc::channel(64);
+    let terminated = listener_specs_with_events(&config, &balancer, Some(tx)).unwrap();
+    let term = Terminator::start(
+        IoMode::Uring,
+        1,
+        terminated.iter().map(|(_, s)| s.clone()).collect(),
+        ConnLimits::new(1000, 100),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let proxy = term.local_addrs[0];
+    let mut board = Board::new(health_configs(&config));
+    let choice = |b: &Balancer, src: u8| {
+        upstream_set(b, &terminated[0].0)
+            .unwrap()
+            .candidates([127, 0, 0, src].into())[0]
+            .name
+            .clone()
+    };
+    let victims: Vec<u8> = (2..250u8)
+        .filter(|s| choice(&balancer, *s) == "node-1")
+        .take(4)
+        .collect();
+    assert_eq!(victims.len(), 4);
+
+    nodes[0].set_mode(Control::Refuse).await.unwrap();
+    for (i, src) in victims.iter().enumerate() {
+        let src = *src;
+        tokio::task::spawn_blocking(move || {
+            let mut ws = rpc_client(src, proxy);
+            call_chain_id(&mut ws, 1)
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!("client {i} of the refusing node was not served by another: {e}")
+        });
+        while let Ok(ev) = events.try_recv() {
+            apply_connect_event(ev, &mut board, &mut balancer, &mut maps, &terminated);
+        }
+    }
+    let node1 = |b: &Balancer| {
+        b.backends("eu")
+            .unwrap()
+            .iter()
+            .find(|x| x.name == "node-1")
+            .unwrap()
+            .available
+    };
+    assert!(
+        !node1(&balancer),
+        "three failed connects did not eject node-1: {:?}",
+        board.why("eu", "node-1")
+    );
+    assert_ne!(
+        choice(&balancer, victims[0]),
+        "node-1",
+        "the terminator still picks the ejected node"
+    );
+    assert!(board.why("eu", "node-1").unwrap().contains("ejected"));
+
+    // The node accepts again; after the backoff the ring takes it back.
+    nodes[0].set_mode(Control::Accept).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    proxy::control::tick_ramps(
+        &board,
+        &mut balancer,
+        &mut maps,
+        &terminated,
+        proxy::health::checks::unix_now(),
+    );
+    assert!(node1(&balancer), "node-1 not re-admitted after its backoff");
+    assert_eq!(choice(&balancer, victims[0]), "node-1");
     tokio::task::spawn_blocking(move || term.shutdown())
         .await
         .unwrap();

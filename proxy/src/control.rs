@@ -10,7 +10,7 @@ use tracing::{error, info};
 use crate::{
     balancer::{Balancer, BalancerError, MapWriter},
     config::{Config, ListenerConfig},
-    health::{checks::unix_now, Board, HealthConfig, Report},
+    health::{checks::unix_now, Board, ConnectEvent, HealthConfig, Report},
     terminator::{self, server::ListenerSpec},
 };
 
@@ -79,6 +79,29 @@ pub fn apply_desired<W: MapWriter>(
     }
 }
 
+/// Applies a data-path connect result (passive ejection).
+pub fn apply_connect_event<W: MapWriter>(
+    ev: ConnectEvent,
+    board: &mut Board,
+    balancer: &mut Balancer,
+    maps: &mut W,
+    terminated: &[(ListenerConfig, ListenerSpec)],
+) {
+    let now = unix_now();
+    if board.connect_result(&ev, now) {
+        info!(pool = %ev.pool, backend = %ev.backend, "passive health: ejected after failed connects");
+        apply_desired(
+            &ev.pool,
+            &ev.backend,
+            board,
+            balancer,
+            maps,
+            terminated,
+            now,
+        );
+    }
+}
+
 /// Re-applies weights while some backend is in slow start.
 pub fn tick_ramps<W: MapWriter>(
     board: &Board,
@@ -87,7 +110,7 @@ pub fn tick_ramps<W: MapWriter>(
     terminated: &[(ListenerConfig, ListenerSpec)],
     now: i64,
 ) {
-    if !board.ramping(now + 1) {
+    if !board.ramping(now + 1) && !board.ejections_pending(now) {
         return;
     }
     let names: Vec<(String, String)> = balancer

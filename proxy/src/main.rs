@@ -10,7 +10,7 @@ use proxy::{
     admin::{BackendRow, Request, Response},
     balancer::{settings_from, Balancer},
     config::{Config, IoChoice, ListenerConfig},
-    control::{apply_health, health_configs, refresh_terminator, tick_ramps},
+    control::{apply_connect_event, apply_health, health_configs, refresh_terminator, tick_ramps},
     ebpf::{DataPlane, LoadOptions},
     health::{checks::unix_now, Board, Supervisor},
     terminator::{
@@ -306,7 +306,9 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
     for (name, num, pool) in balancer.vips() {
         info!(listener = name, vip = num, pool, "listener ready");
     }
-    let specs = terminator::listener_specs(&config, &balancer)?;
+    // Data-path connect results for passive health (bounded: dropped when full).
+    let (connect_tx, mut connect_rx) = tokio::sync::mpsc::channel(4096);
+    let specs = terminator::listener_specs_with_events(&config, &balancer, Some(connect_tx))?;
     let mut terminated: Vec<(ListenerConfig, ListenerSpec)> = Vec::new();
     let term = if specs.is_empty() {
         None
@@ -386,6 +388,9 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
                 Some((req, reply)) = admin_rx.recv() => {
                     let _ = reply.send(apply_admin(req, &mut balancer, &mut dp, &board, &terminated));
                     supervisor.sync(&balancer, &board);
+                }
+                Some(ev) = connect_rx.recv() => {
+                    apply_connect_event(ev, &mut board, &mut balancer, &mut dp, &terminated);
                 }
                 Some(report) = health_rx.recv() => {
                     apply_health(report, &mut board, &mut balancer, &mut dp, &terminated);

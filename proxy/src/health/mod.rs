@@ -17,7 +17,8 @@ use tokio::{sync::mpsc, task::JoinHandle};
 
 use checks::{AgentReport, Answer, ProbeKind};
 use rules::{
-    judge, BackendState, ChainParams, HeadSample, HealthState, RuleConfig, Transition, Verdict,
+    judge, BackendState, ChainParams, EjectorConfig, HeadSample, HealthState, PassiveEjector,
+    RuleConfig, Transition, Verdict,
 };
 
 use crate::balancer::Balancer;
@@ -145,11 +146,22 @@ struct Tracked {
     up_since: Option<i64>,
 }
 
-/// Health of every checked backend (pure: fed by probe results, read by the control plane).
+/// A connection attempt from the data path (the terminator), for passive ejection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectEvent {
+    pub pool: String,
+    pub backend: String,
+    pub ok: bool,
+}
+
+/// Health of every backend (pure: fed by probe results and data-path connect results, read
+/// by the control plane).
 #[derive(Debug, Default)]
 pub struct Board {
     configs: HashMap<String, HealthConfig>,
     tracked: HashMap<(String, String), Tracked>,
+    /// Passive ejection works for every pool, checked or not.
+    ejectors: HashMap<(String, String), PassiveEjector>,
 }
 
 impl Board {
@@ -157,7 +169,30 @@ impl Board {
         Self {
             configs,
             tracked: HashMap::new(),
+            ejectors: HashMap::new(),
         }
+    }
+
+    /// Records a data-path connect result; true when the backend was just ejected.
+    pub fn connect_result(&mut self, ev: &ConnectEvent, now_unix: i64) -> bool {
+        let key = (ev.pool.clone(), ev.backend.clone());
+        if ev.ok {
+            if let Some(e) = self.ejectors.get_mut(&key) {
+                e.on_connect_success(now_unix);
+            }
+            return false;
+        }
+        self.ejectors
+            .entry(key)
+            .or_insert_with(|| PassiveEjector::new(EjectorConfig::default()))
+            .on_connect_failure(now_unix)
+    }
+
+    /// Whether some ejection is running or just ended (weights need re-applying).
+    pub fn ejections_pending(&self, now_unix: i64) -> bool {
+        self.ejectors
+            .values()
+            .any(|e| e.ejected_until().is_some_and(|u| u + 2 >= now_unix))
     }
 
     pub fn set_configs(&mut self, configs: HashMap<String, HealthConfig>) {
@@ -173,6 +208,7 @@ impl Board {
     /// Forgets backends that no longer exist.
     pub fn retain(&mut self, live: &HashSet<(String, String)>) {
         self.tracked.retain(|k, _| live.contains(k));
+        self.ejectors.retain(|k, _| live.contains(k));
     }
 
     /// The best head among the pool's backends that are not down (the lag reference).
@@ -233,6 +269,11 @@ impl Board {
                 }
             }
         };
+        if verdict.is_healthy() {
+            if let Some(e) = self.ejectors.get_mut(&(pool.to_string(), name.to_string())) {
+                e.on_active_check_passed(now_unix);
+            }
+        }
         let change = t.state.record_at(now_unix, verdict);
         if let Some(tr) = change {
             t.up_since = (tr.to == BackendState::Up).then_some(now_unix);
@@ -242,7 +283,15 @@ impl Board {
 
     /// Whether the backend should take new flows, and its slow-start share (per mille).
     pub fn desired(&self, pool: &str, name: &str, now_unix: i64) -> (bool, u32) {
-        let Some(t) = self.tracked.get(&(pool.to_string(), name.to_string())) else {
+        let key = (pool.to_string(), name.to_string());
+        if self
+            .ejectors
+            .get(&key)
+            .is_some_and(|e| e.is_ejected(now_unix))
+        {
+            return (false, 1000);
+        }
+        let Some(t) = self.tracked.get(&key) else {
             return (true, 1000);
         };
         // Unknown (just added, or just started) fails open: the first failures decide.
@@ -277,8 +326,20 @@ impl Board {
 
     /// Human-readable state and reason, for `proxy backends list`.
     pub fn why(&self, pool: &str, name: &str) -> Option<String> {
-        let t = self.tracked.get(&(pool.to_string(), name.to_string()))?;
+        let key = (pool.to_string(), name.to_string());
+        let ejected = self
+            .ejectors
+            .get(&key)
+            .and_then(|e| e.ejected_until().map(|u| (u, e.ejections())));
+        let Some(t) = self.tracked.get(&key) else {
+            return ejected.map(|(u, n)| {
+                format!("ejected after failed connects (ejection {n}, until unix {u})")
+            });
+        };
         let mut s = t.state.why();
+        if let Some((u, n)) = ejected {
+            s += &format!("; ejected after failed connects (ejection {n}, until unix {u})");
+        }
         if let Some(a) = t.agent {
             s += &format!("; agent says {a:?}");
         }
@@ -511,6 +572,37 @@ mod tests {
         };
         b.record("eu", "best", half, now + 4);
         assert_eq!(b.desired("eu", "best", now + 4), (true, 500));
+    }
+
+    #[test]
+    fn failed_connects_eject_until_an_active_check_passes() {
+        let mut b = Board::new(HashMap::from([("eu".to_string(), cfg())]));
+        let fail = ConnectEvent {
+            pool: "eu".into(),
+            backend: "a".into(),
+            ok: false,
+        };
+        let t = 1_800_000_000;
+        assert!(!b.connect_result(&fail, t));
+        assert!(!b.connect_result(&fail, t));
+        assert!(b.connect_result(&fail, t), "third failure ejects");
+        assert!(!b.desired("eu", "a", t).0);
+        assert!(b.why("eu", "a").unwrap().contains("ejected"));
+        assert!(b.ejections_pending(t));
+        // An active pass lifts it at once.
+        b.record("eu", "a", answer(100, 1, t), t);
+        assert!(b.desired("eu", "a", t).0);
+        // Unchecked pools are ejected too (and recover when the backoff ends).
+        let other = ConnectEvent {
+            pool: "us".into(),
+            backend: "x".into(),
+            ok: false,
+        };
+        for _ in 0..3 {
+            b.connect_result(&other, t);
+        }
+        assert!(!b.desired("us", "x", t).0);
+        assert!(b.desired("us", "x", t + 5).0);
     }
 
     #[test]

@@ -144,12 +144,14 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         let started = Instant::now();
         match connector.connect(up.addr, ctx.connect_timeout).await {
             Ok(s) => {
+                ctx.upstreams.report(&up.name, true);
                 histogram!("proxy_backend_connect_seconds", "backend" => up.name.clone())
                     .record(started.elapsed().as_secs_f64());
                 chosen = Some((Rc::new(s), up.clone()));
                 break;
             }
             Err(e) => {
+                ctx.upstreams.report(&up.name, false);
                 let kind = if e.kind() == std::io::ErrorKind::TimedOut {
                     "connect_timeout"
                 } else {

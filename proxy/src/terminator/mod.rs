@@ -77,6 +77,15 @@ pub fn listener_specs(
     config: &Config,
     balancer: &Balancer,
 ) -> Result<Vec<(ListenerConfig, server::ListenerSpec)>, SetupError> {
+    listener_specs_with_events(config, balancer, None)
+}
+
+/// As `listener_specs`, with connect results sent to `events` (passive health).
+pub fn listener_specs_with_events(
+    config: &Config,
+    balancer: &Balancer,
+    events: Option<tokio::sync::mpsc::Sender<crate::health::ConnectEvent>>,
+) -> Result<Vec<(ListenerConfig, server::ListenerSpec)>, SetupError> {
     let t = &config.terminator;
     let mut out = Vec::new();
     for l in config
@@ -124,7 +133,13 @@ pub fn listener_specs(
                 allow_json_rpc_post: l.allow_json_rpc_post,
                 ..Limits::default()
             },
-            upstreams: upstream::UpstreamTable::new(upstream_set(balancer, l)?),
+            upstreams: {
+                let table = upstream::UpstreamTable::new(upstream_set(balancer, l)?);
+                match &events {
+                    Some(tx) => table.with_events(l.pool.clone(), tx.clone()),
+                    None => table,
+                }
+            },
             handshake_timeout: Duration::from_secs(t.handshake_timeout_secs),
             connect_timeout: Duration::from_millis(t.connect_timeout_ms),
             idle_timeout: Duration::from_secs(t.idle_timeout_secs),

@@ -10,7 +10,7 @@ use std::{
 
 use proxy_common::{hash::source_hash, EMPTY_SLOT};
 
-use crate::{balancer::addr_words, maglev::MaglevRing};
+use crate::{balancer::addr_words, health::ConnectEvent, maglev::MaglevRing};
 
 /// A node the terminator may connect to. The address never leaves the proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,21 +63,52 @@ impl UpstreamSet {
     }
 }
 
-/// The shared, swappable table of one listener.
+/// The shared, swappable table of one listener, and where connect results go (passive
+/// health: the control plane ejects a node that keeps refusing).
 #[derive(Debug, Clone)]
-pub struct UpstreamTable(Arc<RwLock<Arc<UpstreamSet>>>);
+pub struct UpstreamTable {
+    set: Arc<RwLock<Arc<UpstreamSet>>>,
+    events: Option<(String, tokio::sync::mpsc::Sender<ConnectEvent>)>,
+}
 
 impl UpstreamTable {
     pub fn new(set: UpstreamSet) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(set))))
+        Self {
+            set: Arc::new(RwLock::new(Arc::new(set))),
+            events: None,
+        }
     }
+
+    /// Connect results of this listener's pool `pool` are sent to `tx` (dropped when full:
+    /// the data path never waits for the control plane).
+    pub fn with_events(
+        mut self,
+        pool: String,
+        tx: tokio::sync::mpsc::Sender<ConnectEvent>,
+    ) -> Self {
+        self.events = Some((pool, tx));
+        self
+    }
+
     /// The current view (cheap: one Arc clone).
     pub fn current(&self) -> Arc<UpstreamSet> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
     /// Replaces the whole view at once: readers see the old or the new, never a mix.
     pub fn replace(&self, set: UpstreamSet) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+    }
+
+    /// Reports a connect attempt to `backend`.
+    pub fn report(&self, backend: &str, ok: bool) {
+        if let Some((pool, tx)) = &self.events {
+            let _ = tx.try_send(ConnectEvent {
+                pool: pool.clone(),
+                backend: backend.to_string(),
+                ok,
+            });
+        }
     }
 }
 
