@@ -504,12 +504,34 @@ impl Balancer {
                 changes.push(format!("pool {pool}: backend {name} removed"));
             }
         }
-        let listeners_now: Vec<&str> = self.vips.iter().map(|v| v.name.as_str()).collect();
-        let listeners_new: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
-        if listeners_now != listeners_new {
-            changes.push("listeners changed: restart to apply (not reloaded)".into());
+        // New listeners are added (the caller starts terminator workers for tls/ws ones);
+        // removed or changed ones need a restart.
+        for l in &config.listeners {
+            match self.vips.iter().find(|v| v.name == l.name) {
+                None => {
+                    self.add_listener(l, w)?;
+                    changes.push(format!("listener {}: added", l.name));
+                }
+                Some(v) if v.key != vip_key(l.address, l.protocol) || v.pool != l.pool => {
+                    changes.push(format!("listener {}: changed; restart to apply", l.name));
+                }
+                Some(_) => {}
+            }
+        }
+        for v in &self.vips {
+            if !config.listeners.iter().any(|l| l.name == v.name) {
+                changes.push(format!(
+                    "listener {}: removed from the file; restart to apply",
+                    v.name
+                ));
+            }
         }
         Ok(changes)
+    }
+
+    /// Whether a listener of this name is configured (VIP written).
+    pub fn has_listener(&self, name: &str) -> bool {
+        self.vips.iter().any(|v| v.name == name)
     }
 
     pub fn backends(&self, pool: &str) -> Option<&[BackendState]> {
@@ -861,6 +883,24 @@ hash = "source""#,
         m.log.clear();
         bal.set_weight("eu", "a", 0, &mut m).unwrap();
         assert!(m.log.is_empty(), "{:?}", m.log);
+    }
+
+    #[test]
+    fn reload_adds_listeners() {
+        let config = Config::parse(CONF, "t").unwrap();
+        let mut m = MemoryMaps::default();
+        let mut bal = Balancer::from_config(&config, &mut m).unwrap();
+        let text = format!("{CONF}\n[[listener]]\nname = \"rpc2\"\naddress = \"203.0.113.11:8090\"\nmode = \"l4\"\npool = \"eu\"\n");
+        let new = Config::parse(&text, "t").unwrap();
+        let changes = bal.reconcile_pools(&new, &mut m).unwrap();
+        assert_eq!(changes, vec!["listener rpc2: added"]);
+        assert!(bal.has_listener("rpc2"));
+        assert_eq!(m.vips.len(), 3);
+        assert_eq!(
+            bal.ring("rpc2").unwrap().slots(),
+            bal.ring("rpc").unwrap().slots()
+        );
+        assert!(bal.reconcile_pools(&new, &mut m).unwrap().is_empty());
     }
 
     #[test]

@@ -308,38 +308,44 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
     }
     // Data-path connect results for passive health (bounded: dropped when full).
     let (connect_tx, mut connect_rx) = tokio::sync::mpsc::channel(4096);
-    let specs = terminator::listener_specs_with_events(&config, &balancer, Some(connect_tx))?;
-    let mut terminated: Vec<(ListenerConfig, ListenerSpec)> = Vec::new();
-    let term = if specs.is_empty() {
+    let specs =
+        terminator::listener_specs_with_events(&config, &balancer, Some(connect_tx.clone()))?;
+    let choice = match io_flag {
+        Some(IoFlag::Auto) => IoChoice::Auto,
+        Some(IoFlag::Uring) => IoChoice::Uring,
+        Some(IoFlag::Epoll) => IoChoice::Epoll,
+        None => config.terminator.io,
+    };
+    let t = &config.terminator;
+    let workers = if t.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        t.workers
+    };
+    // One limit for every terminator instance (listeners added by a reload get their own).
+    let limits = ConnLimits::new(t.max_connections, t.max_connections_per_client);
+    let grace = Duration::from_secs(t.shutdown_grace_secs);
+    let mode = if specs.is_empty() {
         None
     } else {
-        let choice = match io_flag {
-            Some(IoFlag::Auto) => IoChoice::Auto,
-            Some(IoFlag::Uring) => IoChoice::Uring,
-            Some(IoFlag::Epoll) => IoChoice::Epoll,
-            None => config.terminator.io,
-        };
-        let mode = pick_mode(terminator::requested_mode(choice));
-        let t = &config.terminator;
-        let workers = if t.workers == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            t.workers
-        };
-        let limits = ConnLimits::new(t.max_connections, t.max_connections_per_client);
-        let started = Terminator::start(
-            mode,
-            workers,
-            specs.iter().map(|(_, s)| s.clone()).collect(),
-            limits,
-            Duration::from_secs(t.shutdown_grace_secs),
-        )
-        .map_err(terminator::SetupError::Start)?;
-        terminated = specs;
-        Some(started)
+        Some(pick_mode(terminator::requested_mode(choice)))
     };
+    let mut terms: Vec<Terminator> = Vec::new();
+    if let Some(mode) = mode {
+        terms.push(
+            Terminator::start(
+                mode,
+                workers,
+                specs.iter().map(|(_, s)| s.clone()).collect(),
+                limits.clone(),
+                grace,
+            )
+            .map_err(terminator::SetupError::Start)?,
+        );
+    }
+    let mut terminated: Vec<(ListenerConfig, ListenerSpec)> = specs;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -381,6 +387,26 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
                 _ = hup.recv() => {
                     if let Some(new) = reload(path, &mut balancer, &mut dp) {
                         board.set_configs(health_configs(&new));
+                        // tls/ws listeners added by the reload get terminator workers.
+                        let mut added = new.clone();
+                        added.listeners.retain(|l| !terminated.iter().any(|(t, _)| t.name == l.name));
+                        match terminator::listener_specs_with_events(&added, &balancer, Some(connect_tx.clone())) {
+                            Ok(specs) if !specs.is_empty() => {
+                                let m = pick_mode(terminator::requested_mode(choice));
+                                match Terminator::start(m, workers, specs.iter().map(|(_, s)| s.clone()).collect(), limits.clone(), grace) {
+                                    Ok(t) => {
+                                        for (l, _) in &specs {
+                                            info!(listener = %l.name, "reload: terminator listener started");
+                                        }
+                                        terms.push(t);
+                                        terminated.extend(specs);
+                                    }
+                                    Err(e) => error!("reload: starting new listeners failed: {e}"),
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => error!("reload: new listeners: {e:#}"),
+                        }
                     }
                     refresh_terminator(&balancer, &terminated);
                     supervisor.sync(&balancer, &board);
@@ -409,9 +435,16 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
         }
         anyhow::Ok(())
     })?;
-    if let Some(t) = term {
+    if !terms.is_empty() {
         info!("shutting down: no new connections; live ones get the grace period");
-        t.shutdown();
+        // In parallel: each instance waits out the same grace period.
+        let stops: Vec<_> = terms
+            .into_iter()
+            .map(|t| std::thread::spawn(move || t.shutdown()))
+            .collect();
+        for s in stops {
+            let _ = s.join();
+        }
     }
     let _ = std::fs::remove_file(&admin_socket);
     info!("shutting down: detaching XDP (pinned maps keep established flows for a restart)");
