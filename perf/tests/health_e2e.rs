@@ -380,3 +380,43 @@ async fn refusing_node_is_ejected_by_failed_connects() {
         .await
         .unwrap();
 }
+
+/// The probes against a simulated node: BitShares over HTTP POST and over the websocket
+/// (with chain parameters read from the node), and the plain websocket handshake.
+#[tokio::test(flavor = "current_thread")]
+async fn probes_read_the_chain_from_a_simulated_node() {
+    use proxy::health::checks::{probe, ProbeKind};
+    let node = NodeSim::spawn(NodeSimConfig::fast(1_000, 30))
+        .await
+        .expect("node sim");
+    let t = Duration::from_secs(3);
+    for kind in [ProbeKind::BitsharesHttp, ProbeKind::BitsharesWs] {
+        let a = probe(kind, node.addr, "/", t, true)
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        let s = a.sample.expect("head sample");
+        assert!(s.head_block_number > 0);
+        assert!(
+            s.head_age_secs() <= 2,
+            "{kind:?}: head {}s old",
+            s.head_age_secs()
+        );
+        assert!(s.next_maintenance_time_unix > s.head_block_time_unix);
+        let p = a.params.expect("chain params from get_global_properties");
+        assert_eq!(
+            (
+                p.block_interval_secs,
+                p.maintenance_interval_secs,
+                p.maintenance_skip_slots
+            ),
+            (1, 30, 3)
+        );
+    }
+    probe(ProbeKind::Ws, node.addr, "/ws", t, false)
+        .await
+        .expect("websocket handshake");
+    node.set_mode(Control::Refuse).await.unwrap();
+    assert!(probe(ProbeKind::BitsharesHttp, node.addr, "/", t, false)
+        .await
+        .is_err());
+}

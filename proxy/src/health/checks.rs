@@ -279,6 +279,53 @@ pub async fn agent(addr: SocketAddr, timeout: Duration) -> Result<AgentReport, S
 mod tests {
     use super::*;
 
+    /// A one-shot HTTP server answering with `body`.
+    async fn agent_server(body: &'static str) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn agent_feed_over_the_network() {
+        let t = Duration::from_secs(2);
+        assert_eq!(
+            agent(agent_server("drain\n").await, t).await,
+            Ok(AgentReport::Drain)
+        );
+        assert_eq!(
+            agent(agent_server("25%").await, t).await,
+            Ok(AgentReport::WeightPercent(25))
+        );
+        assert!(agent(agent_server("banana").await, t).await.is_err());
+        let closed = {
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        assert!(agent(closed, t).await.unwrap_err().contains("connect"));
+        // The TCP probe too.
+        assert!(probe(ProbeKind::Tcp, closed, "/", t, false).await.is_err());
+        assert!(
+            probe(ProbeKind::Tcp, agent_server("up").await, "/", t, false)
+                .await
+                .is_ok()
+        );
+    }
+
     #[test]
     fn agent_words() {
         assert_eq!(parse_agent("up\n"), Ok(AgentReport::Up));
