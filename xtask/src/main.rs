@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",                 // GRO on veth peers (XDP_REDIRECT delivery)
     "iputils-ping",
     "curl",
+    "openssl", // `openssl s_client` in the TLS edge-case tests (proxy/tests/tls_edges.rs)
     "bpftool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -43,7 +44,7 @@ enum Task {
         #[arg(long)]
         duration: Option<u64>,
     },
-    /// Setup, then a benchmark scenario: `xdp`.
+    /// Setup, then a benchmark scenario: `xdp` or `proxy`.
     Bench {
         scenario: String,
         #[arg(last = true)]
@@ -108,7 +109,22 @@ fn main() -> Result<()> {
                     a.extend(args.iter().map(String::as_str));
                     cargo(&root, &a)
                 }
-                other => bail!("unknown bench scenario `{other}` (known: xdp)"),
+                "proxy" => {
+                    // Terminator, io_uring vs epoll: TLS handshakes, messages, idle memory.
+                    let mut a = vec![
+                        "run",
+                        "--release",
+                        "--locked",
+                        "-p",
+                        "proxy-perf",
+                        "--bin",
+                        "proxy-bench",
+                        "--",
+                    ];
+                    a.extend(args.iter().map(String::as_str));
+                    cargo(&root, &a)
+                }
+                other => bail!("unknown bench scenario `{other}` (known: xdp, proxy)"),
             }
         }
     }

@@ -167,7 +167,9 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         return Ending::NoBackend;
     };
     let requested_at = Instant::now();
-    let (res, _) = backend.write_all(head[..forward_len].to_vec()).await;
+    // Moved, not copied: the request head is not kept for the life of the connection.
+    head.truncate(forward_len);
+    let (res, _) = backend.write_all(head).await;
     if res.is_err() {
         counter!("proxy_backend_errors_total", "backend" => up.name.clone(), "kind" => "reset")
             .increment(1);

@@ -34,13 +34,23 @@ impl Io for tokio::net::TcpStream {
 
     async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         buf.clear();
+        let cap = buf.capacity();
         loop {
             if let Err(e) = self.readable().await {
                 return (Err(e), buf);
             }
+            if buf.capacity() < cap {
+                buf.reserve_exact(cap);
+            }
             match self.try_read_buf(&mut buf) {
                 Ok(n) => return (Ok(n), buf),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // tokio's readiness was stale (it is only cleared by a WouldBlock):
+                    // this is where an idle connection waits. Wait without the buffer and
+                    // allocate it again once data is there, so idle connections hold none.
+                    buf = Vec::new();
+                    continue;
+                }
                 Err(e) => return (Err(e), buf),
             }
         }

@@ -244,7 +244,8 @@ impl<S: Io> TlsIo<S> {
                     if !this.tls.borrow().is_handshaking() {
                         return Ok(());
                     }
-                    if !this.fill().await? {
+                    let (res, _) = this.fill(Vec::with_capacity(SMALL_BUF * 2)).await;
+                    if !res? {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "eof during TLS handshake",
@@ -291,14 +292,25 @@ impl<S: Io> TlsIo<S> {
         }
     }
 
-    /// Reads ciphertext and processes it; false on EOF. Sends an alert on a TLS error.
-    async fn fill(&self) -> io::Result<bool> {
-        self.io.ready().await?;
-        let (res, buf) = self.io.read(Vec::with_capacity(SMALL_BUF * 2)).await;
-        let n = res?;
-        if n == 0 {
-            return Ok(false);
+    /// Reads ciphertext into `buf` (up to its capacity) and processes it; false on EOF.
+    /// Sends an alert on a TLS error. Returns the buffer (emptied) to the caller, so an idle
+    /// connection's pending read holds only the caller's buffer, not one of its own.
+    async fn fill(&self, buf: Vec<u8>) -> (io::Result<bool>, Vec<u8>) {
+        if let Err(e) = self.io.ready().await {
+            return (Err(e), buf);
         }
+        let (res, mut buf) = self.io.read(buf).await;
+        let n = match res {
+            Ok(0) => {
+                buf.clear();
+                return (Ok(false), buf);
+            }
+            Ok(n) => n,
+            Err(e) => {
+                buf.clear();
+                return (Err(e), buf);
+            }
+        };
         let result = {
             let mut tls = self.tls.borrow_mut();
             let mut rd = &buf[..n];
@@ -315,11 +327,12 @@ impl<S: Io> TlsIo<S> {
             }
             r
         };
+        buf.clear();
         if let Err(e) = result {
             let _ = self.flush().await; // the alert
-            return Err(e);
+            return (Err(e), buf);
         }
-        Ok(true)
+        (Ok(true), buf)
     }
 
     /// The negotiated server name (for logs and per-name stats).
@@ -350,6 +363,10 @@ impl<S: Io> Io for TlsIo<S> {
 
     async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         buf.clear();
+        if buf.capacity() == 0 {
+            // The buffer also takes ciphertext: a zero-sized read would look like EOF.
+            buf.reserve_exact(SMALL_BUF);
+        }
         loop {
             if self.eof.get() {
                 return (Ok(0), buf);
@@ -385,7 +402,10 @@ impl<S: Io> Io for TlsIo<S> {
             if let Err(e) = self.flush().await {
                 return (Err(e), buf);
             }
-            match self.fill().await {
+            // No plaintext yet: the caller's (empty) buffer takes the ciphertext.
+            let (res, b) = self.fill(buf).await;
+            buf = b;
+            match res {
                 Ok(true) => {}
                 Ok(false) => {
                     // TCP EOF without close_notify: treat as EOF (clients often do this).
