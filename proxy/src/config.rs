@@ -169,13 +169,15 @@ pub struct CertConfig {
     pub dir: PathBuf,
 }
 
-/// `--io` / `terminator.io`.
+/// `--io` / `terminator.io`. The default is epoll because `cargo xtask bench proxy` measured
+/// it faster here (3,606 vs 2,909 TLS connections/s, 70.5k vs 60.2k messages/s) and lighter
+/// per idle connection (11.3 KB vs 15.1 KB); `auto` picks io_uring when the kernel allows it.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IoChoice {
-    #[default]
     Auto,
     Uring,
+    #[default]
     Epoll,
 }
 
@@ -199,7 +201,7 @@ pub struct TerminatorConfig {
 impl Default for TerminatorConfig {
     fn default() -> Self {
         Self {
-            io: IoChoice::Auto,
+            io: IoChoice::Epoll,
             workers: 0,
             max_connections: 8_000,
             max_connections_per_client: 64,
