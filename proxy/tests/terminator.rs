@@ -561,3 +561,52 @@ fn slow_reader_backpressure_keeps_memory_flat() {
         t.shutdown();
     }
 }
+
+/// The whole conformance table of hostile first requests, through real sockets, in both io
+/// modes: each gets its exact status, a fixed text, and no backend address.
+#[test]
+fn conformance_table_through_the_server() {
+    use proxy::handshake::conformance::hostile_cases;
+    let node = echo_node();
+    let cases: Vec<_> = hostile_cases()
+        .into_iter()
+        // Pipelined bytes are only seen when they arrive with the head: timing-dependent on a socket.
+        .filter(|c| !c.trailing && c.limits == Limits::default())
+        .collect();
+    assert!(
+        cases.len() >= 60,
+        "only {} cases apply with default limits",
+        cases.len()
+    );
+    for mode in modes() {
+        let (t, addr) = start(mode, table(&[("node-a", node)]), Setup::default());
+        for c in &cases {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(&c.req).unwrap();
+            let mut resp = Vec::new();
+            let _ = s.read_to_end(&mut resp);
+            let text = String::from_utf8_lossy(&resp);
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {} ", c.status)),
+                "{mode:?} {}: want {}, got {:?}",
+                c.name,
+                c.status,
+                text.lines().next()
+            );
+            for (name, value) in &c.extra {
+                assert!(
+                    text.contains(&format!("{name}: {value}\r\n")),
+                    "{mode:?} {}: missing {name}: {text}",
+                    c.name
+                );
+            }
+            assert!(
+                !text.contains("127.0.0.1"),
+                "{mode:?} {}: address leaked",
+                c.name
+            );
+        }
+        t.shutdown();
+    }
+}
