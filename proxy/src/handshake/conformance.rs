@@ -2,6 +2,14 @@
 //! exact status each must get, plus the request builders it uses. Public (hidden) so the
 //! terminator's integration tests can send every case through real sockets in both io modes.
 #![allow(missing_docs)]
+// Test data built from known-good literals: the parser's no-panic lints do not apply here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use super::*;
 
