@@ -410,6 +410,12 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoFlag>) -> 
                     }
                     refresh_terminator(&balancer, &terminated);
                     supervisor.sync(&balancer, &board);
+                    // Certificates renewed in place are swapped now rather than at the next poll.
+                    for (_, spec) in &terminated {
+                        if let Some(tls) = &spec.tls {
+                            tls.resolver.reload_changed();
+                        }
+                    }
                 }
                 Some((req, reply)) = admin_rx.recv() => {
                     let _ = reply.send(apply_admin(req, &mut balancer, &mut dp, &board, &terminated));
