@@ -23,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "openssl", // `openssl s_client` in the TLS edge-case tests (proxy/tests/tls_edges.rs)
     "bpftool",
+    "procps",     // sysctl in the test namespaces (forwarding, accept_local)
+    "util-linux", // nsenter: the demo runs the proxy in the balancer namespace
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
