@@ -630,6 +630,56 @@ backends = [
 ]
 "#;
 
+    /// (what is wrong, the edit to GOOD, the exact first line of the report).
+    const BAD: &[(&str, &str, &str, &str)] = &[
+        ("duplicate backend name", "node-b", "node-a",
+         "line 15, column 5: pools.eu.backends[1].name: duplicate backend name `node-a` in pool `eu`"),
+        ("ring size not prime", "snat_v4 = \"192.0.2.254\"", "snat_v4 = \"192.0.2.254\"\nring_size = 65536",
+         "line 5, column 1: balancer.ring_size = 65536: must be a prime up to 16777213 (e.g. 65537, 131071)"),
+        ("unknown pool", "pool = \"eu\"", "pool = \"us\"",
+         "line 10, column 1: listener[0].pool: no pool named `us` (known: eu)"),
+        ("no interfaces", "interfaces = [\"eth0\"]", "interfaces = []",
+         "line 3, column 1: balancer.interfaces: list at least one interface to attach XDP to"),
+        ("nat ports reversed", "snat_v4 = \"192.0.2.254\"", "snat_v4 = \"192.0.2.254\"\nnat_ports = [40000, 30000]",
+         "line 5, column 1: balancer.nat_ports = [40000, 30000]: need 1 <= first <= last"),
+        ("pin dir outside bpffs", "snat_v4 = \"192.0.2.254\"", "snat_v4 = \"192.0.2.254\"\npin_dir = \"/tmp/x\"",
+         "line 5, column 1: balancer.pin_dir = \"/tmp/x\": must be under /sys/fs/bpf"),
+        ("missing snat", "snat_v4 = \"192.0.2.254\"", "",
+         "line 6, column 1: listener[0]: an IPv4 l4 listener needs balancer.snat_v4"),
+        ("listener port 0", "203.0.113.10:8090", "203.0.113.10:0",
+         "line 8, column 1: listener[0].address: port 0 is not a listening port"),
+        ("backend port 0", "192.0.2.12:8090", "192.0.2.12:0",
+         "line 15, column 22: pools.eu.backends[1].address: port must be 1-65535"),
+        ("weight too large", "weight = 100", "weight = 2000000",
+         "line 14, column 51: pools.eu.backends[0].weight = 2000000: at most 1000000"),
+        ("same backend address twice", "192.0.2.12:8090", "192.0.2.11:8090",
+         "line 15, column 22: pools.eu.backends[1].address: 192.0.2.11:8090 appears twice in pool `eu`"),
+        ("family mismatch", "192.0.2.12:8090", "[2001:db8::12]:8090",
+         "line 6, column 1: listener[0]: backend `node-b` of pool `eu` is IPv6 but the listener is IPv4 (full NAT does not translate families)"),
+        ("tls without certificates", "mode = \"l4\"", "mode = \"tls\"",
+         "line 6, column 1: listener[0]: mode = \"tls\" needs [listener.tls] certificates"),
+        ("path without slash", "pool = \"eu\"", "pool = \"eu\"\npaths = [\"ws\"]",
+         "line 11, column 1: listener[0].paths: every path starts with `/`"),
+        ("health interval too short", "]\n\"#", "]\n[pools.eu.health]\ncheck = \"tcp\"\ninterval_ms = 10\n\"#",
+         "line 19, column 1: pools.eu.health.interval_ms = 10: at least 100"),
+        ("empty backend name", "\"node-a\"", "\"\"",
+         "line 14, column 5: pools.eu.backends[0].name: 1 to 64 characters"),
+    ];
+
+    #[test]
+    fn bad_configs_get_exact_messages() {
+        assert!(BAD.len() >= 15);
+        for (what, from, to, want) in BAD {
+            let base = format!("{GOOD}\"#");
+            let text = base.replacen(from, to, 1);
+            let text = text.trim_end_matches("\"#");
+            assert_ne!(text, GOOD.trim_end(), "{what}: the edit did not apply");
+            let err = Config::parse(text, "bad.toml").expect_err(what).to_string();
+            let first = err.lines().nth(1).unwrap_or("").trim_start_matches("  - ");
+            assert_eq!(first, *want, "{what}: full report:\n{err}");
+        }
+    }
+
     #[test]
     fn parses_with_defaults() {
         let c = Config::parse(GOOD, "good.toml").unwrap();
