@@ -1,12 +1,12 @@
 //! `cargo xtask demo`: the proxy on a built-in default that a newcomer can watch and poke.
-//! Builds the lab (client, balancer and three node namespaces), starts a small HTTP server on
-//! each node, runs the real `proxy` binary with `config/demo.toml` inside the balancer
+//! Builds the lab (client, balancer and three node namespaces), starts a simulated BitShares
+//! node in each, runs the real `proxy` binary with `config/demo.toml` inside the balancer
 //! namespace, checks that requests flow, prints what to try, and cleans up on Ctrl-C.
 
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command},
     sync::{
@@ -19,6 +19,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use proxy_perf::node_sim::{NodeSim, NodeSimConfig};
 use proxy_tests::{
     netns::{self, NetNs},
     topology::{self, Lab},
@@ -40,36 +41,62 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A minimal HTTP/1.1 server in `ns` answering every request with the node's name.
-fn start_http_node(ns: &NetNs, addr: Ipv4Addr, name: String) -> Result<()> {
-    let listener = netns::run_in(ns, move || TcpListener::bind((addr, NODE_PORT)))?
-        .with_context(|| format!("binding {name}"))?;
+/// A simulated BitShares node in `ns` (JSON-RPC over HTTP POST and WebSocket on
+/// `addr:8080`, control endpoint on 127.0.0.1:9000 inside the namespace), on its own thread.
+fn start_sim_node(ns: &NetNs, addr: Ipv4Addr, name: String) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns_name = ns.name().to_string();
+    let entered = {
+        let path = format!("/var/run/netns/{ns_name}");
+        std::fs::File::open(&path).with_context(|| format!("opening {path}"))?
+    };
     thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let name = name.clone();
-            thread::spawn(move || serve_http(conn, &name));
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this thread only, with a namespace fd we opened.
+        if unsafe { libc::setns(entered.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            let _ = tx.send(Err(format!(
+                "setns into {ns_name}: {}",
+                std::io::Error::last_os_error()
+            )));
+            return;
         }
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            // 1 s blocks and a maintenance every minute: a quick mainnet to watch.
+            let config = NodeSimConfig {
+                name: name.clone(),
+                listen: SocketAddr::from((addr, NODE_PORT)),
+                control: Some(SocketAddr::from(([127, 0, 0, 1], 9000))),
+                ..NodeSimConfig::fast(1_000, 60)
+            };
+            match NodeSim::spawn(config).await {
+                Ok(handle) => {
+                    let _ = tx.send(Ok(()));
+                    let _keep = handle;
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{name}: {e}")));
+                }
+            }
+        });
     });
-    Ok(())
+    rx.recv_timeout(Duration::from_secs(10))
+        .context("node simulator did not start")?
+        .map_err(anyhow::Error::msg)
 }
 
-fn serve_http(mut conn: TcpStream, name: &str) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let body = format!("hello from {name}\n");
-    let _ = write!(
-        conn,
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
+const DGP: &str =
+    r#"{"id":1,"method":"call","params":["database","get_dynamic_global_properties",[]]}"#;
 
 fn get(client: &NetNs, port: u16) -> Result<String> {
     netns::run_in(client, move || -> Result<String> {
@@ -78,10 +105,16 @@ fn get(client: &NetNs, port: u16) -> Result<String> {
             Duration::from_secs(3),
         )?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(b"GET / HTTP/1.1\r\nhost: demo\r\n\r\n")?;
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nhost: demo\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{DGP}",
+            DGP.len()
+        )?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;
-        Ok(resp.lines().last().unwrap_or_default().to_string())
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).context("answer is not JSON")?;
+        Ok(format!("head {}", v["result"]["head_block_number"]))
     })?
 }
 
@@ -121,7 +154,7 @@ fn main() -> Result<()> {
     println!("building the lab: client, balancer and 3 node namespaces ...");
     let lab = Lab::new("demo", 3)?;
     for node in &lab.nodes {
-        start_http_node(&node.ns, node.addr, format!("node-{}", node.index))?;
+        start_sim_node(&node.ns, node.addr, format!("node-{}", node.index))?;
     }
     let log = root().join("target/demo-proxy.log");
     let log_file = std::fs::File::create(&log)?;
@@ -146,7 +179,7 @@ fn main() -> Result<()> {
         );
     }
 
-    println!("checking: 12 requests to each listener through XDP ...");
+    println!("checking: 12 JSON-RPC calls to each listener through XDP ...");
     for (port, what) in [
         (80u16, "five-tuple hash (spreads connections)"),
         (81, "source hash (a client keeps its node)"),
@@ -155,15 +188,30 @@ fn main() -> Result<()> {
         for _ in 0..12 {
             *seen.entry(get(&lab.client, port)?).or_default() += 1;
         }
-        println!("  {}:{port}  {what}: {seen:?}", topology::VIP);
+        println!("  {}:{port}  {what}: answers {seen:?}", topology::VIP);
     }
+    // Where they went (new flows per node) and what the health checks say.
+    thread::sleep(Duration::from_millis(1500));
+    let list = Command::new(&proxy_bin)
+        .args(["backends", "--socket"])
+        .arg(&config.admin.socket)
+        .arg("list")
+        .output()
+        .context("proxy backends list")?;
+    println!(
+        "\n{}{}",
+        String::from_utf8_lossy(&list.stdout),
+        String::from_utf8_lossy(&list.stderr)
+    );
     let cl = lab.client.name();
     let lb = lab.lb.name();
     let pins = config.balancer.pin_dir.display();
     println!(
-        "\nThe demo is running. Try, in another shell (as root):\n\
-         \n  ip netns exec {cl} curl -s http://{vip}/            # a new node per connection, by weight 1:1:2\
-         \n  for i in 1 2 3 4 5; do ip netns exec {cl} curl -s http://{vip}:81/; done   # sticky\
+        "\nThe demo is running: three simulated BitShares nodes (1 s blocks, maintenance every minute)\
+         \nbehind the VIP, health-checked with get_dynamic_global_properties. Try, as root:\n\
+         \n  ip netns exec {cl} curl -s -d '{dgp}' http://{vip}/      # JSON-RPC through XDP\
+         \n  ip netns exec {n1} curl -s -X POST 127.0.0.1:9000/control/stall   # node-1 stops producing\
+         \n  ip netns exec {n1} curl -s -X POST 127.0.0.1:9000/control/resume  # ... and catches up\
          \n  ip netns exec {lb} ip link show lb-c                 # 'prog/xdp' = native XDP attached\
          \n  bpftool map dump pinned {pins}/REASONS               # per-CPU packet counts by reason\
          \n  tail -f {log}                    # the proxy's log, counters every 5 s\
@@ -175,6 +223,8 @@ fn main() -> Result<()> {
         vip = topology::VIP,
         log = log.display(),
         bin = proxy_bin.display(),
+        dgp = DGP,
+        n1 = lab.nodes[0].ns.name(),
         sock = config.admin.socket.display(),
     );
     let deadline = args
