@@ -230,9 +230,10 @@ async fn stalled_node_leaves_and_comes_back_without_touching_others() {
         .await
         .expect("the stalled node was never taken out");
     eprintln!("node-1 out of the ring {took:?} after it stalled");
-    // Allowance: 2 × 1 s + 1 s margin away from maintenance, (1 + 3) × 1 s + 1 s around it;
-    // the frozen head was up to one block old already; then `fall` checks.
-    let bound = Duration::from_secs(5 + 1) + Duration::from_millis(FALL * INTERVAL_MS + 500);
+    // Allowance: 2 × 1 s + 1 s margin away from maintenance, (1 + 3) × 1 s + 1 s around it
+    // (5 s at most). Head times are whole seconds and the frozen head was up to a block old:
+    // + 2 s. Then `fall` checks, and 1 s of scheduling slack for a loaded CI machine.
+    let bound = Duration::from_secs(5 + 2 + 1) + Duration::from_millis(FALL * INTERVAL_MS);
     assert!(took <= bound, "taken out after {took:?}, bound {bound:?}");
     assert!(
         took >= Duration::from_secs(2),
@@ -397,7 +398,7 @@ async fn probes_read_the_chain_from_a_simulated_node() {
         let s = a.sample.expect("head sample");
         assert!(s.head_block_number > 0);
         assert!(
-            s.head_age_secs() <= 2,
+            s.head_age_secs() <= 3,
             "{kind:?}: head {}s old",
             s.head_age_secs()
         );
