@@ -610,3 +610,55 @@ fn conformance_table_through_the_server() {
         t.shutdown();
     }
 }
+
+/// One worker serving two listeners: graceful shutdown still finds every live connection
+/// (they share the worker's registry, so their ids must not collide).
+#[test]
+fn shutdown_closes_live_connections_of_every_listener() {
+    init_crypto();
+    let node = echo_node();
+    for mode in modes() {
+        let spec = |name: &str| {
+            let ctx = Arc::new(ListenerCtx {
+                name: name.into(),
+                limits: Limits::default(),
+                upstreams: table(&[("node-a", node)]),
+                handshake_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_millis(500),
+                idle_timeout: Duration::from_secs(30),
+            });
+            ListenerSpec {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                ctx,
+                tls: None,
+            }
+        };
+        let t = Terminator::start(
+            mode,
+            1,
+            vec![spec("a"), spec("b")],
+            ConnLimits::new(100, 100),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let mut a = ws_client(t.local_addrs[0]);
+        let mut b = ws_client(t.local_addrs[1]);
+        for ws in [&mut a, &mut b] {
+            ws.send(Message::text("hi")).unwrap();
+            assert_eq!(ws.read().unwrap().into_text().unwrap(), "hi");
+        }
+        let started = Instant::now();
+        t.shutdown();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{mode:?}: shutdown hung"
+        );
+        for ws in [&mut a, &mut b] {
+            let r = ws.read();
+            assert!(
+                r.is_err() || r.unwrap().is_close(),
+                "{mode:?}: a live connection survived shutdown"
+            );
+        }
+    }
+}

@@ -57,6 +57,9 @@ pub enum DataPlaneError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// The object has no XDP program of that name.
+    #[error("XDP program `{name}` is missing from the object or is not an XDP program")]
+    ProgramMissing { name: &'static str },
     /// A map is missing or has the wrong type.
     #[error("map `{name}` is missing or has an unexpected type")]
     MapMissing { name: &'static str },
@@ -142,6 +145,18 @@ pub struct DataPlane {
     attached: Vec<(String, XdpLinkId)>,
 }
 
+fn xdp<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, DataPlaneError> {
+    ebpf.program(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DataPlaneError::ProgramMissing { name })
+}
+
+fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataPlaneError> {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DataPlaneError::ProgramMissing { name })
+}
+
 /// Mounts bpffs at /sys/fs/bpf when it is not there yet (fresh boots of minimal systems).
 pub fn ensure_bpffs() -> Result<(), DataPlaneError> {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -195,16 +210,7 @@ impl DataPlane {
             .map_max_entries(map_names::NAT_REVERSE, opts.max_flows)
             .load(OBJECT)
             .map_err(|e| DataPlaneError::Load(Box::new(e)))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(DataPlaneError::MapMissing {
-                name: "program proxy_xdp",
-            })?
-            .try_into()
-            .map_err(|e| DataPlaneError::Program {
-                what: "not an XDP program".into(),
-                source: Box::new(e),
-            })?;
+        let prog = xdp_mut(&mut ebpf, PROGRAM_NAME)?;
         prog.load().map_err(|e| DataPlaneError::Program {
             what: "verifier rejected proxy_xdp".into(),
             source: Box::new(e),
@@ -236,17 +242,7 @@ impl DataPlane {
 
     /// Loads the XDP_PASS baseline program (benchmarks only) and returns its fd.
     pub fn load_baseline(&mut self) -> Result<RawFd, DataPlaneError> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(BASELINE_PROGRAM_NAME)
-            .ok_or(DataPlaneError::MapMissing {
-                name: "program xdp_pass_baseline",
-            })?
-            .try_into()
-            .map_err(|e| DataPlaneError::Program {
-                what: "not an XDP program".into(),
-                source: Box::new(e),
-            })?;
+        let prog = xdp_mut(&mut self.ebpf, BASELINE_PROGRAM_NAME)?;
         prog.load().map_err(|e| DataPlaneError::Program {
             what: "verifier rejected xdp_pass_baseline".into(),
             source: Box::new(e),
@@ -259,18 +255,8 @@ impl DataPlane {
         self.fd_of(PROGRAM_NAME)
     }
 
-    fn fd_of(&self, name: &str) -> Result<RawFd, DataPlaneError> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(name)
-            .ok_or(DataPlaneError::MapMissing {
-                name: "program proxy_xdp",
-            })?
-            .try_into()
-            .map_err(|e| DataPlaneError::Program {
-                what: "not an XDP program".into(),
-                source: Box::new(e),
-            })?;
+    fn fd_of(&self, name: &'static str) -> Result<RawFd, DataPlaneError> {
+        let prog = xdp(&self.ebpf, name)?;
         let fd = prog.fd().map_err(|e| DataPlaneError::Program {
             what: "program not loaded".into(),
             source: Box::new(e),
@@ -280,17 +266,7 @@ impl DataPlane {
 
     /// Attaches to `iface` in native mode, falling back to generic mode with a warning.
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode, DataPlaneError> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(DataPlaneError::MapMissing {
-                name: "program proxy_xdp",
-            })?
-            .try_into()
-            .map_err(|e| DataPlaneError::Program {
-                what: "not an XDP program".into(),
-                source: Box::new(e),
-            })?;
+        let prog = xdp_mut(&mut self.ebpf, PROGRAM_NAME)?;
         let (link, mode) = match prog.attach(iface, XdpMode::Driver) {
             Ok(link) => (link, AttachMode::Native),
             Err(native_err) => {
@@ -311,10 +287,7 @@ impl DataPlane {
 
     /// Detaches from every interface (also happens when the process exits: links are fds).
     pub fn detach_all(&mut self) {
-        let Some(prog) = self.ebpf.program_mut(PROGRAM_NAME) else {
-            return;
-        };
-        let Ok(prog): Result<&mut Xdp, _> = prog.try_into() else {
+        let Ok(prog) = xdp_mut(&mut self.ebpf, PROGRAM_NAME) else {
             return;
         };
         for (iface, link) in self.attached.drain(..) {

@@ -3,7 +3,7 @@
 //! over cores and no lock is shared on the accept path.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::HashMap,
     io,
     net::{IpAddr, SocketAddr},
@@ -103,8 +103,40 @@ impl Drop for ConnSlot {
     }
 }
 
-/// Live client sockets of one worker, so a shutdown deadline can close them.
-type LiveSockets = Rc<RefCell<HashMap<u64, RawFd>>>;
+/// Live client sockets of one worker, so a shutdown deadline can close them. Ids come from
+/// one counter per worker: a worker accepts on several listeners into the same registry.
+#[derive(Clone, Default)]
+struct LiveSockets {
+    fds: Rc<RefCell<HashMap<u64, RawFd>>>,
+    next_id: Rc<Cell<u64>>,
+}
+
+impl LiveSockets {
+    /// Admits a just-accepted connection (limits) and registers its socket; None when a
+    /// limit is reached (the caller drops, i.e. closes, the stream).
+    fn admit(
+        &self,
+        limits: &Arc<ConnLimits>,
+        peer: SocketAddr,
+        fd: RawFd,
+    ) -> Option<(ConnSlot, LiveGuard)> {
+        let slot = limits.admit(peer.ip())?;
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        self.fds.borrow_mut().insert(id, fd);
+        Some((
+            slot,
+            LiveGuard {
+                live: self.clone(),
+                id,
+            },
+        ))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.fds.borrow().is_empty()
+    }
+}
 
 /// A running terminator.
 pub struct Terminator {
@@ -252,14 +284,14 @@ async fn supervise(
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
     let deadline = Instant::now() + grace;
-    while !live.borrow().is_empty() && Instant::now() < deadline {
+    while !live.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for fd in live.borrow().values() {
+    for fd in live.fds.borrow().values() {
         // SAFETY: these fds stay open while registered (removed before the stream drops).
         unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
     }
-    while !live.borrow().is_empty() {
+    while !live.is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -272,7 +304,7 @@ struct LiveGuard {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.live.borrow_mut().remove(&self.id);
+        self.live.fds.borrow_mut().remove(&self.id);
     }
 }
 
@@ -294,7 +326,7 @@ fn run_epoll(
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let live: LiveSockets = Rc::default();
+        let live = LiveSockets::default();
         let connector = Rc::new(EpollConnector);
         let mut fds = Vec::new();
         let mut accepts = Vec::new();
@@ -310,20 +342,13 @@ fn run_epoll(
                 stop.clone(),
             );
             accepts.push(tokio::task::spawn_local(async move {
-                let mut next_id = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     let Ok((stream, peer)) = listener.accept().await else {
                         break;
                     };
                     let _ = stream.set_nodelay(true);
-                    let Some(slot) = limits.admit(peer.ip()) else {
+                    let Some((slot, guard)) = live.admit(&limits, peer, stream.as_raw_fd()) else {
                         continue;
-                    };
-                    next_id += 1;
-                    live.borrow_mut().insert(next_id, stream.as_raw_fd());
-                    let guard = LiveGuard {
-                        live: live.clone(),
-                        id: next_id,
                     };
                     let (spec, connector) = (spec.clone(), connector.clone());
                     tokio::task::spawn_local(async move {
@@ -347,7 +372,7 @@ fn run_uring(
     grace: Duration,
 ) {
     tokio_uring::start(async move {
-        let live: LiveSockets = Rc::default();
+        let live = LiveSockets::default();
         let connector = Rc::new(UringConnector);
         let mut fds = Vec::new();
         for (std_listener, spec) in socks {
@@ -361,20 +386,13 @@ fn run_uring(
                 stop.clone(),
             );
             tokio_uring::spawn(async move {
-                let mut next_id = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     let Ok((stream, peer)) = listener.accept().await else {
                         break;
                     };
                     let _ = stream.set_nodelay(true);
-                    let Some(slot) = limits.admit(peer.ip()) else {
+                    let Some((slot, guard)) = live.admit(&limits, peer, stream.as_raw_fd()) else {
                         continue;
-                    };
-                    next_id += 1;
-                    live.borrow_mut().insert(next_id, stream.as_raw_fd());
-                    let guard = LiveGuard {
-                        live: live.clone(),
-                        id: next_id,
                     };
                     let (spec, connector) = (spec.clone(), connector.clone());
                     tokio_uring::spawn(async move {
