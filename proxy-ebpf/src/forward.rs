@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use proxy_common::{HopKey, NextHop, Reason, FAMILY_V4, NEXT_HOP_TTL_NS};
+use proxy_common::{HopKey, NextHop, Reason, Settings, FAMILY_V4};
 
 use crate::{
     counters::reason,
@@ -23,9 +23,12 @@ const AF_INET6: u8 = 10;
 /// Where `send` finds (and caches) the next hop.
 pub const CLIENT_HOP: u32 = u32::MAX;
 
-/// Asks the FIB for the next hop towards `t.dst`.
-#[inline(always)]
-fn fib(ctx: &XdpContext, pkt: &Packet, t: &Translation, now: u64) -> Option<NextHop> {
+/// Asks the FIB for the next hop towards `t.dst` and caches the answer for `hop_slot` until
+/// `expires`. False when the FIB has no complete answer.
+// Not inlined: the lookup parameters take 64 bytes of stack, and this runs about once a
+// second per destination, not per packet.
+#[inline(never)]
+fn refresh(ctx: &XdpContext, pkt: &Packet, t: &Translation, hop_slot: u32, expires: u64) -> bool {
     // SAFETY: bpf_fib_lookup is plain old data; zero is a valid value of every field.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.l4_protocol = pkt.proto;
@@ -50,61 +53,78 @@ fn fib(ctx: &XdpContext, pkt: &Packet, t: &Translation, now: u64) -> Option<Next
             0,
         )
     };
-    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(NextHop {
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return false;
+    }
+    let hop = NextHop {
         dmac: params.dmac,
         smac: params.smac,
         ifindex: params.ifindex,
-        expires_ns: now + NEXT_HOP_TTL_NS,
-    })
+        expires,
+    };
+    if hop_slot == CLIENT_HOP {
+        HOPS_BY_CLIENT.insert(&hop_key(pkt, t), &hop, 0).is_ok()
+    } else if let Some(h) = HOPS_BY_BACKEND.get_ptr_mut(hop_slot) {
+        // SAFETY: map value pointer valid for this run; a racing refresh on another CPU
+        // writes the same answer.
+        unsafe { *h = hop };
+        true
+    } else {
+        false
+    }
+}
+
+#[inline(always)]
+fn hop_key(pkt: &Packet, t: &Translation) -> HopKey {
+    HopKey {
+        addr: [t.dst[0], t.dst[1], t.dst[2], t.dst[3]],
+        family: pkt.family,
+        pad: [0; 3],
+    }
+}
+
+/// The cache entry of the next hop towards `hop_slot`.
+#[inline(always)]
+fn cached(pkt: &Packet, t: &Translation, hop_slot: u32) -> Option<*mut NextHop> {
+    if hop_slot == CLIENT_HOP {
+        HOPS_BY_CLIENT.get_ptr_mut(&hop_key(pkt, t))
+    } else {
+        HOPS_BY_BACKEND.get_ptr_mut(hop_slot)
+    }
 }
 
 /// Sends the translated packet towards backend `hop_slot`, or towards the client when
 /// `hop_slot` is `CLIENT_HOP`, using the cached next hop while it is fresh.
-#[inline(never)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, t: &Translation, hop_slot: u32, now: u64) -> u32 {
-    let cached = if hop_slot == CLIENT_HOP {
-        let key = HopKey {
-            addr: [t.dst[0], t.dst[1], t.dst[2], t.dst[3]],
-            family: pkt.family,
-            pad: [0; 3],
-        };
-        HOPS_BY_CLIENT.get_ptr_mut(&key)
-    } else {
-        HOPS_BY_BACKEND.get_ptr_mut(hop_slot)
-    };
-    let mut hop = NextHop::default();
-    let mut fresh = false;
-    if let Some(h) = cached {
-        // SAFETY: map value pointer valid for this run; plain data.
-        let h = unsafe { &*h };
-        if h.expires_ns > now {
-            hop.dmac = h.dmac;
-            hop.smac = h.smac;
-            hop.ifindex = h.ifindex;
-            fresh = true;
-        }
-    }
+// Inlined: one call less per packet (every return pays for the CPU's return-stack
+// mitigations), and it takes more arguments than a BPF function may.
+#[inline(always)]
+pub fn send(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    t: &Translation,
+    hop_slot: u32,
+    now: u64,
+    s: &Settings,
+) -> u32 {
+    let mut entry = cached(pkt, t, hop_slot);
+    // SAFETY (all derefs of `entry`): map value pointers stay valid for this run.
+    let fresh = entry.is_some_and(|h| unsafe { (*h).expires } > now);
     if !fresh {
-        let Some(found) = fib(ctx, pkt, t, now) else {
+        if !refresh(ctx, pkt, t, hop_slot, now + s.next_hop_ttl_ticks as u64) {
             // No neighbour entry yet, forwarding off, unreachable...: the translated packet
             // goes to the stack, which resolves the neighbour and forwards it (or answers
             // with ICMP).
             reason(Reason::PassNoRoute);
             return xdp_action::XDP_PASS;
-        };
-        hop = found;
-        if hop_slot == CLIENT_HOP {
-            let key = HopKey {
-                addr: [t.dst[0], t.dst[1], t.dst[2], t.dst[3]],
-                family: pkt.family,
-                pad: [0; 3],
-            };
-            let _ = HOPS_BY_CLIENT.insert(&key, &hop, 0);
-        } else if let Some(h) = cached {
-            // SAFETY: as above; a racing refresh on another CPU writes the same answer.
-            unsafe { *h = hop };
         }
+        entry = cached(pkt, t, hop_slot);
     }
+    let Some(hop) = entry else {
+        reason(Reason::PassNoRoute);
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: as above; plain data.
+    let hop = unsafe { &*hop };
     let Some(eth) = header::<ETH_LEN>(ctx, 0) else {
         reason(Reason::DropMalformed);
         return xdp_action::XDP_DROP;

@@ -14,7 +14,7 @@ use core::num::NonZeroU32;
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::bpf_jiffies64,
     macros::{map, xdp},
     maps::PerCpuArray,
     programs::XdpContext,
@@ -26,14 +26,12 @@ use proxy_common::{
 };
 
 use counters::{flow_packet, reason};
-use maps::{BACKENDS, FLOWS, NAT_REVERSE, RING, SETTINGS, VIPS};
+use maps::{BACKENDS, FLOWS, NAT_REVERSE, RING, SETTINGS, VIPS, VIP_KEYS};
 use parse::{same_addr, NotOurs, Packet, TCP_FIN, TCP_RST, TCP_SYN};
 use rewrite::Translation;
 
 /// How many NAT source ports a new flow tries before giving up.
 const NAT_PORT_PROBES: u32 = 8;
-/// `last_seen_ns` is refreshed at most this often, to keep flow entries mostly read-only.
-const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
 #[xdp]
 pub fn proxy_xdp(ctx: XdpContext) -> u32 {
@@ -50,8 +48,10 @@ pub fn xdp_pass_baseline(_ctx: XdpContext) -> u32 {
 }
 
 fn try_proxy(ctx: &XdpContext) -> Result<u32, ()> {
-    let mut pkt = Packet::default();
-    match parse::parse(ctx, &mut pkt) {
+    let pkt = PACKET.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: per-CPU scratch, used by this program run only; `parse` fills every field.
+    let pkt = unsafe { &mut *pkt };
+    match parse::parse(ctx, pkt) {
         None => {}
         Some(why) => {
             let (r, action) = match why {
@@ -65,23 +65,33 @@ fn try_proxy(ctx: &XdpContext) -> Result<u32, ()> {
         }
     }
     let settings = SETTINGS.get(0).ok_or(())?;
-    let vip_key = VipKey {
-        addr: pkt.dst,
+    let sc = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: per-CPU scratch, used by this program run only.
+    let sc = unsafe { &mut *sc };
+    // Jiffies: the verifier inlines this helper into a single load.
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_jiffies64() };
+    // Most packets belong to a known flow, and one hash lookup settles them.
+    if let Some(action) = established(ctx, pkt, sc, settings, now) {
+        return Ok(action);
+    }
+    sc.vip = VipKey {
+        addr: copy4(&pkt.dst),
         port: pkt.dport,
         proto: pkt.proto,
         family: pkt.family,
     };
     // SAFETY: map values are plain data; the control plane replaces them whole.
-    if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+    if let Some(vip) = unsafe { VIPS.get(&sc.vip) } {
         if vip.flags & VIP_PASS_TO_STACK != 0 {
             reason(Reason::PassTerminator);
             return Ok(xdp_action::XDP_PASS);
         }
-        return Ok(to_backend(ctx, &pkt, vip, settings));
+        return Ok(to_backend(ctx, pkt, sc, vip, settings, now));
     }
     // Replies are addressed to the NAT address; skip the reverse lookup for anything else.
-    if same_addr(&pkt.dst, &snat_of(&pkt, settings)) {
-        return Ok(to_client(ctx, &pkt, settings));
+    if same_addr(&pkt.dst, &snat_of(pkt, settings)) {
+        return Ok(to_client(ctx, pkt, settings, now));
     }
     reason(Reason::PassNotVip);
     Ok(xdp_action::XDP_PASS)
@@ -101,30 +111,63 @@ fn backend(id: u32) -> Option<&'static Backend> {
 #[inline(always)]
 fn expired(state: &FlowState, now: u64, proto: u8, s: &Settings) -> bool {
     let timeout = if state.fin == FLOW_FIN_CLIENT | FLOW_FIN_BACKEND {
-        s.closing_timeout_ns
+        s.closing_timeout_ticks
     } else if proto == PROTO_TCP {
-        s.tcp_idle_timeout_ns
+        s.tcp_idle_timeout_ticks
     } else {
-        s.udp_idle_timeout_ns
+        s.udp_idle_timeout_ticks
     };
-    // `>=`: a timeout of 0 expires at once even within one coarse-clock tick.
-    now.saturating_sub(state.last_seen_ns) >= timeout
+    // `>=`: a timeout of 0 expires at once even within one tick.
+    now.saturating_sub(state.last_seen) >= timeout
+}
+
+/// Records a packet of a live flow: FIN flags, and the time at most every refresh interval.
+#[inline(always)]
+fn touch(cur: &mut FlowState, fin_bit: u8, tcp_flags: u8, now: u64, s: &Settings) {
+    let mut fin = cur.fin;
+    if tcp_flags & TCP_FIN != 0 {
+        fin |= fin_bit;
+    }
+    if fin != cur.fin || now.saturating_sub(cur.last_seen) > s.last_seen_refresh_ticks as u64 {
+        // A racing writer on another CPU only loses a timestamp.
+        cur.fin = fin;
+        cur.last_seen = now;
+    }
+}
+
+/// Whether VIP number `vip_num` is still the VIP this packet is addressed to.
+#[inline(always)]
+fn vip_still_serves(vip_num: u32, pkt: &Packet) -> bool {
+    VIP_KEYS.get(vip_num).is_some_and(|k| {
+        same_addr(&k.addr, &pkt.dst)
+            && k.port == pkt.dport
+            && k.proto == pkt.proto
+            && k.family == pkt.family
+    })
 }
 
 /// Per-CPU working memory for the keys and values of one packet: the BPF stack is 512 bytes
 /// for the whole call chain, and these structs would not fit beside the parsed packet.
 #[repr(C)]
 pub struct Scratch {
+    pub vip: VipKey,
     pub flow: FlowKey,
     pub owner: FlowKey,
     pub nat: NatKey,
     pub reverse: NatState,
     pub state: FlowState,
     pub t: Translation,
+    /// Set by `established`: `flow` is in the table but no longer usable (its VIP or
+    /// backend went away, or it timed out); `state` holds its old mapping.
+    pub stale: u32,
 }
 
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The parsed packet, kept off the stack for the same reason.
+#[map(name = "PACKET")]
+static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn snat_of(pkt: &Packet, s: &Settings) -> [u32; 4] {
@@ -140,15 +183,16 @@ fn copy4(a: &[u32; 4]) -> [u32; 4] {
     [a[0], a[1], a[2], a[3]]
 }
 
-/// Client -> VIP: pin or look up the backend, translate, send.
-// Not inlined: each path gets its own stack frame (the BPF stack is 512 bytes).
-#[inline(never)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, s: &Settings) -> u32 {
-    let Some(sc) = SCRATCH.get_ptr_mut(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    // SAFETY: per-CPU scratch, used by this program run only.
-    let sc = unsafe { &mut *sc };
+/// The fast path: a packet of a flow already pinned. Returns the verdict, or None when the
+/// packet starts a flow (or restarts a stale one: `sc.stale`), which `to_backend` handles.
+#[inline(always)]
+fn established(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    sc: &mut Scratch,
+    s: &Settings,
+    now: u64,
+) -> Option<u32> {
     sc.flow = FlowKey {
         src: copy4(&pkt.src),
         dst: copy4(&pkt.dst),
@@ -158,99 +202,77 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, s: &Settings) -> u3
         family: pkt.family,
         pad: [0; 2],
     };
-    // Coarse (tick-resolution) time is plenty for timeouts and costs a fraction.
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let mut new_flow = false;
-    let mut miss = false;
-    let mut found = false;
-    if let Some(st) = FLOWS.get_ptr_mut(&sc.flow) {
-        // SAFETY: the pointer is valid for this program run; fields are plain integers.
-        let cur = unsafe { &mut *st };
-        if backend(cur.backend).is_some() && !expired(cur, now, pkt.proto, s) {
-            found = true;
-            let mut fin = cur.fin;
-            if pkt.tcp_flags & TCP_FIN != 0 {
-                fin |= FLOW_FIN_CLIENT;
-            }
-            if fin != cur.fin || now.saturating_sub(cur.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
-                // A racing writer on another CPU only loses a timestamp.
-                cur.fin = fin;
-                cur.last_seen_ns = now;
-            }
-            sc.state.backend = cur.backend;
-            sc.state.nat_port = cur.nat_port;
-        } else {
-            // Its backend was removed or it timed out: free the old NAT port, pick again.
-            sc.state.backend = cur.backend;
-            sc.state.nat_port = cur.nat_port;
-            nat_key_for(&mut sc.nat, sc.state.backend, sc.state.nat_port, pkt, s);
-            let _ = NAT_REVERSE.remove(&sc.nat);
+    sc.stale = 0;
+    let st = FLOWS.get_ptr_mut(&sc.flow)?;
+    // SAFETY: the pointer is valid for this program run; fields are plain integers.
+    let cur = unsafe { &mut *st };
+    let vip_num = cur.vip_num as u32;
+    let backend_id = cur.backend;
+    let nat_port = cur.nat_port;
+    let b = match backend(backend_id) {
+        Some(b) if vip_still_serves(vip_num, pkt) && !expired(cur, now, pkt.proto, s) => b,
+        _ => {
+            sc.stale = 1;
+            sc.state.backend = backend_id;
+            sc.state.nat_port = nat_port;
+            return None;
         }
-    }
-    if !found {
-        if pkt.proto == PROTO_TCP && pkt.tcp_flags & TCP_SYN == 0 {
-            miss = true;
-        }
-        let hash = hash::flow_hash(&sc.flow, vip.flags & VIP_HASH_SOURCE_ONLY != 0);
-        let Some(id) = ring_slot(vip, hash, s) else {
-            reason(Reason::DropNoBackend);
-            return xdp_action::XDP_DROP;
-        };
-        let Some(b) = backend(id) else {
-            reason(Reason::DropNoBackend);
-            return xdp_action::XDP_DROP;
-        };
-        if b.family != pkt.family {
-            reason(Reason::DropFamilyMismatch);
-            return xdp_action::XDP_DROP;
-        }
-        sc.reverse = NatState {
-            client_addr: copy4(&pkt.src),
-            vip_addr: copy4(&pkt.dst),
-            client_port: pkt.sport,
-            vip_port: pkt.dport,
-            backend: id,
-            vip_num: vip.vip_num,
-        };
-        let nat_port = allocate_nat_port(sc, pkt, b, s);
-        if nat_port == 0 {
-            reason(Reason::DropNatPortsExhausted);
-            return xdp_action::XDP_DROP;
-        }
-        sc.state = FlowState {
-            backend: id,
-            nat_port,
-            fin: if pkt.tcp_flags & TCP_FIN != 0 {
-                FLOW_FIN_CLIENT
-            } else {
-                0
-            },
-            pad: 0,
-            last_seen_ns: now,
-        };
-        if FLOWS.insert(&sc.flow, &sc.state, BPF_ANY as u64).is_err() {
-            reason(Reason::DropNatPortsExhausted);
-            return xdp_action::XDP_DROP;
-        }
-        new_flow = true;
-    }
-    let backend_id = sc.state.backend;
-    let nat_port = sc.state.nat_port;
-    let Some(b) = backend(backend_id) else {
-        reason(Reason::DropNoBackend);
-        return xdp_action::XDP_DROP;
     };
+    touch(cur, FLOW_FIN_CLIENT, pkt.tcp_flags, now, s);
+    let hop = Hop {
+        backend_id,
+        vip_num,
+        nat_port,
+        now,
+    };
+    Some(forward(ctx, pkt, sc, s, b, &hop, Count::Known))
+}
+
+/// How a forwarded packet is counted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Count {
+    Known,
+    NewFlow,
+    /// A new pin for a TCP packet without SYN: the flow was pinned before, but its entry
+    /// was evicted (an LRU miss).
+    NewFlowMissed,
+}
+
+/// Where a client packet goes.
+struct Hop {
+    backend_id: u32,
+    vip_num: u32,
+    nat_port: u16,
+    now: u64,
+}
+
+/// Translates a client packet to backend `b` and sends it.
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    sc: &mut Scratch,
+    s: &Settings,
+    b: &Backend,
+    hop: &Hop,
+    count: Count,
+) -> u32 {
     sc.t = Translation {
         src: snat_of(pkt, s),
         dst: copy4(&b.addr),
-        sport: nat_port,
+        sport: hop.nat_port,
         dport: b.port,
     };
-    flow_packet(vip.vip_num, backend_id, frame_len(ctx), new_flow, miss);
+    flow_packet(
+        hop.vip_num,
+        hop.backend_id,
+        frame_len(ctx),
+        count != Count::Known,
+        count == Count::NewFlowMissed,
+    );
     if pkt.tcp_flags & TCP_RST != 0 {
         // The connection is over: forget it now (this RST still goes through).
-        nat_key_for(&mut sc.nat, backend_id, nat_port, pkt, s);
+        nat_key_for(&mut sc.nat, hop.backend_id, hop.nat_port, pkt, s);
         let _ = NAT_REVERSE.remove(&sc.nat);
         let _ = FLOWS.remove(&sc.flow);
     }
@@ -258,7 +280,101 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, s: &Settings) -> u3
         reason(Reason::DropMalformed);
         return xdp_action::XDP_DROP;
     }
-    forward::send(ctx, pkt, &sc.t, backend_id, now)
+    forward::send(ctx, pkt, &sc.t, hop.backend_id, hop.now, s)
+}
+
+/// Client -> VIP, first packet of a flow (or of a stale one): pick a backend from the
+/// VIP's ring, claim a NAT port, pin. `sc.flow` is already filled; on success `sc.state`
+/// holds the new pin and the result is `PINNED`, otherwise the `Reason` to drop for.
+// Not inlined: its own stack frame (the BPF stack is 512 bytes for the whole call chain),
+// and this runs once per flow, not per packet.
+#[inline(never)]
+fn pin_flow(pkt: &Packet, vip: &VipMeta, s: &Settings, now: u64) -> u32 {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else {
+        return Reason::DropNoBackend as u32;
+    };
+    // SAFETY: per-CPU scratch, used by this program run only.
+    let sc = unsafe { &mut *sc };
+    if sc.stale != 0 {
+        // Its VIP or backend was removed or it timed out: free the old NAT port first.
+        nat_key_for(&mut sc.nat, sc.state.backend, sc.state.nat_port, pkt, s);
+        let _ = NAT_REVERSE.remove(&sc.nat);
+    }
+    let hash = hash::flow_hash(&sc.flow, vip.flags & VIP_HASH_SOURCE_ONLY != 0);
+    let Some(id) = ring_slot(vip, hash, s) else {
+        return Reason::DropNoBackend as u32;
+    };
+    let Some(b) = backend(id) else {
+        return Reason::DropNoBackend as u32;
+    };
+    if b.family != pkt.family {
+        return Reason::DropFamilyMismatch as u32;
+    }
+    sc.reverse = NatState {
+        client_addr: copy4(&pkt.src),
+        vip_addr: copy4(&pkt.dst),
+        client_port: pkt.sport,
+        vip_port: pkt.dport,
+        backend: id,
+        vip_num: vip.vip_num,
+    };
+    let nat_port = allocate_nat_port(sc, pkt, b, s);
+    if nat_port == 0 {
+        return Reason::DropNatPortsExhausted as u32;
+    }
+    sc.state = FlowState {
+        backend: id,
+        nat_port,
+        fin: if pkt.tcp_flags & TCP_FIN != 0 {
+            FLOW_FIN_CLIENT
+        } else {
+            0
+        },
+        vip_num: vip.vip_num as u8,
+        last_seen: now,
+    };
+    if FLOWS.insert(&sc.flow, &sc.state, BPF_ANY as u64).is_err() {
+        return Reason::DropNatPortsExhausted as u32;
+    }
+    PINNED
+}
+
+/// `pin_flow` succeeded (any other value is a drop `Reason`).
+const PINNED: u32 = u32::MAX;
+
+/// Client -> VIP, first packet of a flow: pin it, then translate and send.
+#[inline(always)]
+fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    sc: &mut Scratch,
+    vip: &VipMeta,
+    s: &Settings,
+    now: u64,
+) -> u32 {
+    let pinned = pin_flow(pkt, vip, s, now);
+    if pinned != PINNED {
+        // SAFETY: pin_flow returns PINNED or a valid Reason discriminant.
+        reason(unsafe { core::mem::transmute::<u32, Reason>(pinned) });
+        return xdp_action::XDP_DROP;
+    }
+    let backend_id = sc.state.backend;
+    let Some(b) = backend(backend_id) else {
+        reason(Reason::DropNoBackend);
+        return xdp_action::XDP_DROP;
+    };
+    let count = if pkt.proto == PROTO_TCP && pkt.tcp_flags & TCP_SYN == 0 {
+        Count::NewFlowMissed
+    } else {
+        Count::NewFlow
+    };
+    let hop = Hop {
+        backend_id,
+        vip_num: vip.vip_num,
+        nat_port: sc.state.nat_port,
+        now,
+    };
+    forward(ctx, pkt, sc, s, b, &hop, count)
 }
 
 /// The backend id in the VIP's ring slot for this hash.
@@ -291,9 +407,8 @@ fn nat_key_for(nat: &mut NatKey, backend_id: u32, nat_port: u16, pkt: &Packet, s
 
 /// Claims a balancer source port for a new flow towards backend `b`, recording the reverse
 /// mapping `sc.reverse`. Ports are unique per (backend address, port), so the range is
-/// reused per backend. Returns the port (network order) or 0 when none is free (a plain
-/// integer: BPF functions take at most five arguments and cannot return aggregates).
-#[inline(never)]
+/// reused per backend. Returns the port (network order) or 0 when none is free.
+#[inline(always)]
 fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) -> u16 {
     let min = s.nat_port_min as u32;
     let max = s.nat_port_max as u32;
@@ -363,7 +478,7 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) 
 
 /// Backend -> balancer NAT address: translate back to VIP -> client.
 #[inline(never)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings) -> u32 {
+fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings, now: u64) -> u32 {
     let Some(sc) = SCRATCH.get_ptr_mut(0) else {
         return xdp_action::XDP_ABORTED;
     };
@@ -402,9 +517,6 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings) -> u32 {
         family: pkt.family,
         pad: [0; 2],
     };
-    // Coarse (tick-resolution) time is plenty for timeouts and costs a fraction.
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(st) = FLOWS.get_ptr_mut(&sc.flow) else {
         // The client side is gone (evicted): the stack answers the backend (with a RST).
         let _ = NAT_REVERSE.remove(&sc.nat);
@@ -424,14 +536,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings) -> u32 {
         reason(Reason::PassNotVip);
         return xdp_action::XDP_PASS;
     }
-    let mut fin = cur.fin;
-    if pkt.tcp_flags & TCP_FIN != 0 {
-        fin |= FLOW_FIN_BACKEND;
-    }
-    if fin != cur.fin || now.saturating_sub(cur.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
-        cur.fin = fin;
-        cur.last_seen_ns = now;
-    }
+    touch(cur, FLOW_FIN_BACKEND, pkt.tcp_flags, now, s);
     if pkt.tcp_flags & TCP_RST != 0 {
         let _ = NAT_REVERSE.remove(&sc.nat);
         let _ = FLOWS.remove(&sc.flow);
@@ -453,7 +558,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings) -> u32 {
         reason(Reason::DropMalformed);
         return xdp_action::XDP_DROP;
     }
-    forward::send(ctx, pkt, &sc.t, forward::CLIENT_HOP, now)
+    forward::send(ctx, pkt, &sc.t, forward::CLIENT_HOP, now, s)
 }
 
 #[cfg(not(test))]

@@ -15,6 +15,12 @@ use proxy_common::{
 #[map(name = "VIPS")]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::pinned(MAX_VIPS, 0);
 
+/// VIP number -> its key, all zero when the number is unused. A packet of a known flow is
+/// checked against this (an array read) instead of a second hash lookup in `VIPS`; a VIP
+/// removed, or its number reused by another VIP, invalidates its flows.
+#[map(name = "VIP_KEYS")]
+pub static VIP_KEYS: Array<VipKey> = Array::pinned(MAX_VIPS, 0);
+
 /// Backend id -> address and port. A zeroed entry is a removed backend.
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);

@@ -85,8 +85,10 @@ pub fn header<const N: usize>(ctx: &XdpContext, off: usize) -> Option<Header<N>>
 /// What the data plane needs to know about a TCP or UDP packet.
 #[derive(Default)]
 pub struct Packet {
-    pub l3_off: usize,
-    pub l4_off: usize,
+    /// Header offsets. Bytes: read back from the per-CPU map the packet lives in, a `u8` is
+    /// bounded for the verifier, which allows adding it to the packet pointer.
+    pub l3_off: u8,
+    pub l4_off: u8,
     pub family: u8,
     pub proto: u8,
     pub src: [u32; 4],
@@ -154,8 +156,9 @@ fn parse_inner(ctx: &XdpContext) -> Result<Packet, NotOurs> {
         (udp.get(0), udp.get(2), 0)
     };
     Ok(Packet {
-        l3_off,
-        l4_off,
+        // At most 18 + 60 (VLAN tag, IPv4 options).
+        l3_off: l3_off as u8,
+        l4_off: l4_off as u8,
         family,
         proto,
         src,

@@ -33,7 +33,7 @@ fn ports_update(check: u16, pkt: &Packet, t: &Translation) -> u16 {
 }
 
 /// Rewrites the packet; false if its headers vanished (cannot happen after parsing).
-#[inline(never)]
+#[inline(always)]
 pub fn apply(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> bool {
     apply_inner(ctx, pkt, t).is_some()
 }
@@ -41,7 +41,7 @@ pub fn apply(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> bool {
 #[inline(always)]
 fn apply_inner(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> Option<()> {
     if pkt.family == FAMILY_V4 {
-        let ip = header::<IPV4_LEN>(ctx, pkt.l3_off)?;
+        let ip = header::<IPV4_LEN>(ctx, pkt.l3_off as usize)?;
         let mut c: u16 = ip.get(10);
         c = csum::replace_u32(c, pkt.src[0], t.src[0]);
         c = csum::replace_u32(c, pkt.dst[0], t.dst[0]);
@@ -49,18 +49,18 @@ fn apply_inner(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> Option<()> {
         ip.set(12, t.src[0]);
         ip.set(16, t.dst[0]);
     } else {
-        let ip = header::<IPV6_LEN>(ctx, pkt.l3_off)?;
+        let ip = header::<IPV6_LEN>(ctx, pkt.l3_off as usize)?;
         ip.set_addr6(8, &t.src);
         ip.set_addr6(24, &t.dst);
     }
     if pkt.proto == PROTO_TCP {
-        let tcp = header::<TCP_LEN>(ctx, pkt.l4_off)?;
+        let tcp = header::<TCP_LEN>(ctx, pkt.l4_off as usize)?;
         let c = ports_update(pseudo_header_update(tcp.get(16), pkt, t), pkt, t);
         tcp.set(0, t.sport);
         tcp.set(2, t.dport);
         tcp.set(16, c);
     } else {
-        let udp = header::<UDP_LEN>(ctx, pkt.l4_off)?;
+        let udp = header::<UDP_LEN>(ctx, pkt.l4_off as usize)?;
         let old: u16 = udp.get(6);
         udp.set(0, t.sport);
         udp.set(2, t.dport);

@@ -169,9 +169,13 @@ pub fn vip_key(address: SocketAddr, protocol: Protocol) -> VipKey {
     }
 }
 
-/// Kernel settings from the `[balancer]` section.
-pub fn settings_from(b: &BalancerConfig) -> Settings {
-    let ns = |secs: u64| Duration::from_secs(secs).as_nanos() as u64;
+/// Kernel settings from the `[balancer]` section, with times in kernel ticks of `tick_ns`
+/// nanoseconds (`crate::ebpf::kernel_tick_ns`).
+pub fn settings_from(b: &BalancerConfig, tick_ns: u64) -> Settings {
+    let ticks = |secs: u64| {
+        proxy_common::ticks_from_ns(Duration::from_secs(secs).as_nanos() as u64, tick_ns)
+    };
+    let ns_ticks = |ns: u64| proxy_common::ticks_from_ns(ns, tick_ns);
     Settings {
         ring_size: b.ring_size,
         snat_v4: b
@@ -184,9 +188,11 @@ pub fn settings_from(b: &BalancerConfig) -> Settings {
             .unwrap_or_default(),
         nat_port_min: b.nat_ports[0],
         nat_port_max: b.nat_ports[1],
-        tcp_idle_timeout_ns: ns(b.tcp_idle_timeout_secs),
-        udp_idle_timeout_ns: ns(b.udp_idle_timeout_secs),
-        closing_timeout_ns: ns(b.closing_timeout_secs),
+        tcp_idle_timeout_ticks: ticks(b.tcp_idle_timeout_secs),
+        udp_idle_timeout_ticks: ticks(b.udp_idle_timeout_secs),
+        closing_timeout_ticks: ticks(b.closing_timeout_secs),
+        next_hop_ttl_ticks: ns_ticks(proxy_common::NEXT_HOP_TTL_NS) as u32,
+        last_seen_refresh_ticks: ns_ticks(proxy_common::LAST_SEEN_REFRESH_NS) as u32,
         ..Default::default()
     }
 }
@@ -214,8 +220,11 @@ impl Balancer {
     /// Builds the whole state from a validated config and writes it.
     pub fn from_config<W: MapWriter>(config: &Config, w: &mut W) -> Result<Self, BalancerError> {
         let mut bal = Self::new(config.balancer.ring_size);
-        w.set_settings(&settings_from(&config.balancer))
-            .map_err(maps)?;
+        w.set_settings(&settings_from(
+            &config.balancer,
+            crate::ebpf::kernel_tick_ns(),
+        ))
+        .map_err(maps)?;
         for (name, pool) in &config.pools {
             let mut members = Vec::new();
             // Ids in name order: replicas given the same pools write byte-identical rings,

@@ -467,7 +467,10 @@ fn reload(path: &std::path::Path, balancer: &mut Balancer, dp: &mut DataPlane) -
             return None;
         }
     };
-    if let Err(e) = dp.set_settings(&settings_from(&config.balancer)) {
+    if let Err(e) = dp.set_settings(&settings_from(
+        &config.balancer,
+        proxy::ebpf::kernel_tick_ns(),
+    )) {
         error!("reload: writing settings failed: {e}");
         return None;
     }

@@ -49,6 +49,11 @@ fn verifier_accepts_and_pinned_maps_survive_a_restart() {
     dp.set_backend(5, &backend).unwrap();
     dp.write_ring_delta(1, &[RingDelta { slot: 3, id: 5 }])
         .unwrap();
+    // The RING map holds both copies of every VIP's ring, the last VIP's included.
+    let last_vip = proxy_common::MAX_VIPS - 1;
+    dp.write_ring_delta(last_vip, &[RingDelta { slot: 1008, id: 5 }])
+        .unwrap_or_else(|e| panic!("last slot of the last VIP: {}", chain(&e)));
+    assert_eq!(dp.read_ring(last_vip, 1).unwrap()[1008], 5);
     for name in ["FLOWS", "NAT_REVERSE", "RING", "SETTINGS", "COUNTERS"] {
         assert!(
             pins.0.join(name).exists(),

@@ -29,7 +29,7 @@
 //! `ingress_ifindex`); the program's `bpf_fib_lookup` resolves against this namespace because
 //! the test runs on a thread that `setns`ed into it. Nothing has a route out of the namespace.
 //! Settings: SNAT 198.51.100.1 / 2001:db8:b::1, NAT ports 20000..=29999, TCP idle 300 s, UDP
-//! idle 30 s, and `closing_timeout_ns = 0` so that the closing state (FIN both ways) is
+//! idle 30 s, and `closing_timeout_ticks = 0` so that the closing state (FIN both ways) is
 //! observable: the next client packet after both FINs finds its flow expired.
 
 use std::{
@@ -226,8 +226,9 @@ static EMPTY_RING: VipDef = vip4(8, 14, 80, PROTO_TCP, 0, &[]);
 static RING_CHANGE: VipDef = vip4(9, 15, 80, PROTO_TCP, 0, &[1]);
 static REMOVAL: VipDef = vip4(10, 16, 80, PROTO_TCP, 0, &[40]);
 static MISMATCH: VipDef = vip4(11, 17, 80, PROTO_TCP, 0, &[20]);
+static WITHDRAWN: VipDef = vip4(12, 18, 80, PROTO_TCP, 0, &[41]);
 
-static VIPS: [&VipDef; 12] = [
+static VIPS: [&VipDef; 13] = [
     &TCP4,
     &UDP4,
     &TCP6,
@@ -240,7 +241,17 @@ static VIPS: [&VipDef; 12] = [
     &RING_CHANGE,
     &REMOVAL,
     &MISMATCH,
+    &WITHDRAWN,
 ];
+
+fn vip_key(v: &VipDef) -> VipKey {
+    VipKey {
+        addr: words(v.addr),
+        port: v.port.to_be(),
+        proto: v.proto,
+        family: family(v.addr),
+    }
+}
 
 fn words(addr: IpAddr) -> [u32; 4] {
     match addr {
@@ -274,14 +285,18 @@ fn snat_for(addr: IpAddr) -> IpAddr {
 }
 
 fn settings() -> Settings {
+    let tick = proxy::ebpf::kernel_tick_ns();
+    let ticks = |ns: u64| proxy_common::ticks_from_ns(ns, tick);
     Settings {
         snat_v4: u32::from_ne_bytes(SNAT4.octets()),
         snat_v6: v6_words(SNAT6.octets()),
         nat_port_min: NAT_PORT_MIN,
         nat_port_max: NAT_PORT_MAX,
-        tcp_idle_timeout_ns: 300_000_000_000,
-        udp_idle_timeout_ns: 30_000_000_000,
-        closing_timeout_ns: 0,
+        tcp_idle_timeout_ticks: ticks(300_000_000_000),
+        udp_idle_timeout_ticks: ticks(30_000_000_000),
+        closing_timeout_ticks: 0,
+        next_hop_ttl_ticks: ticks(proxy_common::NEXT_HOP_TTL_NS) as u32,
+        last_seen_refresh_ticks: ticks(proxy_common::LAST_SEEN_REFRESH_NS) as u32,
         ..Settings::default()
     }
 }
@@ -359,6 +374,7 @@ fn fmt_mac(m: [u8; 6]) -> String {
 enum Control {
     WriteRing { vip: u32, delta: Vec<RingDelta> },
     ClearBackend(u32),
+    RemoveVip(&'static VipDef),
 }
 
 /// Expected change of one `COUNTERS` slot; bytes must grow by `packets * frame length`.
@@ -547,6 +563,10 @@ impl Model {
 
     fn clear_backend(&mut self, id: u32) {
         self.pending.push(Control::ClearBackend(id));
+    }
+
+    fn remove_vip(&mut self, vip: &'static VipDef) {
+        self.pending.push(Control::RemoveVip(vip));
     }
 
     fn push(
@@ -1223,6 +1243,31 @@ fn stateful_cases(m: &mut Model) {
         Side::Backend,
     );
 
+    // A withdrawn VIP: its pinned flows stop at once, although their entries are still in
+    // the flow table (known flows are checked against VIP_KEYS, not looked up in VIPS).
+    let w = Flow {
+        client: CLIENT4,
+        cport: 45_500,
+        vip: &WITHDRAWN,
+    };
+    let pin_w = m.pin(&w);
+    m.forward("flow W: SYN pinned", &w, w.packet(SYN), &pin_w, true, false);
+    m.forward(
+        "flow W: ACK hits the flow table",
+        &w,
+        w.packet(ACK),
+        &pin_w,
+        false,
+        false,
+    );
+    m.remove_vip(&WITHDRAWN);
+    m.untouched(
+        "flow W: ACK after its VIP was withdrawn passes unchanged",
+        w.packet(ACK).build(),
+        xdp::PASS,
+        Reason::PassNotVip,
+    );
+
     // RST forgets the flow at once.
     let t = Flow {
         client: CLIENT4,
@@ -1255,7 +1300,7 @@ fn stateful_cases(m: &mut Model) {
         true,
     );
 
-    // FIN both ways: the flow is closing and, with closing_timeout_ns = 0, expired.
+    // FIN both ways: the flow is closing and, with closing_timeout_ticks = 0, expired.
     let u = Flow {
         client: CLIENT4,
         cport: 47_000,
@@ -1326,6 +1371,7 @@ impl Lab {
                 self.dp.write_ring_delta(*vip, delta).expect("write ring")
             }
             Control::ClearBackend(id) => self.dp.clear_backend(*id).expect("clear backend"),
+            Control::RemoveVip(v) => self.dp.remove_vip(&vip_key(v)).expect("remove vip"),
         }
     }
 
@@ -1410,12 +1456,7 @@ fn configure(dp: &mut DataPlane, model: &Model) {
     }
     for v in VIPS {
         dp.set_vip(
-            &VipKey {
-                addr: words(v.addr),
-                port: v.port.to_be(),
-                proto: v.proto,
-                family: family(v.addr),
-            },
+            &vip_key(v),
             &VipMeta {
                 vip_num: v.num,
                 flags: v.flags,

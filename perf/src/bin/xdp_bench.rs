@@ -6,7 +6,7 @@
 //! - `baseline`: `xdp_pass_baseline` on a TCP packet;
 //! - `lru_hit`: a TCP ACK of a flow that is already pinned (flow table hit, full NAT,
 //!   checksum updates, FIB lookup, MAC rewrite, XDP_REDIRECT);
-//! - `new_flow`: a TCP SYN with `tcp_idle_timeout_ns = 0` (and UDP 0), so every run finds the
+//! - `new_flow`: a TCP SYN with `tcp_idle_timeout_ticks = 0` (and UDP 0), so every run finds the
 //!   flow entry expired and redoes the whole new-flow work: ring lookup, NAT port claim in the
 //!   reverse table, flow insert. Compared with a truly new flow it does one extra reverse-map
 //!   delete (the expired flow's NAT port is released first) and its flow insert replaces an
@@ -31,12 +31,12 @@ use std::{collections::HashMap, net::Ipv4Addr, os::fd::RawFd, path::PathBuf, tim
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use proxy::{
-    ebpf::{test_run::run_xdp, CounterTotals, DataPlane, LoadOptions},
+    ebpf::{kernel_tick_ns, test_run::run_xdp, CounterTotals, DataPlane, LoadOptions},
     maglev::{MaglevRing, RingMember},
 };
 use proxy_common::{
-    v4_words, Backend, Reason, Settings, VipKey, VipMeta, BACKEND_PRESENT, DEFAULT_RING_SIZE,
-    FAMILY_V4, PROTO_TCP,
+    ticks_from_ns, v4_words, Backend, Reason, Settings, VipKey, VipMeta, BACKEND_PRESENT,
+    DEFAULT_RING_SIZE, FAMILY_V4, LAST_SEEN_REFRESH_NS, NEXT_HOP_TTL_NS, PROTO_TCP,
 };
 use proxy_tests::{
     fixture::{test_run_unsupported, xdp, PinDir},
@@ -133,15 +133,20 @@ fn build_namespace() -> Result<NetNs> {
     Ok(ns)
 }
 
-/// Settings of the mirror setup; `idle_ns` is the TCP and UDP idle timeout.
+/// Settings of the mirror setup; `idle_ns` is the TCP and UDP idle timeout. Everything else
+/// as the proxy writes it (`balancer::settings_from`).
 fn settings(idle_ns: u64) -> Settings {
+    let tick = kernel_tick_ns();
+    let ticks = |ns: u64| ticks_from_ns(ns, tick);
     Settings {
         snat_v4: u32::from_ne_bytes(CLIENT.octets()),
         nat_port_min: CLIENT_PORT,
         nat_port_max: CLIENT_PORT,
-        tcp_idle_timeout_ns: idle_ns,
-        udp_idle_timeout_ns: idle_ns,
-        closing_timeout_ns: 10_000_000_000,
+        tcp_idle_timeout_ticks: ticks(idle_ns),
+        udp_idle_timeout_ticks: ticks(idle_ns),
+        closing_timeout_ticks: ticks(10_000_000_000),
+        next_hop_ttl_ticks: ticks(NEXT_HOP_TTL_NS) as u32,
+        last_seen_refresh_ticks: ticks(LAST_SEEN_REFRESH_NS) as u32,
         ..Settings::default()
     }
 }

@@ -20,6 +20,7 @@ pub mod map_names {
     pub const REASONS: &str = "REASONS";
     pub const HOPS_BY_BACKEND: &str = "HOPS_BY_BACKEND";
     pub const HOPS_BY_CLIENT: &str = "HOPS_BY_CLIENT";
+    pub const VIP_KEYS: &str = "VIP_KEYS";
 }
 
 /// Name of the XDP program in the object file.
@@ -120,9 +121,11 @@ pub struct FlowState {
     /// Source port on the balancer side (network byte order).
     pub nat_port: u16,
     pub fin: u8,
-    pub pad: u8,
-    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
-    pub last_seen_ns: u64,
+    /// The VIP the flow belongs to (`VipMeta::vip_num`, < `MAX_VIPS`): a packet of a known
+    /// flow is checked against `VIP_KEYS` instead of looking its VIP up again.
+    pub vip_num: u8,
+    /// Kernel jiffies (`bpf_jiffies64`) of the last packet, refreshed at most once a second.
+    pub last_seen: u64,
 }
 
 /// Key of the reverse NAT table: a reply as it arrives from a backend.
@@ -159,17 +162,32 @@ pub struct Settings {
     pub flags: u32,
     /// Source address for full NAT towards IPv4 backends (raw word).
     pub snat_v4: u32,
-    pub pad0: u32,
+    /// A flow's `last_seen` is rewritten at most this often (ticks), so the entries of busy
+    /// flows stay mostly read-only across CPUs.
+    pub last_seen_refresh_ticks: u32,
     /// Source address for full NAT towards IPv6 backends.
     pub snat_v6: [u32; 4],
     /// NAT source port range, host byte order, inclusive.
     pub nat_port_min: u16,
     pub nat_port_max: u16,
-    pub pad1: u32,
-    pub tcp_idle_timeout_ns: u64,
-    pub udp_idle_timeout_ns: u64,
+    /// How long a cached next hop is used before the FIB is asked again, in ticks. 0 asks
+    /// the FIB for every packet.
+    pub next_hop_ttl_ticks: u32,
+    /// Timeouts in kernel ticks (jiffies): the data plane reads the clock with
+    /// `bpf_jiffies64`, which the verifier inlines into one load. Userspace converts from
+    /// seconds with the tick length the kernel reports (`ticks_from_ns`).
+    pub tcp_idle_timeout_ticks: u64,
+    pub udp_idle_timeout_ticks: u64,
     /// How long a flow lingers after FIN both ways, so the last ACKs still find it.
-    pub closing_timeout_ns: u64,
+    pub closing_timeout_ticks: u64,
+}
+
+/// `ns` rounded up to whole ticks of `tick_ns` (a timeout never shrinks by rounding).
+pub const fn ticks_from_ns(ns: u64, tick_ns: u64) -> u64 {
+    if tick_ns == 0 {
+        return ns;
+    }
+    ns.div_ceil(tick_ns)
 }
 
 /// A cached FIB answer: where packets to one destination leave and with which MACs.
@@ -179,13 +197,15 @@ pub struct NextHop {
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
     pub ifindex: u32,
-    /// Re-asked from the FIB after this (coarse monotonic ns): neighbour changes show
-    /// within `NEXT_HOP_TTL_NS`.
-    pub expires_ns: u64,
+    /// Re-asked from the FIB at this jiffy: neighbour changes show within
+    /// `Settings::next_hop_ttl_ticks`.
+    pub expires: u64,
 }
 
 /// How long a cached next hop is used before the FIB is asked again.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+/// How often at most a busy flow's `last_seen` is rewritten.
+pub const LAST_SEEN_REFRESH_NS: u64 = 1_000_000_000;
 /// Client destinations whose next hop is cached.
 pub const CLIENT_HOP_ENTRIES: u32 = 65_536;
 

@@ -157,6 +157,23 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Da
         .ok_or(DataPlaneError::ProgramMissing { name })
 }
 
+/// Length of a kernel tick (jiffy) in ns: the resolution of the coarse clocks is exactly one
+/// tick. The data plane keeps time in jiffies, so timeouts are written in ticks.
+pub fn kernel_tick_ns() -> u64 {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: res is a valid out-pointer for the call.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+    let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+    if rc != 0 || ns == 0 {
+        // Cannot happen on Linux; 4 ms (HZ=250) is the common kernel default.
+        return 4_000_000;
+    }
+    ns
+}
+
 /// Mounts bpffs at /sys/fs/bpf when it is not there yet (fresh boots of minimal systems).
 pub fn ensure_bpffs() -> Result<(), DataPlaneError> {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -195,13 +212,14 @@ impl DataPlane {
             path: opts.pin_dir.clone(),
             io_error,
         })?;
+        // Two copies per VIP (see `VipMeta::active_ring`).
         let ring_entries =
-            MAX_VIPS
+            (2 * MAX_VIPS)
                 .checked_mul(opts.ring_size)
                 .ok_or(DataPlaneError::OutOfRange {
                     what: "ring size",
                     index: opts.ring_size,
-                    max: u32::MAX / MAX_VIPS,
+                    max: u32::MAX / (2 * MAX_VIPS),
                 })?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
@@ -358,7 +376,11 @@ impl DataPlane {
         let mut vips: HashMap<_, VipKey, VipMeta> =
             HashMap::try_from(map).map_err(map_err(map_names::VIPS, "open"))?;
         vips.insert(key, meta, 0)
-            .map_err(map_err(map_names::VIPS, "insert"))
+            .map_err(map_err(map_names::VIPS, "insert"))?;
+        // Known flows check their VIP here; new flows find it in VIPS above.
+        self.array::<VipKey>(map_names::VIP_KEYS)?
+            .set(meta.vip_num, *key, 0)
+            .map_err(map_err(map_names::VIP_KEYS, "write"))
     }
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataPlaneError> {
@@ -370,10 +392,22 @@ impl DataPlane {
             })?;
         let mut vips: HashMap<_, VipKey, VipMeta> =
             HashMap::try_from(map).map_err(map_err(map_names::VIPS, "open"))?;
+        let vip_num = match vips.get(key, 0) {
+            Ok(meta) => meta.vip_num,
+            Err(MapError::KeyNotFound) => return Ok(()),
+            Err(e) => return Err(map_err(map_names::VIPS, "read")(e)),
+        };
         match vips.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(map_names::VIPS, "remove")(e)),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(map_names::VIPS, "remove")(e)),
         }
+        // The VIP's flows stop matching on their next packet.
+        let mut keys = self.array::<VipKey>(map_names::VIP_KEYS)?;
+        if keys.get(&vip_num, 0).ok().as_ref() == Some(key) {
+            keys.set(vip_num, VipKey::default(), 0)
+                .map_err(map_err(map_names::VIP_KEYS, "write"))?;
+        }
+        Ok(())
     }
 
     /// Writes changed slots into one copy of VIP `vip_num`'s ring (see `VipMeta::active_ring`).
