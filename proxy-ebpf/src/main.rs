@@ -5,6 +5,7 @@
 #![no_main]
 
 mod counters;
+mod flows;
 mod forward;
 mod maps;
 mod parse;
@@ -26,7 +27,7 @@ use proxy_common::{
 };
 
 use counters::{flow_packet, reason};
-use maps::{BACKENDS, FLOWS, NAT_REVERSE, RING, SETTINGS, VIPS, VIP_KEYS};
+use maps::{BACKENDS, NAT_REVERSE, RING, SETTINGS, VIPS, VIP_KEYS};
 use parse::{same_addr, NotOurs, Packet, TCP_FIN, TCP_RST, TCP_SYN};
 use rewrite::Translation;
 
@@ -203,7 +204,7 @@ fn established(
         pad: [0; 2],
     };
     sc.stale = 0;
-    let st = FLOWS.get_ptr_mut(&sc.flow)?;
+    let st = flows::get(&sc.flow)?;
     // SAFETY: the pointer is valid for this program run; fields are plain integers.
     let cur = unsafe { &mut *st };
     let vip_num = cur.vip_num as u32;
@@ -274,7 +275,7 @@ fn forward(
         // The connection is over: forget it now (this RST still goes through).
         nat_key_for(&mut sc.nat, hop.backend_id, hop.nat_port, pkt, s);
         let _ = NAT_REVERSE.remove(&sc.nat);
-        let _ = FLOWS.remove(&sc.flow);
+        flows::remove(&sc.flow);
     }
     if !rewrite::apply(ctx, pkt, &sc.t) {
         reason(Reason::DropMalformed);
@@ -333,7 +334,7 @@ fn pin_flow(pkt: &Packet, vip: &VipMeta, s: &Settings, now: u64) -> u32 {
         vip_num: vip.vip_num as u8,
         last_seen: now,
     };
-    if FLOWS.insert(&sc.flow, &sc.state, BPF_ANY as u64).is_err() {
+    if flows::insert(&sc.flow, &sc.state).is_err() {
         return Reason::DropNatPortsExhausted as u32;
     }
     PINNED
@@ -460,9 +461,9 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) 
             pad: [0; 2],
         };
         let other_backend = other.backend;
-        // SAFETY: plain data read.
-        let stale = match unsafe { FLOWS.get(&sc.owner) } {
-            Some(f) => f.nat_port != sc.nat.nat_port || f.backend != other_backend,
+        let stale = match flows::get(&sc.owner) {
+            // SAFETY: plain data read of a map value valid for this run.
+            Some(f) => unsafe { (*f).nat_port != sc.nat.nat_port || (*f).backend != other_backend },
             None => true,
         };
         if stale
@@ -517,7 +518,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings, now: u64) -> u32 {
         family: pkt.family,
         pad: [0; 2],
     };
-    let Some(st) = FLOWS.get_ptr_mut(&sc.flow) else {
+    let Some(st) = flows::get(&sc.flow) else {
         // The client side is gone (evicted): the stack answers the backend (with a RST).
         let _ = NAT_REVERSE.remove(&sc.nat);
         reason(Reason::PassNotVip);
@@ -539,7 +540,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings, now: u64) -> u32 {
     touch(cur, FLOW_FIN_BACKEND, pkt.tcp_flags, now, s);
     if pkt.tcp_flags & TCP_RST != 0 {
         let _ = NAT_REVERSE.remove(&sc.nat);
-        let _ = FLOWS.remove(&sc.flow);
+        flows::remove(&sc.flow);
     }
     flow_packet(
         sc.reverse.vip_num,

@@ -54,7 +54,15 @@ fn verifier_accepts_and_pinned_maps_survive_a_restart() {
     dp.write_ring_delta(last_vip, &[RingDelta { slot: 1008, id: 5 }])
         .unwrap_or_else(|e| panic!("last slot of the last VIP: {}", chain(&e)));
     assert_eq!(dp.read_ring(last_vip, 1).unwrap()[1008], 5);
-    for name in ["FLOWS", "NAT_REVERSE", "RING", "SETTINGS", "COUNTERS"] {
+    for name in [
+        "FLOWS",
+        "FLOWS4",
+        "NAT_REVERSE",
+        "RING",
+        "SETTINGS",
+        "COUNTERS",
+        "VIP_KEYS",
+    ] {
         assert!(
             pins.0.join(name).exists(),
             "map {name} is not pinned under {}",

@@ -225,6 +225,7 @@ impl DataPlane {
             .default_map_pin_directory(&opts.pin_dir)
             .map_max_entries(map_names::RING, ring_entries)
             .map_max_entries(map_names::FLOWS, opts.max_flows)
+            .map_max_entries(map_names::FLOWS4, opts.max_flows)
             .map_max_entries(map_names::NAT_REVERSE, opts.max_flows)
             .load(OBJECT)
             .map_err(|e| DataPlaneError::Load(Box::new(e)))?;
@@ -499,14 +500,17 @@ impl DataPlane {
 
     /// Number of live entries in the forward flow table (walks the map: diagnostics only).
     pub fn flow_count(&self) -> Result<usize, DataPlaneError> {
+        Ok(self.count_keys::<proxy_common::FlowKey>(map_names::FLOWS)?
+            + self.count_keys::<proxy_common::FlowKey4>(map_names::FLOWS4)?)
+    }
+
+    fn count_keys<K: aya::Pod>(&self, name: &'static str) -> Result<usize, DataPlaneError> {
         let map = self
             .ebpf
-            .map(map_names::FLOWS)
-            .ok_or(DataPlaneError::MapMissing {
-                name: map_names::FLOWS,
-            })?;
-        let flows: HashMap<_, proxy_common::FlowKey, proxy_common::FlowState> =
-            HashMap::try_from(map).map_err(map_err(map_names::FLOWS, "open"))?;
+            .map(name)
+            .ok_or(DataPlaneError::MapMissing { name })?;
+        let flows: HashMap<_, K, proxy_common::FlowState> =
+            HashMap::try_from(map).map_err(map_err(name, "open"))?;
         Ok(flows.keys().filter(|k| k.is_ok()).count())
     }
 
