@@ -21,9 +21,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use proxy_common::{
-    hash, ring_index, Backend, FlowKey, FlowState, NatKey, NatState, Reason, Settings, VipKey,
-    VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, PROTO_TCP,
-    VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
+    hash, ring_index, Backend, FlowKey, FlowKey4, FlowState, NatKey, NatState, Reason, Settings,
+    VipKey, VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
+    PROTO_TCP, VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
 };
 
 use counters::{flow_packet, reason};
@@ -46,6 +46,29 @@ pub fn proxy_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdp_pass_baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Floor for `cargo xtask bench xdp`: what one packet costs when all it does is the one
+/// flow-table lookup of the fast path (an IPv4 TCP/UDP header without options is assumed;
+/// the bench sends one). XDP_PASS when the flow is found, XDP_DROP when not. Never attached.
+#[xdp]
+pub fn xdp_lookup_floor(ctx: XdpContext) -> u32 {
+    const L4_PORTS_END: usize = parse::ETH_LEN + parse::IPV4_LEN + 4;
+    let Some(h) = parse::header::<L4_PORTS_END>(&ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let key = FlowKey4 {
+        src: h.get(parse::ETH_LEN + 12),
+        dst: h.get(parse::ETH_LEN + 16),
+        sport: h.get(parse::ETH_LEN + parse::IPV4_LEN),
+        dport: h.get(parse::ETH_LEN + parse::IPV4_LEN + 2),
+        proto: h.get(parse::ETH_LEN + 9),
+        pad: [0; 3],
+    };
+    match maps::FLOWS4.get_ptr(&key) {
+        Some(_) => xdp_action::XDP_PASS,
+        None => xdp_action::XDP_DROP,
+    }
 }
 
 fn try_proxy(ctx: &XdpContext) -> Result<u32, ()> {

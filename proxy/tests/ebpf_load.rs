@@ -80,6 +80,13 @@ fn verifier_accepts_and_pinned_maps_survive_a_restart() {
     );
     assert_eq!(again.read_ring(1, 0).unwrap()[3], 5);
     assert_eq!(again.read_ring(1, 1).unwrap()[3], 5);
+    // The benchmark's reference programs in the same object pass the verifier too.
+    again
+        .load_baseline()
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    again
+        .load_lookup_floor()
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
     drop(again);
 
     // Changing the ring size under pinned maps is refused with a clear error.

@@ -11,7 +11,11 @@
 //!   reverse table, flow insert. Compared with a truly new flow it does one extra reverse-map
 //!   delete (the expired flow's NAT port is released first) and its flow insert replaces an
 //!   entry instead of adding one;
-//! - `reply`: a backend reply translated back to the client.
+//! - `reply`: a backend reply translated back to the client;
+//! - `lookup_floor`: `xdp_lookup_floor`, which only looks the `lru_hit` packet's flow up in
+//!   the IPv4 flow table and returns. Not a path of the data plane: the floor under any
+//!   flow table built on a kernel hash map, reported so the `lru_hit` ratio can be read
+//!   against it.
 //!
 //! BPF_PROG_TEST_RUN does not restore the packet between repetitions: run 2 sees the frame run
 //! 1 rewrote. To measure the same path on every run, the setup makes the translation an
@@ -61,12 +65,12 @@ struct Args {
     #[arg(long)]
     cpu: Option<usize>,
     /// Measure only this case (and the baseline), e.g. under `perf record`; writes no JSON.
-    #[arg(long, value_parser = ["lru_hit", "new_flow", "reply"])]
+    #[arg(long, value_parser = ["lru_hit", "new_flow", "reply", "lookup_floor"])]
     only: Option<String>,
 }
 
 /// Measured cases, in the order each round runs them.
-const CASES: [&str; 4] = ["baseline", "lru_hit", "new_flow", "reply"];
+const CASES: [&str; 5] = ["baseline", "lru_hit", "new_flow", "reply", "lookup_floor"];
 
 const CLI_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
 const BK_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
@@ -196,6 +200,7 @@ struct Bench {
     dp: DataPlane,
     prog_fd: RawFd,
     baseline_fd: RawFd,
+    floor_fd: RawFd,
     cli_ifindex: u32,
     bk_ifindex: u32,
     repeat: u32,
@@ -284,6 +289,7 @@ fn run_bench(
     let opts = LoadOptions::new(&pin_dir, DEFAULT_RING_SIZE);
     let mut dp = DataPlane::load(&opts).context("loading the XDP program")?;
     let baseline_fd = dp.load_baseline()?;
+    let floor_fd = dp.load_lookup_floor()?;
     let prog_fd = dp.program_fd()?;
     if let Some(why) = test_run_unsupported(prog_fd)? {
         bail!("{why}");
@@ -317,6 +323,7 @@ fn run_bench(
         dp,
         prog_fd,
         baseline_fd,
+        floor_fd,
         cli_ifindex,
         bk_ifindex,
         repeat: args.repeat,
@@ -362,6 +369,18 @@ fn run_bench(
                     },
                 )?,
                 "lru_hit" => b.measure(b.prog_fd, &ack, b.cli_ifindex, fwd)?,
+                // XDP_PASS means the flow was found (the program drops on a miss).
+                "lookup_floor" => b.measure(
+                    b.floor_fd,
+                    &ack,
+                    b.cli_ifindex,
+                    Expect {
+                        action: xdp::PASS,
+                        reason: None,
+                        new_flows: 0,
+                        vip_packets: 0,
+                    },
+                )?,
                 "reply" => b.measure(
                     b.prog_fd,
                     &reply,

@@ -28,6 +28,8 @@ pub mod map_names {
 pub const PROGRAM_NAME: &str = "proxy_xdp";
 /// A program that only returns XDP_PASS: the benchmark's baseline.
 pub const BASELINE_PROGRAM_NAME: &str = "xdp_pass_baseline";
+/// Benchmark-only program: one `FLOWS4` lookup, the floor of any kernel-hash-map flow table.
+pub const LOOKUP_FLOOR_PROGRAM_NAME: &str = "xdp_lookup_floor";
 
 /// Most VIPs (address, port, protocol) one balancer serves; the ring map holds one ring each.
 pub const MAX_VIPS: u32 = 64;

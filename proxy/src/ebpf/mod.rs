@@ -19,7 +19,8 @@ use aya::{
 };
 use proxy_common::{
     map_names, Backend, Counters, Reason, Settings, VipKey, VipMeta, BASELINE_PROGRAM_NAME,
-    COUNTER_SLOTS, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_VIPS, PROGRAM_NAME,
+    COUNTER_SLOTS, DEFAULT_MAX_FLOWS, LOOKUP_FLOOR_PROGRAM_NAME, MAX_BACKENDS, MAX_VIPS,
+    PROGRAM_NAME,
 };
 use tracing::{info, warn};
 
@@ -261,12 +262,21 @@ impl DataPlane {
 
     /// Loads the XDP_PASS baseline program (benchmarks only) and returns its fd.
     pub fn load_baseline(&mut self) -> Result<RawFd, DataPlaneError> {
-        let prog = xdp_mut(&mut self.ebpf, BASELINE_PROGRAM_NAME)?;
+        self.load_bench_program(BASELINE_PROGRAM_NAME)
+    }
+
+    /// Loads the lookup-floor program (benchmarks only: one FLOWS4 lookup) and returns its fd.
+    pub fn load_lookup_floor(&mut self) -> Result<RawFd, DataPlaneError> {
+        self.load_bench_program(LOOKUP_FLOOR_PROGRAM_NAME)
+    }
+
+    fn load_bench_program(&mut self, name: &'static str) -> Result<RawFd, DataPlaneError> {
+        let prog = xdp_mut(&mut self.ebpf, name)?;
         prog.load().map_err(|e| DataPlaneError::Program {
-            what: "verifier rejected xdp_pass_baseline".into(),
+            what: format!("verifier rejected {name}"),
             source: Box::new(e),
         })?;
-        self.fd_of(BASELINE_PROGRAM_NAME)
+        self.fd_of(name)
     }
 
     /// The main program's file descriptor (for BPF_PROG_TEST_RUN).
