@@ -51,8 +51,9 @@ fn main() -> Result<()> {
         Route::Debian => {
             let mut c = Command::new(&cargo);
             c.env("RUSTC", DEBIAN_RUSTC)
-                // aya-ebpf uses unstable features; allow them for that crate only.
-                .env("RUSTC_BOOTSTRAP", "aya_ebpf");
+                // aya-ebpf and the program use unstable features (the program: atomic
+                // intrinsics); allow them for those two crates only.
+                .env("RUSTC_BOOTSTRAP", "aya_ebpf,proxy_ebpf");
             c
         }
         Route::Nightly => {

@@ -3,7 +3,11 @@
 //! Replies from backends are translated back to the client. Everything else passes unchanged.
 #![no_std]
 #![no_main]
+// Compare-and-swap on map memory (see `atomic`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod atomic;
 mod counters;
 mod flows;
 mod forward;
@@ -21,9 +25,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use proxy_common::{
-    hash, ring_index, Backend, FlowKey, FlowKey4, FlowState, NatKey, NatState, Reason, Settings,
-    VipKey, VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
-    PROTO_TCP, VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
+    hash, ring_index, Backend, FlowKey, FlowState, NatKey, NatState, Reason, Settings, VipKey,
+    VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, PROTO_TCP,
+    VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
 };
 
 use counters::{flow_packet, reason};
@@ -48,7 +52,7 @@ pub fn xdp_pass_baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Floor for `cargo xtask bench xdp`: what one packet costs when all it does is the one
+/// Floor for `cargo xtask bench xdp`: what one packet costs when all it does is the
 /// flow-table lookup of the fast path (an IPv4 TCP/UDP header without options is assumed;
 /// the bench sends one). XDP_PASS when the flow is found, XDP_DROP when not. Never attached.
 #[xdp]
@@ -57,15 +61,19 @@ pub fn xdp_lookup_floor(ctx: XdpContext) -> u32 {
     let Some(h) = parse::header::<L4_PORTS_END>(&ctx, 0) else {
         return xdp_action::XDP_DROP;
     };
-    let key = FlowKey4 {
-        src: h.get(parse::ETH_LEN + 12),
-        dst: h.get(parse::ETH_LEN + 16),
+    let Some(s) = SETTINGS.get(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let key = FlowKey {
+        src: [h.get(parse::ETH_LEN + 12), 0, 0, 0],
+        dst: [h.get(parse::ETH_LEN + 16), 0, 0, 0],
         sport: h.get(parse::ETH_LEN + parse::IPV4_LEN),
         dport: h.get(parse::ETH_LEN + parse::IPV4_LEN + 2),
         proto: h.get(parse::ETH_LEN + 9),
-        pad: [0; 3],
+        family: FAMILY_V4,
+        pad: [0; 2],
     };
-    match maps::FLOWS4.get_ptr(&key) {
+    match flows::get(&key, s) {
         Some(_) => xdp_action::XDP_PASS,
         None => xdp_action::XDP_DROP,
     }
@@ -133,8 +141,8 @@ fn backend(id: u32) -> Option<&'static Backend> {
 }
 
 #[inline(always)]
-fn expired(state: &FlowState, now: u64, proto: u8, s: &Settings) -> bool {
-    let timeout = if state.fin == FLOW_FIN_CLIENT | FLOW_FIN_BACKEND {
+fn expired(fin: u8, last_seen: u64, now: u64, proto: u8, s: &Settings) -> bool {
+    let timeout = if fin == FLOW_FIN_CLIENT | FLOW_FIN_BACKEND {
         s.closing_timeout_ticks
     } else if proto == PROTO_TCP {
         s.tcp_idle_timeout_ticks
@@ -142,20 +150,67 @@ fn expired(state: &FlowState, now: u64, proto: u8, s: &Settings) -> bool {
         s.udp_idle_timeout_ticks
     };
     // `>=`: a timeout of 0 expires at once even within one tick.
-    now.saturating_sub(state.last_seen) >= timeout
+    now.saturating_sub(last_seen) >= timeout
+}
+
+/// A flow entry as read once: the first word of `FlowState` (backend, NAT port, FIN bits and
+/// VIP number, little-endian as on the BPF target) and the time it was last seen.
+struct Seen {
+    word: u64,
+    last_seen: u64,
+}
+
+impl Seen {
+    /// Reads the entry; None if its slot changed hands while being read.
+    #[inline(always)]
+    fn read(found: &flows::Found) -> Option<Seen> {
+        // SAFETY: map value pointer valid for this run; FlowState is 8-byte aligned and
+        // starts with the packed word.
+        let seen = unsafe {
+            Seen {
+                word: core::ptr::read_volatile(found.state as *const u64),
+                last_seen: (*found.state).last_seen,
+            }
+        };
+        found.still_ours().then_some(seen)
+    }
+    #[inline(always)]
+    fn backend(&self) -> u32 {
+        self.word as u32
+    }
+    #[inline(always)]
+    fn nat_port(&self) -> u16 {
+        (self.word >> 32) as u16
+    }
+    #[inline(always)]
+    fn fin(&self) -> u8 {
+        (self.word >> 48) as u8
+    }
+    #[inline(always)]
+    fn vip_num(&self) -> u32 {
+        (self.word >> 56) as u32
+    }
 }
 
 /// Records a packet of a live flow: FIN flags, and the time at most every refresh interval.
 #[inline(always)]
-fn touch(cur: &mut FlowState, fin_bit: u8, tcp_flags: u8, now: u64, s: &Settings) {
-    let mut fin = cur.fin;
-    if tcp_flags & TCP_FIN != 0 {
-        fin |= fin_bit;
+fn touch(found: &flows::Found, seen: &Seen, fin_bit: u8, tcp_flags: u8, now: u64, s: &Settings) {
+    if tcp_flags & TCP_FIN != 0 && seen.fin() & fin_bit == 0 {
+        // Compare-and-swap against the word read before: if a writer gave the slot to
+        // another flow meanwhile, the word differs and that flow keeps its own FIN bits.
+        // SAFETY: map value pointer valid for this run, 8-byte aligned.
+        unsafe {
+            atomic::cas_u64(
+                found.state as *mut u64,
+                seen.word,
+                seen.word | (fin_bit as u64) << 48,
+            )
+        };
     }
-    if fin != cur.fin || now.saturating_sub(cur.last_seen) > s.last_seen_refresh_ticks as u64 {
-        // A racing writer on another CPU only loses a timestamp.
-        cur.fin = fin;
-        cur.last_seen = now;
+    if now.saturating_sub(seen.last_seen) > s.last_seen_refresh_ticks as u64 {
+        // A racing writer only loses a timestamp (or another flow gains one).
+        // SAFETY: as above.
+        unsafe { (*found.state).last_seen = now };
     }
 }
 
@@ -227,14 +282,18 @@ fn established(
         pad: [0; 2],
     };
     sc.stale = 0;
-    let st = flows::get(&sc.flow)?;
-    // SAFETY: the pointer is valid for this program run; fields are plain integers.
-    let cur = unsafe { &mut *st };
-    let vip_num = cur.vip_num as u32;
-    let backend_id = cur.backend;
-    let nat_port = cur.nat_port;
+    let found = flows::get(&sc.flow, s)?;
+    let seen = Seen::read(&found)?;
+    let vip_num = seen.vip_num();
+    let backend_id = seen.backend();
+    let nat_port = seen.nat_port();
     let b = match backend(backend_id) {
-        Some(b) if vip_still_serves(vip_num, pkt) && !expired(cur, now, pkt.proto, s) => b,
+        Some(b)
+            if vip_still_serves(vip_num, pkt)
+                && !expired(seen.fin(), seen.last_seen, now, pkt.proto, s) =>
+        {
+            b
+        }
         _ => {
             sc.stale = 1;
             sc.state.backend = backend_id;
@@ -242,7 +301,7 @@ fn established(
             return None;
         }
     };
-    touch(cur, FLOW_FIN_CLIENT, pkt.tcp_flags, now, s);
+    touch(&found, &seen, FLOW_FIN_CLIENT, pkt.tcp_flags, now, s);
     let hop = Hop {
         backend_id,
         vip_num,
@@ -298,7 +357,7 @@ fn forward(
         // The connection is over: forget it now (this RST still goes through).
         nat_key_for(&mut sc.nat, hop.backend_id, hop.nat_port, pkt, s);
         let _ = NAT_REVERSE.remove(&sc.nat);
-        flows::remove(&sc.flow);
+        flows::remove(&sc.flow, s);
     }
     if !rewrite::apply(ctx, pkt, &sc.t) {
         reason(Reason::DropMalformed);
@@ -357,7 +416,7 @@ fn pin_flow(pkt: &Packet, vip: &VipMeta, s: &Settings, now: u64) -> u32 {
         vip_num: vip.vip_num as u8,
         last_seen: now,
     };
-    if flows::insert(&sc.flow, &sc.state).is_err() {
+    if flows::insert(&sc.flow, &sc.state, s).is_err() {
         return Reason::DropNatPortsExhausted as u32;
     }
     PINNED
@@ -484,9 +543,8 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) 
             pad: [0; 2],
         };
         let other_backend = other.backend;
-        let stale = match flows::get(&sc.owner) {
-            // SAFETY: plain data read of a map value valid for this run.
-            Some(f) => unsafe { (*f).nat_port != sc.nat.nat_port || (*f).backend != other_backend },
+        let stale = match flows::get(&sc.owner, s).and_then(|f| Seen::read(&f)) {
+            Some(f) => f.nat_port() != sc.nat.nat_port || f.backend() != other_backend,
             None => true,
         };
         if stale
@@ -541,29 +599,32 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings, now: u64) -> u32 {
         family: pkt.family,
         pad: [0; 2],
     };
-    let Some(st) = flows::get(&sc.flow) else {
+    let Some(found) = flows::get(&sc.flow, s) else {
         // The client side is gone (evicted): the stack answers the backend (with a RST).
         let _ = NAT_REVERSE.remove(&sc.nat);
         reason(Reason::PassNotVip);
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: valid for this run; plain integers.
-    let cur = unsafe { &mut *st };
+    let Some(seen) = Seen::read(&found) else {
+        // Its slot is being given to another flow right now: as if evicted.
+        reason(Reason::PassNotVip);
+        return xdp_action::XDP_PASS;
+    };
     // A reply from a backend the flow no longer uses (it was removed and the flow re-pinned,
     // possibly to the same NAT port) must not reach the client either.
-    if cur.nat_port != pkt.dport
-        || cur.backend != sc.reverse.backend
-        || expired(cur, now, pkt.proto, s)
+    if seen.nat_port() != pkt.dport
+        || seen.backend() != sc.reverse.backend
+        || expired(seen.fin(), seen.last_seen, now, pkt.proto, s)
     {
         // The client's flow moved on to another mapping: this reply belongs to nobody.
         let _ = NAT_REVERSE.remove(&sc.nat);
         reason(Reason::PassNotVip);
         return xdp_action::XDP_PASS;
     }
-    touch(cur, FLOW_FIN_BACKEND, pkt.tcp_flags, now, s);
+    touch(&found, &seen, FLOW_FIN_BACKEND, pkt.tcp_flags, now, s);
     if pkt.tcp_flags & TCP_RST != 0 {
         let _ = NAT_REVERSE.remove(&sc.nat);
-        flows::remove(&sc.flow);
+        flows::remove(&sc.flow, s);
     }
     flow_packet(
         sc.reverse.vip_num,

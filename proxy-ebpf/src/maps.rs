@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    Backend, Counters, FlowKey, FlowKey4, FlowState, HopKey, NatKey, NatState, NextHop, Settings,
+    Backend, Counters, FlowKey, FlowSlot4, FlowState, HopKey, NatKey, NatState, NextHop, Settings,
     VipKey, VipMeta, CLIENT_HOP_ENTRIES, COUNTER_SLOTS, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_VIPS,
 };
 
@@ -31,16 +31,16 @@ pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
 #[map(name = "RING")]
 pub static RING: Array<u32> = Array::pinned(1, 0);
 
-/// Client 5-tuple -> pinned backend and NAT port, IPv6 flows (IPv4 ones are in `FLOWS4`).
-/// One hash table shared by all CPUs (replies and retransmits may arrive on any CPU), with
-/// per-CPU LRU lists so eviction takes no global lock. Use through `flows`.
+/// IPv4 client 5-tuple -> pinned backend and NAT port: the set-associative table of
+/// `proxy_common::FlowSlot4`, shared by all CPUs (replies and retransmits may arrive on any
+/// CPU). The loader sizes it (a power of two). Use through `flows`.
+#[map(name = "FLOW_SLOTS4")]
+pub static FLOW_SLOTS4: Array<FlowSlot4> = Array::pinned(1, 0);
+
+/// The same for IPv6 flows, in a kernel LRU hash map (per-CPU LRU lists, so eviction takes
+/// no global lock). Use through `flows`.
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> =
-    LruHashMap::pinned(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
-
-/// The same for IPv4 flows, with a 16-byte key.
-#[map(name = "FLOWS4")]
-pub static FLOWS4: LruHashMap<FlowKey4, FlowState> =
     LruHashMap::pinned(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 /// Reply 5-tuple (backend -> balancer NAT address and port) -> the client it belongs to.

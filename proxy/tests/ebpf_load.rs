@@ -56,7 +56,7 @@ fn verifier_accepts_and_pinned_maps_survive_a_restart() {
     assert_eq!(dp.read_ring(last_vip, 1).unwrap()[1008], 5);
     for name in [
         "FLOWS",
-        "FLOWS4",
+        "FLOW_SLOTS4",
         "NAT_REVERSE",
         "RING",
         "SETTINGS",

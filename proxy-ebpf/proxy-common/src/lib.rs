@@ -14,7 +14,7 @@ pub mod map_names {
     pub const BACKENDS: &str = "BACKENDS";
     pub const RING: &str = "RING";
     pub const FLOWS: &str = "FLOWS";
-    pub const FLOWS4: &str = "FLOWS4";
+    pub const FLOW_SLOTS4: &str = "FLOW_SLOTS4";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
     pub const SETTINGS: &str = "SETTINGS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -142,6 +142,45 @@ impl FlowKey4 {
     }
 }
 
+/// One slot of the IPv4 flow table (`FLOW_SLOTS4`): a set-associative table in an array
+/// map, `FLOW_WAYS` slots per bucket. The data plane finds a flow with a few inlined array
+/// reads instead of a kernel hash-map call (the call alone costs more than twice an
+/// XDP_PASS program).
+///
+/// `tag` says what the slot holds: `SLOT_EMPTY`, `SLOT_BUSY` while a writer fills it, or
+/// `slot_tag(hash)` of the key it holds. Writers claim a slot by compare-and-swap of the tag
+/// to `SLOT_BUSY`, write key and state, then publish the tag; readers compare the tag, the
+/// key, read the state and check the tag again, so they never use a half-written slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot4 {
+    pub tag: u64,
+    pub key: FlowKey4,
+    pub state: FlowState,
+}
+
+pub const SLOT_EMPTY: u64 = 0;
+pub const SLOT_BUSY: u64 = u64::MAX;
+/// Slots per bucket of the IPv4 flow table. When all are taken, a new flow replaces the
+/// least recently seen (LRU within the bucket).
+pub const FLOW_WAYS: u32 = 4;
+
+/// The tag of a slot holding a key with this bucket hash (never empty, never busy).
+pub const fn slot_tag(hash: u32) -> u64 {
+    ((hash as u64) << 1) | 1
+}
+
+/// Slots of the IPv4 flow table for a flow limit: the next power of two, at least
+/// 4 buckets.
+pub const fn flow_slots4(max_flows: u32) -> u32 {
+    let n = if max_flows < 4 * FLOW_WAYS {
+        4 * FLOW_WAYS
+    } else {
+        max_flows
+    };
+    n.next_power_of_two()
+}
+
 /// The client sent a FIN.
 pub const FLOW_FIN_CLIENT: u8 = 1 << 0;
 /// The backend sent a FIN.
@@ -214,6 +253,12 @@ pub struct Settings {
     pub udp_idle_timeout_ticks: u64,
     /// How long a flow lingers after FIN both ways, so the last ACKs still find it.
     pub closing_timeout_ticks: u64,
+    /// Buckets of the IPv4 flow table minus one (a power of two minus one). Written by the
+    /// loader from the table it created, whatever the caller of `set_settings` passes.
+    pub flow_bucket_mask: u32,
+    /// Secret seed of the IPv4 flow table's bucket hash, drawn once when the table is
+    /// created and kept with the pinned maps.
+    pub table_seed: u32,
 }
 
 /// `ns` rounded up to whole ticks of `tick_ns` (a timeout never shrinks by rounding).
@@ -353,6 +398,7 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowKey4 {}
+    unsafe impl aya::Pod for super::FlowSlot4 {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::NatKey {}
     unsafe impl aya::Pod for super::NatState {}
@@ -371,7 +417,14 @@ const _: () = {
     assert!(core::mem::size_of::<FlowState>() == 16);
     assert!(core::mem::size_of::<NatKey>() == 40);
     assert!(core::mem::size_of::<NatState>() == 44);
-    assert!(core::mem::size_of::<Settings>() == 64);
+    assert!(core::mem::size_of::<Settings>() == 72);
+    assert!(core::mem::size_of::<FlowKey4>() == 16);
+    assert!(core::mem::size_of::<FlowSlot4>() == 40);
+    // The data plane reads backend, NAT port, FIN bits and VIP number as one word.
+    assert!(core::mem::align_of::<FlowState>() == 8);
+    assert!(core::mem::offset_of!(FlowState, nat_port) == 4);
+    assert!(core::mem::offset_of!(FlowState, fin) == 6);
+    assert!(core::mem::offset_of!(FlowState, vip_num) == 7);
     assert!(core::mem::size_of::<Counters>() == 32);
     assert!(core::mem::size_of::<NextHop>() == 24);
     assert!(core::mem::size_of::<HopKey>() == 20);

@@ -72,6 +72,17 @@ pub enum DataPlaneError {
         #[source]
         source: Box<MapError>,
     },
+    /// Pinned maps were made for a different flow limit (the IPv4 flow table's size).
+    #[error(
+        "pinned maps in {path} hold an IPv4 flow table of {pinned} slots, max_flows asks for \
+         {wanted}; stop the proxy and remove that directory (established flows are lost) or \
+         keep the old max_flows"
+    )]
+    FlowTableSizeChanged {
+        path: PathBuf,
+        pinned: u32,
+        wanted: u32,
+    },
     /// Pinned maps were made for a different ring size.
     #[error(
         "pinned maps in {path} were created with ring size {pinned}, config asks for {wanted}; \
@@ -143,6 +154,9 @@ pub struct DataPlane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     ring_size: u32,
+    /// Slots of the IPv4 flow table, and the secret seed of its bucket hash.
+    flow_slots: u32,
+    table_seed: u32,
     attached: Vec<(String, XdpLinkId)>,
 }
 
@@ -156,6 +170,19 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Da
     ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
         .ok_or(DataPlaneError::ProgramMissing { name })
+}
+
+/// A non-zero random u32 from the kernel (zero means "no seed yet" in pinned settings).
+fn random_seed() -> u32 {
+    let mut buf = [0u8; 4];
+    loop {
+        // SAFETY: buf is a valid out-buffer of its length.
+        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let seed = u32::from_ne_bytes(buf);
+        if n == 4 && seed != 0 {
+            return seed;
+        }
+    }
 }
 
 /// Length of a kernel tick (jiffy) in ns: the resolution of the coarse clocks is exactly one
@@ -213,6 +240,7 @@ impl DataPlane {
             path: opts.pin_dir.clone(),
             io_error,
         })?;
+        let flow_slots = proxy_common::flow_slots4(opts.max_flows);
         // Two copies per VIP (see `VipMeta::active_ring`).
         let ring_entries =
             (2 * MAX_VIPS)
@@ -226,7 +254,7 @@ impl DataPlane {
             .default_map_pin_directory(&opts.pin_dir)
             .map_max_entries(map_names::RING, ring_entries)
             .map_max_entries(map_names::FLOWS, opts.max_flows)
-            .map_max_entries(map_names::FLOWS4, opts.max_flows)
+            .map_max_entries(map_names::FLOW_SLOTS4, flow_slots)
             .map_max_entries(map_names::NAT_REVERSE, opts.max_flows)
             .load(OBJECT)
             .map_err(|e| DataPlaneError::Load(Box::new(e)))?;
@@ -239,6 +267,8 @@ impl DataPlane {
             ebpf,
             pin_dir: opts.pin_dir.clone(),
             ring_size: opts.ring_size,
+            flow_slots,
+            table_seed: 0,
             attached: Vec::new(),
         };
         let current = dp.settings()?;
@@ -249,6 +279,25 @@ impl DataPlane {
                 wanted: opts.ring_size,
             });
         }
+        let pinned_slots = if current.flow_bucket_mask == 0 {
+            0
+        } else {
+            (current.flow_bucket_mask + 1) * proxy_common::FLOW_WAYS
+        };
+        if pinned_slots != 0 && pinned_slots != flow_slots {
+            return Err(DataPlaneError::FlowTableSizeChanged {
+                path: opts.pin_dir.clone(),
+                pinned: pinned_slots,
+                wanted: flow_slots,
+            });
+        }
+        // The seed stays with the table: flows pinned before a restart are found after it.
+        dp.table_seed = match current.table_seed {
+            0 => random_seed(),
+            seed => seed,
+        };
+        // The table is usable from the first packet, before the caller's settings arrive.
+        dp.set_settings(&current)?;
         Ok(dp)
     }
 
@@ -344,9 +393,12 @@ impl DataPlane {
             .map_err(map_err(map_names::SETTINGS, "read"))
     }
 
+    /// Writes the settings; ring size and flow-table geometry are the loaded maps' own.
     pub fn set_settings(&mut self, settings: &Settings) -> Result<(), DataPlaneError> {
         let mut s = *settings;
         s.ring_size = self.ring_size;
+        s.flow_bucket_mask = self.flow_slots / proxy_common::FLOW_WAYS - 1;
+        s.table_seed = self.table_seed;
         self.array::<Settings>(map_names::SETTINGS)?
             .set(0, s, 0)
             .map_err(map_err(map_names::SETTINGS, "write"))
@@ -510,8 +562,22 @@ impl DataPlane {
 
     /// Number of live entries in the forward flow table (walks the map: diagnostics only).
     pub fn flow_count(&self) -> Result<usize, DataPlaneError> {
-        Ok(self.count_keys::<proxy_common::FlowKey>(map_names::FLOWS)?
-            + self.count_keys::<proxy_common::FlowKey4>(map_names::FLOWS4)?)
+        let name = map_names::FLOW_SLOTS4;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataPlaneError::MapMissing { name })?;
+        let slots: Array<_, proxy_common::FlowSlot4> =
+            Array::try_from(map).map_err(map_err(name, "open"))?;
+        let v4 = slots
+            .iter()
+            .filter(|s| {
+                s.as_ref().is_ok_and(|s| {
+                    s.tag != proxy_common::SLOT_EMPTY && s.tag != proxy_common::SLOT_BUSY
+                })
+            })
+            .count();
+        Ok(v4 + self.count_keys::<proxy_common::FlowKey>(map_names::FLOWS)?)
     }
 
     fn count_keys<K: aya::Pod>(&self, name: &'static str) -> Result<usize, DataPlaneError> {

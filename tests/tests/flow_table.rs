@@ -1,0 +1,192 @@
+//! The IPv4 flow table (`FLOW_SLOTS4`, a set-associative table in an array map) through the
+//! real program with BPF_PROG_TEST_RUN: a full bucket gives its least recently seen flow up
+//! to a new one, RST frees a slot, the table and its hash seed survive a restart of the
+//! userspace process, and a changed flow limit under pinned maps is refused.
+//!
+//! Whether a packet found its flow is read from the VIP's counters (new flows, LRU misses),
+//! so no routes are needed: forwarded packets end as XDP_PASS (no next hop) either way.
+//! Root only; CI runs as root.
+
+use std::{net::Ipv4Addr, thread::sleep, time::Duration};
+
+use proxy::{
+    ebpf::{
+        kernel_tick_ns, test_run::run_xdp, CounterTotals, DataPlane, DataPlaneError, LoadOptions,
+    },
+    maglev::{MaglevRing, RingMember},
+};
+use proxy_common::{
+    hash::table_hash4, ticks_from_ns, v4_words, Backend, FlowKey4, Settings, VipKey, VipMeta,
+    BACKEND_PRESENT, FAMILY_V4, FLOW_WAYS, PROTO_TCP,
+};
+use proxy_tests::{
+    fixture::{test_run_unsupported, PinDir},
+    netns::unique_prefix,
+    packet::{tcp_flags, Ip, PacketBuilder},
+};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const VIP_PORT: u16 = 80;
+const RING_SIZE: u32 = 1009;
+/// 64 slots: 16 buckets of 4.
+const MAX_FLOWS: u32 = 64;
+
+fn load(pins: &PinDir, max_flows: u32) -> Result<DataPlane, DataPlaneError> {
+    let mut opts = LoadOptions::new(pins.path(), RING_SIZE);
+    opts.max_flows = max_flows;
+    DataPlane::load(&opts)
+}
+
+fn configure(dp: &mut DataPlane) {
+    let tick = kernel_tick_ns();
+    let ticks = |ns: u64| ticks_from_ns(ns, tick);
+    dp.set_settings(&Settings {
+        snat_v4: u32::from_ne_bytes([198, 51, 100, 1]),
+        nat_port_min: 20_000,
+        nat_port_max: 29_999,
+        tcp_idle_timeout_ticks: ticks(300_000_000_000),
+        udp_idle_timeout_ticks: ticks(30_000_000_000),
+        closing_timeout_ticks: ticks(10_000_000_000),
+        ..Settings::default()
+    })
+    .expect("settings");
+    dp.set_backend(
+        1,
+        &Backend {
+            addr: v4_words(BACKEND.octets()),
+            port: 8080u16.to_be(),
+            family: FAMILY_V4,
+            flags: BACKEND_PRESENT,
+        },
+    )
+    .expect("backend");
+    dp.set_vip(
+        &VipKey {
+            addr: v4_words(VIP.octets()),
+            port: VIP_PORT.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+        },
+        &VipMeta::default(),
+    )
+    .expect("vip");
+    let mut ring = MaglevRing::new(RING_SIZE).expect("ring");
+    let delta = ring
+        .rebuild(&[RingMember::new(1, "backend-1", 1)])
+        .expect("rebuild");
+    dp.write_ring_delta(0, &delta).expect("ring write");
+}
+
+fn packet(cport: u16, flags: u8) -> Vec<u8> {
+    PacketBuilder::tcp(Ip::v4(CLIENT, VIP), cport, VIP_PORT, flags).build()
+}
+
+/// Runs one packet; returns how the VIP's counters moved.
+fn send(dp: &DataPlane, cport: u16, flags: u8) -> CounterTotals {
+    let before = dp.counters(0).expect("counters");
+    run_xdp(dp.program_fd().expect("fd"), &packet(cport, flags), 1, 1).expect("test run");
+    let after = dp.counters(0).expect("counters");
+    CounterTotals {
+        packets: after.packets - before.packets,
+        bytes: after.bytes - before.bytes,
+        new_flows: after.new_flows - before.new_flows,
+        lru_misses: after.lru_misses - before.lru_misses,
+    }
+}
+
+/// `n` client ports whose flows share one bucket of the table.
+fn ports_in_one_bucket(settings: &Settings, n: usize) -> Vec<u16> {
+    let bucket = |port: u16| {
+        let k = FlowKey4 {
+            src: u32::from_ne_bytes(CLIENT.octets()),
+            dst: u32::from_ne_bytes(VIP.octets()),
+            sport: port.to_be(),
+            dport: VIP_PORT.to_be(),
+            proto: PROTO_TCP,
+            pad: [0; 3],
+        };
+        table_hash4(&k, settings.table_seed) & settings.flow_bucket_mask
+    };
+    let target = bucket(40_000);
+    (40_000..u16::MAX)
+        .filter(|p| bucket(*p) == target)
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn full_bucket_evicts_least_recently_seen_and_table_survives_restart() {
+    let pins = PinDir::new(&format!("{}-flowtable", unique_prefix())).expect("pin dir");
+    let mut dp = load(&pins, MAX_FLOWS).expect("load");
+    if let Some(why) = test_run_unsupported(dp.program_fd().unwrap()).unwrap() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    configure(&mut dp);
+    let settings = dp.settings().expect("settings");
+    assert_ne!(settings.table_seed, 0, "the loader draws a hash seed");
+    assert_eq!(settings.flow_bucket_mask, 64 / FLOW_WAYS - 1);
+
+    let ports = ports_in_one_bucket(&settings, FLOW_WAYS as usize + 1);
+    let (oldest, rest) = ports.split_first().expect("ports");
+    let (newcomer, others) = rest.split_last().expect("ports");
+
+    // The oldest flow first, then (a few ticks later) three more: the bucket is full.
+    assert_eq!(send(&dp, *oldest, tcp_flags::SYN).new_flows, 1);
+    sleep(Duration::from_nanos(kernel_tick_ns() * 3));
+    for p in others {
+        assert_eq!(send(&dp, *p, tcp_flags::SYN).new_flows, 1, "port {p}");
+    }
+    assert_eq!(dp.flow_count().unwrap(), FLOW_WAYS as usize);
+    for p in others.iter().chain([oldest]) {
+        let c = send(&dp, *p, tcp_flags::ACK);
+        assert_eq!((c.packets, c.new_flows), (1, 0), "port {p} is known");
+    }
+
+    // A fifth flow in the same bucket takes the slot of the least recently seen one. The
+    // ACKs above refreshed nobody's time (refreshes happen at most once per interval), so
+    // that is still the oldest flow.
+    assert_eq!(send(&dp, *newcomer, tcp_flags::SYN).new_flows, 1);
+    assert_eq!(dp.flow_count().unwrap(), FLOW_WAYS as usize);
+    for p in others {
+        assert_eq!(send(&dp, *p, tcp_flags::ACK).new_flows, 0, "port {p} kept");
+    }
+    let c = send(&dp, *oldest, tcp_flags::ACK);
+    assert_eq!(
+        (c.new_flows, c.lru_misses),
+        (1, 1),
+        "the evicted flow is pinned again, counted as an LRU miss"
+    );
+
+    // RST forgets a flow at once and frees its slot.
+    let gone = others[0];
+    send(&dp, gone, tcp_flags::RST | tcp_flags::ACK);
+    assert_eq!(dp.flow_count().unwrap(), FLOW_WAYS as usize - 1);
+    assert_eq!(send(&dp, gone, tcp_flags::ACK).new_flows, 1);
+
+    // A restart of the userspace process keeps table and seed: flows are still found.
+    drop(dp);
+    let mut dp = load(&pins, MAX_FLOWS).expect("reload");
+    assert_eq!(dp.settings().unwrap().table_seed, settings.table_seed);
+    for p in &others[1..] {
+        assert_eq!(
+            send(&dp, *p, tcp_flags::ACK).new_flows,
+            0,
+            "port {p} after restart"
+        );
+    }
+    drop(dp);
+
+    // Another flow limit would need another table: refused, pinned flows untouched.
+    match load(&pins, MAX_FLOWS * 4) {
+        Err(DataPlaneError::FlowTableSizeChanged {
+            pinned: 64,
+            wanted: 256,
+            ..
+        }) => {}
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a changed flow limit under pinned maps was accepted"),
+    }
+}
