@@ -113,8 +113,8 @@ mod tests {
 
     #[test]
     fn table_hash_spreads_ports_and_depends_on_the_seed() {
-        // 64,000 flows of one client (ports vary) over 256 buckets: each within 20% of the
-        // mean of 250.
+        // 64,000 flows of one client (ports vary) over 256 buckets: each within 30% of the
+        // mean of 250 (about 4.7 standard deviations of a uniform spread).
         let mut buckets = [0u32; 256];
         for port in 1_000..65_000u16 {
             let k = FlowKey4 {
@@ -129,7 +129,7 @@ mod tests {
             assert_ne!(table_hash4(&k, 1), table_hash4(&k, 2));
         }
         for b in buckets {
-            assert!((200..=300).contains(&b), "{buckets:?}");
+            assert!((175..=325).contains(&b), "{buckets:?}");
         }
     }
 
