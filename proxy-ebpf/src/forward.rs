@@ -5,6 +5,8 @@
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::{bpf_redirect, generated::bpf_fib_lookup as fib_lookup_helper},
+    macros::map,
+    maps::PerCpuArray,
     programs::XdpContext,
     EbpfContext,
 };
@@ -20,17 +22,34 @@ use crate::{
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
+/// Working memory of `refresh`, kept off the 512-byte stack (the FIB lookup's parameter
+/// block alone is 64 bytes).
+#[repr(C)]
+pub struct FibScratch {
+    params: bpf_fib_lookup,
+    hop: NextHop,
+    key: HopKey,
+}
+
+#[map(name = "FIB_SCRATCH")]
+static FIB_SCRATCH: PerCpuArray<FibScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Where `send` finds (and caches) the next hop.
 pub const CLIENT_HOP: u32 = u32::MAX;
 
 /// Asks the FIB for the next hop towards `t.dst` and caches the answer for `hop_slot` until
 /// `expires`. False when the FIB has no complete answer.
-// Not inlined: the lookup parameters take 64 bytes of stack, and this runs about once a
-// second per destination, not per packet.
+// Not inlined: this runs about once a second per destination, not per packet.
 #[inline(never)]
 fn refresh(ctx: &XdpContext, pkt: &Packet, t: &Translation, hop_slot: u32, expires: u64) -> bool {
+    let Some(fs) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU scratch, used by this program run only.
+    let fs = unsafe { &mut *fs };
+    let params = &mut fs.params;
     // SAFETY: bpf_fib_lookup is plain old data; zero is a valid value of every field.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    unsafe { core::ptr::write_bytes(params as *mut bpf_fib_lookup, 0, 1) };
     params.l4_protocol = pkt.proto;
     params.sport = t.sport;
     params.dport = t.dport;
@@ -44,11 +63,11 @@ fn refresh(ctx: &XdpContext, pkt: &Packet, t: &Translation, hop_slot: u32, expir
         params.__bindgen_anon_3.ipv6_src = t.src;
         params.__bindgen_anon_4.ipv6_dst = t.dst;
     }
-    // SAFETY: params lives on the stack for the duration of the call, size matches.
+    // SAFETY: params is per-CPU map memory of the helper's struct size.
     let rc = unsafe {
         fib_lookup_helper(
             ctx.as_ptr(),
-            &mut params,
+            params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -56,18 +75,24 @@ fn refresh(ctx: &XdpContext, pkt: &Packet, t: &Translation, hop_slot: u32, expir
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return false;
     }
-    let hop = NextHop {
+    fs.hop = NextHop {
         dmac: params.dmac,
         smac: params.smac,
         ifindex: params.ifindex,
         expires,
     };
     if hop_slot == CLIENT_HOP {
-        HOPS_BY_CLIENT.insert(&hop_key(pkt, t), &hop, 0).is_ok()
+        fs.key = hop_key(pkt, t);
+        HOPS_BY_CLIENT.insert(&fs.key, &fs.hop, 0).is_ok()
     } else if let Some(h) = HOPS_BY_BACKEND.get_ptr_mut(hop_slot) {
         // SAFETY: map value pointer valid for this run; a racing refresh on another CPU
         // writes the same answer.
-        unsafe { *h = hop };
+        unsafe {
+            (*h).dmac = fs.hop.dmac;
+            (*h).smac = fs.hop.smac;
+            (*h).ifindex = fs.hop.ifindex;
+            (*h).expires = expires;
+        }
         true
     } else {
         false

@@ -14,22 +14,22 @@ pub struct Translation {
     pub dport: u16,
 }
 
-/// The L4 checksum after the address part of the pseudo-header changed.
+/// What the address change adds to a checksum (the IPv4 header's, and through the
+/// pseudo-header every L4 checksum).
 #[inline(always)]
-fn pseudo_header_update(check: u16, pkt: &Packet, t: &Translation) -> u16 {
+fn addresses_delta(pkt: &Packet, t: &Translation) -> u32 {
     if pkt.family == FAMILY_V4 {
-        let c = csum::replace_u32(check, pkt.src[0], t.src[0]);
-        csum::replace_u32(c, pkt.dst[0], t.dst[0])
+        csum::delta_u32(pkt.src[0], t.src[0]) + csum::delta_u32(pkt.dst[0], t.dst[0])
     } else {
-        let c = csum::replace_u128(check, &pkt.src, &t.src);
-        csum::replace_u128(c, &pkt.dst, &t.dst)
+        csum::delta_u128(&pkt.src, &t.src) + csum::delta_u128(&pkt.dst, &t.dst)
     }
 }
 
+/// What the whole translation adds to the L4 checksum: addresses and ports. Summed first
+/// and folded once, which keeps the dependency chain short.
 #[inline(always)]
-fn ports_update(check: u16, pkt: &Packet, t: &Translation) -> u16 {
-    let c = csum::replace_u16(check, pkt.sport, t.sport);
-    csum::replace_u16(c, pkt.dport, t.dport)
+fn l4_delta(addresses: u32, pkt: &Packet, t: &Translation) -> u32 {
+    addresses + csum::delta_u16(pkt.sport, t.sport) + csum::delta_u16(pkt.dport, t.dport)
 }
 
 /// Rewrites the packet; false if its headers vanished (cannot happen after parsing).
@@ -40,12 +40,10 @@ pub fn apply(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> bool {
 
 #[inline(always)]
 fn apply_inner(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> Option<()> {
+    let addresses = addresses_delta(pkt, t);
     if pkt.family == FAMILY_V4 {
         let ip = header::<IPV4_LEN>(ctx, pkt.l3_off as usize)?;
-        let mut c: u16 = ip.get(10);
-        c = csum::replace_u32(c, pkt.src[0], t.src[0]);
-        c = csum::replace_u32(c, pkt.dst[0], t.dst[0]);
-        ip.set(10, c);
+        ip.set(10, csum::apply(ip.get(10), addresses));
         ip.set(12, t.src[0]);
         ip.set(16, t.dst[0]);
     } else {
@@ -55,7 +53,7 @@ fn apply_inner(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> Option<()> {
     }
     if pkt.proto == PROTO_TCP {
         let tcp = header::<TCP_LEN>(ctx, pkt.l4_off as usize)?;
-        let c = ports_update(pseudo_header_update(tcp.get(16), pkt, t), pkt, t);
+        let c = csum::apply(tcp.get(16), l4_delta(addresses, pkt, t));
         tcp.set(0, t.sport);
         tcp.set(2, t.dport);
         tcp.set(16, c);
@@ -66,7 +64,7 @@ fn apply_inner(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> Option<()> {
         udp.set(2, t.dport);
         // An IPv4 UDP checksum of zero means "none" and stays none.
         if !(pkt.family == FAMILY_V4 && old == 0) {
-            let mut c = ports_update(pseudo_header_update(old, pkt, t), pkt, t);
+            let mut c = csum::apply(old, l4_delta(addresses, pkt, t));
             // UDP sends a computed zero as all ones (zero means "no checksum").
             if c == 0 {
                 c = 0xffff;

@@ -11,32 +11,35 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// The checksum after one 16-bit word changed from `old` to `new`: HC' = ~(~HC + ~m + m').
+/// What replacing a 32-bit word adds to a checksum's one's complement sum: `~old + new`
+/// per 16-bit half. Deltas add up (as long as the total fits in 32 bits: thousands of words)
+/// and are applied once with `apply`: one fold instead of one per field.
 #[inline(always)]
-pub fn replace_u16(check: u16, old: u16, new: u16) -> u16 {
-    let sum = (!check as u32) + (!old as u32) + new as u32;
-    !fold(sum)
+pub fn delta_u32(old: u32, new: u32) -> u32 {
+    (!(old as u16) as u32) + (!((old >> 16) as u16) as u32) + (new & 0xffff) + (new >> 16)
 }
 
-/// The checksum after a 32-bit word (an IPv4 address, two ports) changed.
+/// `delta_u32` for a 16-bit word.
 #[inline(always)]
-pub fn replace_u32(check: u16, old: u32, new: u32) -> u16 {
-    let sum = (!check as u32)
-        + (!(old as u16) as u32)
-        + (!((old >> 16) as u16) as u32)
-        + (new & 0xffff)
-        + (new >> 16);
-    !fold(sum)
+pub fn delta_u16(old: u16, new: u16) -> u32 {
+    (!old as u32) + new as u32
 }
 
-/// The checksum after a 128-bit address changed.
+/// `delta_u32` for a 128-bit address.
 #[inline(always)]
-pub fn replace_u128(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
-    let mut c = check;
-    c = replace_u32(c, old[0], new[0]);
-    c = replace_u32(c, old[1], new[1]);
-    c = replace_u32(c, old[2], new[2]);
-    replace_u32(c, old[3], new[3])
+pub fn delta_u128(old: &[u32; 4], new: &[u32; 4]) -> u32 {
+    delta_u32(old[0], new[0])
+        + delta_u32(old[1], new[1])
+        + delta_u32(old[2], new[2])
+        + delta_u32(old[3], new[3])
+}
+
+/// The checksum after changes whose deltas sum to `delta`: HC' = ~(~HC + delta).
+#[inline(always)]
+pub fn apply(check: u16, delta: u32) -> u16 {
+    // Two folds: `!check + delta` may carry into bit 32 only if delta is near 2^32, which
+    // a header's worth of deltas never is.
+    !fold((!check as u32) + delta)
 }
 
 #[cfg(test)]
@@ -69,14 +72,14 @@ mod tests {
             let old16 = words[7];
             let new16 = next() as u16;
             words[7] = new16;
-            let inc = replace_u16(replace_u32(check, old32, new32), old16, new16);
+            let summed = apply(check, delta_u32(old32, new32) + delta_u16(old16, new16));
             let reference = full(&words);
             // 0x0000 and 0xffff are the same value in one's complement.
+            let same =
+                |a: u16, b: u16| a == b || (a == 0xffff && b == 0) || (a == 0 && b == 0xffff);
             assert!(
-                inc == reference
-                    || (inc == 0xffff && reference == 0)
-                    || (inc == 0 && reference == 0xffff),
-                "incremental {inc:#06x} vs full {reference:#06x}"
+                same(summed, reference),
+                "summed deltas {summed:#06x} vs full {reference:#06x}"
             );
         }
     }
