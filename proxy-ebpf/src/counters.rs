@@ -19,8 +19,13 @@ fn bump(index: u32, bytes: u64, new_flow: bool, miss: bool) {
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
-            (*c).new_flows += new_flow as u64;
-            (*c).lru_misses += miss as u64;
+            // Most packets are neither: skip the read-modify-writes of zero.
+            if new_flow {
+                (*c).new_flows += 1;
+            }
+            if miss {
+                (*c).lru_misses += 1;
+            }
         }
     }
 }

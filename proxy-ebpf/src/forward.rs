@@ -50,11 +50,11 @@ fn refresh(ctx: &XdpContext, pkt: &Packet, t: &Translation, hop_slot: u32, expir
     let params = &mut fs.params;
     // SAFETY: bpf_fib_lookup is plain old data; zero is a valid value of every field.
     unsafe { core::ptr::write_bytes(params as *mut bpf_fib_lookup, 0, 1) };
-    params.l4_protocol = pkt.proto;
+    params.l4_protocol = pkt.key.proto;
     params.sport = t.sport;
     params.dport = t.dport;
     params.ifindex = ctx.ingress_ifindex() as u32;
-    if pkt.family == FAMILY_V4 {
+    if pkt.key.family == FAMILY_V4 {
         params.family = AF_INET;
         params.__bindgen_anon_3.ipv4_src = t.src[0];
         params.__bindgen_anon_4.ipv4_dst = t.dst[0];
@@ -103,7 +103,7 @@ fn refresh(ctx: &XdpContext, pkt: &Packet, t: &Translation, hop_slot: u32, expir
 fn hop_key(pkt: &Packet, t: &Translation) -> HopKey {
     HopKey {
         addr: [t.dst[0], t.dst[1], t.dst[2], t.dst[3]],
-        family: pkt.family,
+        family: pkt.key.family,
         pad: [0; 3],
     }
 }

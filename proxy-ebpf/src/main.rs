@@ -108,10 +108,10 @@ fn try_proxy(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(action);
     }
     sc.vip = VipKey {
-        addr: copy4(&pkt.dst),
-        port: pkt.dport,
-        proto: pkt.proto,
-        family: pkt.family,
+        addr: copy4(&pkt.key.dst),
+        port: pkt.key.dport,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
     };
     // SAFETY: map values are plain data; the control plane replaces them whole.
     if let Some(vip) = unsafe { VIPS.get(&sc.vip) } {
@@ -122,7 +122,7 @@ fn try_proxy(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(to_backend(ctx, pkt, sc, vip, settings, now));
     }
     // Replies are addressed to the NAT address; skip the reverse lookup for anything else.
-    if same_addr(&pkt.dst, &snat_of(pkt, settings)) {
+    if same_addr(&pkt.key.dst, &snat_of(pkt, settings)) {
         return Ok(to_client(ctx, pkt, settings, now));
     }
     reason(Reason::PassNotVip);
@@ -218,10 +218,10 @@ fn touch(found: &flows::Found, seen: &Seen, fin_bit: u8, tcp_flags: u8, now: u64
 #[inline(always)]
 fn vip_still_serves(vip_num: u32, pkt: &Packet) -> bool {
     VIP_KEYS.get(vip_num).is_some_and(|k| {
-        same_addr(&k.addr, &pkt.dst)
-            && k.port == pkt.dport
-            && k.proto == pkt.proto
-            && k.family == pkt.family
+        same_addr(&k.addr, &pkt.key.dst)
+            && k.port == pkt.key.dport
+            && k.proto == pkt.key.proto
+            && k.family == pkt.key.family
     })
 }
 
@@ -250,7 +250,7 @@ static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn snat_of(pkt: &Packet, s: &Settings) -> [u32; 4] {
-    if pkt.family == FAMILY_V4 {
+    if pkt.key.family == FAMILY_V4 {
         [s.snat_v4, 0, 0, 0]
     } else {
         [s.snat_v6[0], s.snat_v6[1], s.snat_v6[2], s.snat_v6[3]]
@@ -272,17 +272,8 @@ fn established(
     s: &Settings,
     now: u64,
 ) -> Option<u32> {
-    sc.flow = FlowKey {
-        src: copy4(&pkt.src),
-        dst: copy4(&pkt.dst),
-        sport: pkt.sport,
-        dport: pkt.dport,
-        proto: pkt.proto,
-        family: pkt.family,
-        pad: [0; 2],
-    };
     sc.stale = 0;
-    let found = flows::get(&sc.flow, s)?;
+    let found = flows::get(&pkt.key, s)?;
     let seen = Seen::read(&found)?;
     let vip_num = seen.vip_num();
     let backend_id = seen.backend();
@@ -290,7 +281,7 @@ fn established(
     let b = match backend(backend_id) {
         Some(b)
             if vip_still_serves(vip_num, pkt)
-                && !expired(seen.fin(), seen.last_seen, now, pkt.proto, s) =>
+                && !expired(seen.fin(), seen.last_seen, now, pkt.key.proto, s) =>
         {
             b
         }
@@ -357,7 +348,7 @@ fn forward(
         // The connection is over: forget it now (this RST still goes through).
         nat_key_for(&mut sc.nat, hop.backend_id, hop.nat_port, pkt, s);
         let _ = NAT_REVERSE.remove(&sc.nat);
-        flows::remove(&sc.flow, s);
+        flows::remove(&pkt.key, s);
     }
     if !rewrite::apply(ctx, pkt, &sc.t) {
         reason(Reason::DropMalformed);
@@ -367,8 +358,8 @@ fn forward(
 }
 
 /// Client -> VIP, first packet of a flow (or of a stale one): pick a backend from the
-/// VIP's ring, claim a NAT port, pin. `sc.flow` is already filled; on success `sc.state`
-/// holds the new pin and the result is `PINNED`, otherwise the `Reason` to drop for.
+/// VIP's ring, claim a NAT port, pin. On success `sc.state` holds the new pin and the
+/// result is `PINNED`, otherwise the `Reason` to drop for.
 // Not inlined: its own stack frame (the BPF stack is 512 bytes for the whole call chain),
 // and this runs once per flow, not per packet.
 #[inline(never)]
@@ -383,21 +374,21 @@ fn pin_flow(pkt: &Packet, vip: &VipMeta, s: &Settings, now: u64) -> u32 {
         nat_key_for(&mut sc.nat, sc.state.backend, sc.state.nat_port, pkt, s);
         let _ = NAT_REVERSE.remove(&sc.nat);
     }
-    let hash = hash::flow_hash(&sc.flow, vip.flags & VIP_HASH_SOURCE_ONLY != 0);
+    let hash = hash::flow_hash(&pkt.key, vip.flags & VIP_HASH_SOURCE_ONLY != 0);
     let Some(id) = ring_slot(vip, hash, s) else {
         return Reason::DropNoBackend as u32;
     };
     let Some(b) = backend(id) else {
         return Reason::DropNoBackend as u32;
     };
-    if b.family != pkt.family {
+    if b.family != pkt.key.family {
         return Reason::DropFamilyMismatch as u32;
     }
     sc.reverse = NatState {
-        client_addr: copy4(&pkt.src),
-        vip_addr: copy4(&pkt.dst),
-        client_port: pkt.sport,
-        vip_port: pkt.dport,
+        client_addr: copy4(&pkt.key.src),
+        vip_addr: copy4(&pkt.key.dst),
+        client_port: pkt.key.sport,
+        vip_port: pkt.key.dport,
         backend: id,
         vip_num: vip.vip_num,
     };
@@ -416,7 +407,7 @@ fn pin_flow(pkt: &Packet, vip: &VipMeta, s: &Settings, now: u64) -> u32 {
         vip_num: vip.vip_num as u8,
         last_seen: now,
     };
-    if flows::insert(&sc.flow, &sc.state, s).is_err() {
+    if flows::insert(&pkt.key, &sc.state, s).is_err() {
         return Reason::DropNatPortsExhausted as u32;
     }
     PINNED
@@ -446,7 +437,7 @@ fn to_backend(
         reason(Reason::DropNoBackend);
         return xdp_action::XDP_DROP;
     };
-    let count = if pkt.proto == PROTO_TCP && pkt.tcp_flags & TCP_SYN == 0 {
+    let count = if pkt.key.proto == PROTO_TCP && pkt.tcp_flags & TCP_SYN == 0 {
         Count::NewFlowMissed
     } else {
         Count::NewFlow
@@ -482,8 +473,8 @@ fn nat_key_for(nat: &mut NatKey, backend_id: u32, nat_port: u16, pkt: &Packet, s
         snat_addr: snat_of(pkt, s),
         backend_port: port,
         nat_port,
-        proto: pkt.proto,
-        family: pkt.family,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
         pad: [0; 2],
     };
 }
@@ -501,14 +492,14 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) 
     let Some(range) = NonZeroU32::new(max - min + 1) else {
         return 0;
     };
-    let start = hash::five_tuple_hash(&sc.flow);
+    let start = hash::five_tuple_hash(&pkt.key);
     sc.nat = NatKey {
         backend_addr: copy4(&b.addr),
         snat_addr: snat_of(pkt, s),
         backend_port: b.port,
         nat_port: 0,
-        proto: pkt.proto,
-        family: pkt.family,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
         pad: [0; 2],
     };
     for i in 0..NAT_PORT_PROBES {
@@ -526,10 +517,10 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) 
         let Some(other) = (unsafe { NAT_REVERSE.get(&sc.nat) }) else {
             continue;
         };
-        if same_addr(&other.client_addr, &pkt.src)
-            && other.client_port == pkt.sport
-            && same_addr(&other.vip_addr, &pkt.dst)
-            && other.vip_port == pkt.dport
+        if same_addr(&other.client_addr, &pkt.key.src)
+            && other.client_port == pkt.key.sport
+            && same_addr(&other.vip_addr, &pkt.key.dst)
+            && other.vip_port == pkt.key.dport
         {
             return sc.nat.nat_port;
         }
@@ -538,8 +529,8 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) 
             dst: copy4(&other.vip_addr),
             sport: other.client_port,
             dport: other.vip_port,
-            proto: pkt.proto,
-            family: pkt.family,
+            proto: pkt.key.proto,
+            family: pkt.key.family,
             pad: [0; 2],
         };
         let other_backend = other.backend;
@@ -567,12 +558,12 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings, now: u64) -> u32 {
     // SAFETY: per-CPU scratch, used by this program run only.
     let sc = unsafe { &mut *sc };
     sc.nat = NatKey {
-        backend_addr: copy4(&pkt.src),
-        snat_addr: copy4(&pkt.dst),
-        backend_port: pkt.sport,
-        nat_port: pkt.dport,
-        proto: pkt.proto,
-        family: pkt.family,
+        backend_addr: copy4(&pkt.key.src),
+        snat_addr: copy4(&pkt.key.dst),
+        backend_port: pkt.key.sport,
+        nat_port: pkt.key.dport,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
         pad: [0; 2],
     };
     // SAFETY: plain data read.
@@ -595,8 +586,8 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings, now: u64) -> u32 {
         dst: copy4(&sc.reverse.vip_addr),
         sport: sc.reverse.client_port,
         dport: sc.reverse.vip_port,
-        proto: pkt.proto,
-        family: pkt.family,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
         pad: [0; 2],
     };
     let Some(found) = flows::get(&sc.flow, s) else {
@@ -612,9 +603,9 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings, now: u64) -> u32 {
     };
     // A reply from a backend the flow no longer uses (it was removed and the flow re-pinned,
     // possibly to the same NAT port) must not reach the client either.
-    if seen.nat_port() != pkt.dport
+    if seen.nat_port() != pkt.key.dport
         || seen.backend() != sc.reverse.backend
-        || expired(seen.fin(), seen.last_seen, now, pkt.proto, s)
+        || expired(seen.fin(), seen.last_seen, now, pkt.key.proto, s)
     {
         // The client's flow moved on to another mapping: this reply belongs to nobody.
         let _ = NAT_REVERSE.remove(&sc.nat);

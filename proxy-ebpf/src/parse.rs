@@ -3,7 +3,7 @@
 //! verifier only trusts accesses it can relate to the checked pointer).
 
 use aya_ebpf::programs::XdpContext;
-use proxy_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use proxy_common::{FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
 pub const ETH_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800u16.to_be();
@@ -85,17 +85,13 @@ pub fn header<const N: usize>(ctx: &XdpContext, off: usize) -> Option<Header<N>>
 /// What the data plane needs to know about a TCP or UDP packet.
 #[derive(Default)]
 pub struct Packet {
+    /// The 5-tuple, laid out as the flow tables' key: a client packet's flow is looked up
+    /// with this very key, nothing copied.
+    pub key: FlowKey,
     /// Header offsets. Bytes: read back from the per-CPU map the packet lives in, a `u8` is
     /// bounded for the verifier, which allows adding it to the packet pointer.
     pub l3_off: u8,
     pub l4_off: u8,
-    pub family: u8,
-    pub proto: u8,
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
-    /// Raw (network order) ports.
-    pub sport: u16,
-    pub dport: u16,
     /// TCP flags byte, 0 for UDP.
     pub tcp_flags: u8,
 }
@@ -156,15 +152,18 @@ fn parse_inner(ctx: &XdpContext) -> Result<Packet, NotOurs> {
         (udp.get(0), udp.get(2), 0)
     };
     Ok(Packet {
+        key: FlowKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            family,
+            pad: [0; 2],
+        },
         // At most 18 + 60 (VLAN tag, IPv4 options).
         l3_off: l3_off as u8,
         l4_off: l4_off as u8,
-        family,
-        proto,
-        src,
-        dst,
-        sport,
-        dport,
         tcp_flags,
     })
 }

@@ -18,10 +18,10 @@ pub struct Translation {
 /// pseudo-header every L4 checksum).
 #[inline(always)]
 fn addresses_delta(pkt: &Packet, t: &Translation) -> u32 {
-    if pkt.family == FAMILY_V4 {
-        csum::delta_u32(pkt.src[0], t.src[0]) + csum::delta_u32(pkt.dst[0], t.dst[0])
+    if pkt.key.family == FAMILY_V4 {
+        csum::delta_u32(pkt.key.src[0], t.src[0]) + csum::delta_u32(pkt.key.dst[0], t.dst[0])
     } else {
-        csum::delta_u128(&pkt.src, &t.src) + csum::delta_u128(&pkt.dst, &t.dst)
+        csum::delta_u128(&pkt.key.src, &t.src) + csum::delta_u128(&pkt.key.dst, &t.dst)
     }
 }
 
@@ -29,7 +29,7 @@ fn addresses_delta(pkt: &Packet, t: &Translation) -> u32 {
 /// and folded once, which keeps the dependency chain short.
 #[inline(always)]
 fn l4_delta(addresses: u32, pkt: &Packet, t: &Translation) -> u32 {
-    addresses + csum::delta_u16(pkt.sport, t.sport) + csum::delta_u16(pkt.dport, t.dport)
+    addresses + csum::delta_u16(pkt.key.sport, t.sport) + csum::delta_u16(pkt.key.dport, t.dport)
 }
 
 /// Rewrites the packet; false if its headers vanished (cannot happen after parsing).
@@ -41,7 +41,7 @@ pub fn apply(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> bool {
 #[inline(always)]
 fn apply_inner(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> Option<()> {
     let addresses = addresses_delta(pkt, t);
-    if pkt.family == FAMILY_V4 {
+    if pkt.key.family == FAMILY_V4 {
         let ip = header::<IPV4_LEN>(ctx, pkt.l3_off as usize)?;
         ip.set(10, csum::apply(ip.get(10), addresses));
         ip.set(12, t.src[0]);
@@ -51,7 +51,7 @@ fn apply_inner(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> Option<()> {
         ip.set_addr6(8, &t.src);
         ip.set_addr6(24, &t.dst);
     }
-    if pkt.proto == PROTO_TCP {
+    if pkt.key.proto == PROTO_TCP {
         let tcp = header::<TCP_LEN>(ctx, pkt.l4_off as usize)?;
         let c = csum::apply(tcp.get(16), l4_delta(addresses, pkt, t));
         tcp.set(0, t.sport);
@@ -63,7 +63,7 @@ fn apply_inner(ctx: &XdpContext, pkt: &Packet, t: &Translation) -> Option<()> {
         udp.set(0, t.sport);
         udp.set(2, t.dport);
         // An IPv4 UDP checksum of zero means "none" and stays none.
-        if !(pkt.family == FAMILY_V4 && old == 0) {
+        if !(pkt.key.family == FAMILY_V4 && old == 0) {
             let mut c = csum::apply(old, l4_delta(addresses, pkt, t));
             // UDP sends a computed zero as all ones (zero means "no checksum").
             if c == 0 {
