@@ -6,7 +6,7 @@
 
 use aya_ebpf::bindings::BPF_ANY;
 use proxy_common::{
-    hash::table_hash4, slot_tag, FlowKey, FlowKey4, FlowSlot4, FlowState, Settings, FAMILY_V4,
+    hash::table_hash, slot_tag, FlowKey, FlowKey4, FlowSlot4, FlowState, Settings, FAMILY_V4,
     FLOW_WAYS, SLOT_BUSY, SLOT_EMPTY,
 };
 
@@ -40,21 +40,26 @@ fn tag_of(slot: *mut FlowSlot4) -> *mut u64 {
     unsafe { core::ptr::addr_of_mut!((*slot).tag) }
 }
 
+/// Whether a slot's key is the IPv4 flow `b` (compared in place: no key copy on the stack).
 #[inline(always)]
-fn same_key(a: &FlowKey4, b: &FlowKey4) -> bool {
-    (a.src ^ b.src) | (a.dst ^ b.dst) | (a.sport ^ b.sport) as u32 | (a.dport ^ b.dport) as u32 == 0
+fn same_key(a: &FlowKey4, b: &FlowKey) -> bool {
+    (a.src ^ b.src[0])
+        | (a.dst ^ b.dst[0])
+        | (a.sport ^ b.sport) as u32
+        | (a.dport ^ b.dport) as u32
+        == 0
         && a.proto == b.proto
 }
 
-/// First slot index of the key's bucket and the tag the key's slot carries.
+/// First slot index of the IPv4 flow's bucket and the tag its slot carries.
 #[inline(always)]
-fn bucket(k: &FlowKey4, s: &Settings) -> (u32, u64) {
-    let h = table_hash4(k, s.table_seed);
+fn bucket(k: &FlowKey, s: &Settings) -> (u32, u64) {
+    let h = table_hash(k.src[0], k.dst[0], k.sport, k.dport, k.proto, s.table_seed);
     ((h & s.flow_bucket_mask) * FLOW_WAYS, slot_tag(h))
 }
 
 #[inline(always)]
-fn get4(k: &FlowKey4, s: &Settings) -> Option<Found> {
+fn get4(k: &FlowKey, s: &Settings) -> Option<Found> {
     let (base, tag) = bucket(k, s);
     for i in 0..FLOW_WAYS {
         let slot = FLOW_SLOTS4.get_ptr_mut(base + i)?;
@@ -76,7 +81,7 @@ fn get4(k: &FlowKey4, s: &Settings) -> Option<Found> {
 #[inline(always)]
 pub fn get(k: &FlowKey, s: &Settings) -> Option<Found> {
     if k.family == FAMILY_V4 {
-        get4(&FlowKey4::of(k), s)
+        get4(k, s)
     } else {
         FLOWS.get_ptr_mut(k).map(|state| Found {
             state,
@@ -93,8 +98,7 @@ pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<(), ()> {
     if k.family != FAMILY_V4 {
         return FLOWS.insert(k, state, BPF_ANY as u64).map_err(|_| ());
     }
-    let k4 = FlowKey4::of(k);
-    let (base, tag) = bucket(&k4, s);
+    let (base, tag) = bucket(k, s);
     // Two passes: a writer on another CPU may take the chosen slot between choice and claim.
     for _ in 0..2 {
         let mut victim = FLOW_WAYS;
@@ -108,7 +112,7 @@ pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<(), ()> {
             let sl = unsafe { &*slot };
             // SAFETY: as above.
             let t = unsafe { core::ptr::read_volatile(&sl.tag) };
-            if t == tag && same_key(&sl.key, &k4) {
+            if t == tag && same_key(&sl.key, k) {
                 victim = i;
                 victim_tag = t;
                 break;
@@ -136,7 +140,7 @@ pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<(), ()> {
         }
         // SAFETY: the slot is ours until the tag is published.
         unsafe {
-            (*slot).key = k4;
+            (*slot).key = FlowKey4::of(k);
             (*slot).state = *state;
         }
         // Publish: a full barrier, so readers that see the tag see key and state.
@@ -155,15 +159,14 @@ pub fn remove(k: &FlowKey, s: &Settings) {
         let _ = FLOWS.remove(k);
         return;
     }
-    let k4 = FlowKey4::of(k);
-    let (base, tag) = bucket(&k4, s);
+    let (base, tag) = bucket(k, s);
     for i in 0..FLOW_WAYS {
         let Some(slot) = FLOW_SLOTS4.get_ptr_mut(base + i) else {
             return;
         };
         // SAFETY: map value pointer valid for this run; plain data.
         if unsafe { core::ptr::read_volatile(&(*slot).tag) } == tag
-            && same_key(unsafe { &(*slot).key }, &k4)
+            && same_key(unsafe { &(*slot).key }, k)
         {
             // SAFETY: as above. Fails harmlessly if a writer took the slot meanwhile.
             unsafe { cas_u64(tag_of(slot), tag, SLOT_EMPTY) };

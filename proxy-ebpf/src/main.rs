@@ -12,13 +12,14 @@ mod counters;
 mod flows;
 mod forward;
 mod maps;
+mod nat;
 mod parse;
 mod rewrite;
 
 use core::num::NonZeroU32;
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
+    bindings::xdp_action,
     helpers::bpf_jiffies64,
     macros::{map, xdp},
     maps::PerCpuArray,
@@ -31,7 +32,7 @@ use proxy_common::{
 };
 
 use counters::{flow_packet, reason};
-use maps::{BACKENDS, NAT_REVERSE, RING, SETTINGS, VIPS, VIP_KEYS};
+use maps::{BACKENDS, RING, SETTINGS, VIPS, VIP_KEYS};
 use parse::{same_addr, NotOurs, Packet, TCP_FIN, TCP_RST, TCP_SYN};
 use rewrite::Translation;
 
@@ -234,6 +235,8 @@ pub struct Scratch {
     pub owner: FlowKey,
     pub nat: NatKey,
     pub reverse: NatState,
+    /// The current holder of a NAT key being claimed.
+    pub holder: NatState,
     pub state: FlowState,
     pub t: Translation,
     /// Set by `established`: `flow` is in the table but no longer usable (its VIP or
@@ -347,7 +350,7 @@ fn forward(
     if pkt.tcp_flags & TCP_RST != 0 {
         // The connection is over: forget it now (this RST still goes through).
         nat_key_for(&mut sc.nat, hop.backend_id, hop.nat_port, pkt, s);
-        let _ = NAT_REVERSE.remove(&sc.nat);
+        nat::remove(&sc.nat, s);
         flows::remove(&pkt.key, s);
     }
     if !rewrite::apply(ctx, pkt, &sc.t) {
@@ -372,10 +375,16 @@ fn pin_flow(pkt: &Packet, vip: &VipMeta, s: &Settings, now: u64) -> u32 {
     if sc.stale != 0 {
         // Its VIP or backend was removed or it timed out: free the old NAT port first.
         nat_key_for(&mut sc.nat, sc.state.backend, sc.state.nat_port, pkt, s);
-        let _ = NAT_REVERSE.remove(&sc.nat);
+        nat::remove(&sc.nat, s);
     }
-    let hash = hash::flow_hash(&pkt.key, vip.flags & VIP_HASH_SOURCE_ONLY != 0);
-    let Some(id) = ring_slot(vip, hash, s) else {
+    // The 5-tuple hash also seeds the NAT port search; computed once.
+    let tuple_hash = hash::five_tuple_hash(&pkt.key);
+    let ring_hash = if vip.flags & VIP_HASH_SOURCE_ONLY != 0 {
+        hash::source_hash(&pkt.key.src, pkt.key.family)
+    } else {
+        tuple_hash
+    };
+    let Some(id) = ring_slot(vip, ring_hash, s) else {
         return Reason::DropNoBackend as u32;
     };
     let Some(b) = backend(id) else {
@@ -392,7 +401,7 @@ fn pin_flow(pkt: &Packet, vip: &VipMeta, s: &Settings, now: u64) -> u32 {
         backend: id,
         vip_num: vip.vip_num,
     };
-    let nat_port = allocate_nat_port(sc, pkt, b, s);
+    let nat_port = allocate_nat_port(sc, pkt, b, s, tuple_hash);
     if nat_port == 0 {
         return Reason::DropNatPortsExhausted as u32;
     }
@@ -481,9 +490,10 @@ fn nat_key_for(nat: &mut NatKey, backend_id: u32, nat_port: u16, pkt: &Packet, s
 
 /// Claims a balancer source port for a new flow towards backend `b`, recording the reverse
 /// mapping `sc.reverse`. Ports are unique per (backend address, port), so the range is
-/// reused per backend. Returns the port (network order) or 0 when none is free.
+/// reused per backend; the search starts at a port picked by the flow's 5-tuple hash
+/// `start`. Returns the port (network order) or 0 when none is free.
 #[inline(always)]
-fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) -> u16 {
+fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings, start: u32) -> u16 {
     let min = s.nat_port_min as u32;
     let max = s.nat_port_max as u32;
     if max < min || min == 0 {
@@ -492,7 +502,6 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) 
     let Some(range) = NonZeroU32::new(max - min + 1) else {
         return 0;
     };
-    let start = hash::five_tuple_hash(&pkt.key);
     sc.nat = NatKey {
         backend_addr: copy4(&b.addr),
         snat_addr: snat_of(pkt, s),
@@ -505,44 +514,42 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings) 
     for i in 0..NAT_PORT_PROBES {
         let port = (min + start.wrapping_add(i.wrapping_mul(7919)) % range) as u16;
         sc.nat.nat_port = port.to_be();
-        // NOEXIST makes the claim atomic against other CPUs picking the same port.
-        if NAT_REVERSE
-            .insert(&sc.nat, &sc.reverse, BPF_NOEXIST as u64)
-            .is_ok()
-        {
-            return sc.nat.nat_port;
-        }
-        // Taken: by a live flow, or left behind by one the LRU already evicted.
-        // SAFETY: plain data read.
-        let Some(other) = (unsafe { NAT_REVERSE.get(&sc.nat) }) else {
-            continue;
+        let (same_key, observed) = match nat::claim(&sc.nat, &sc.reverse, s, &mut sc.holder) {
+            nat::Claim::Claimed => return sc.nat.nat_port,
+            nat::Claim::Busy => continue,
+            nat::Claim::Held { same_key, observed } => (same_key, observed),
         };
-        if same_addr(&other.client_addr, &pkt.key.src)
-            && other.client_port == pkt.key.sport
-            && same_addr(&other.vip_addr, &pkt.key.dst)
-            && other.vip_port == pkt.key.dport
+        // Taken: by this very flow (a retransmitted first packet), by a live flow, or left
+        // behind by one that was evicted or re-pinned.
+        let h = &sc.holder;
+        if same_key
+            && same_addr(&h.client_addr, &pkt.key.src)
+            && h.client_port == pkt.key.sport
+            && same_addr(&h.vip_addr, &pkt.key.dst)
+            && h.vip_port == pkt.key.dport
         {
             return sc.nat.nat_port;
         }
         sc.owner = FlowKey {
-            src: copy4(&other.client_addr),
-            dst: copy4(&other.vip_addr),
-            sport: other.client_port,
-            dport: other.vip_port,
+            src: copy4(&h.client_addr),
+            dst: copy4(&h.vip_addr),
+            sport: h.client_port,
+            dport: h.vip_port,
             proto: pkt.key.proto,
             family: pkt.key.family,
             pad: [0; 2],
         };
-        let other_backend = other.backend;
+        let holder_backend = h.backend;
+        // Stale when the holder's flow is gone or moved to another backend or, holding this
+        // very key, to another port. (An IPv4 holder of another key in the same slot whose
+        // flow is still on its backend counts as live: this port is tried no further.)
         let stale = match flows::get(&sc.owner, s).and_then(|f| Seen::read(&f)) {
-            Some(f) => f.nat_port() != sc.nat.nat_port || f.backend() != other_backend,
+            Some(f) => {
+                f.backend() != holder_backend || (same_key && f.nat_port() != sc.nat.nat_port)
+            }
             None => true,
         };
-        if stale
-            && NAT_REVERSE
-                .insert(&sc.nat, &sc.reverse, BPF_ANY as u64)
-                .is_ok()
-        {
+        if stale && nat::take_over(&sc.nat, &sc.reverse, s, observed) {
             return sc.nat.nat_port;
         }
     }
@@ -566,21 +573,11 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings, now: u64) -> u32 {
         family: pkt.key.family,
         pad: [0; 2],
     };
-    // SAFETY: plain data read.
-    let Some(r) = (unsafe { NAT_REVERSE.get(&sc.nat) }) else {
+    if !nat::read(&sc.nat, s, &mut sc.reverse) {
         // Not a NAT flow of ours: the balancer's own traffic.
         reason(Reason::PassNotVip);
         return xdp_action::XDP_PASS;
-    };
-    // Field by field: a whole-struct copy becomes a byte-wise memcpy call.
-    sc.reverse = NatState {
-        client_addr: copy4(&r.client_addr),
-        vip_addr: copy4(&r.vip_addr),
-        client_port: r.client_port,
-        vip_port: r.vip_port,
-        backend: r.backend,
-        vip_num: r.vip_num,
-    };
+    }
     sc.flow = FlowKey {
         src: copy4(&sc.reverse.client_addr),
         dst: copy4(&sc.reverse.vip_addr),
@@ -592,7 +589,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings, now: u64) -> u32 {
     };
     let Some(found) = flows::get(&sc.flow, s) else {
         // The client side is gone (evicted): the stack answers the backend (with a RST).
-        let _ = NAT_REVERSE.remove(&sc.nat);
+        nat::remove(&sc.nat, s);
         reason(Reason::PassNotVip);
         return xdp_action::XDP_PASS;
     };
@@ -608,13 +605,13 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings, now: u64) -> u32 {
         || expired(seen.fin(), seen.last_seen, now, pkt.key.proto, s)
     {
         // The client's flow moved on to another mapping: this reply belongs to nobody.
-        let _ = NAT_REVERSE.remove(&sc.nat);
+        nat::remove(&sc.nat, s);
         reason(Reason::PassNotVip);
         return xdp_action::XDP_PASS;
     }
     touch(&found, &seen, FLOW_FIN_BACKEND, pkt.tcp_flags, now, s);
     if pkt.tcp_flags & TCP_RST != 0 {
-        let _ = NAT_REVERSE.remove(&sc.nat);
+        nat::remove(&sc.nat, s);
         flows::remove(&sc.flow, s);
     }
     flow_packet(

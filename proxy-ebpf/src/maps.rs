@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    Backend, Counters, FlowKey, FlowSlot4, FlowState, HopKey, NatKey, NatState, NextHop, Settings,
-    VipKey, VipMeta, CLIENT_HOP_ENTRIES, COUNTER_SLOTS, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_VIPS,
+    Backend, Counters, FlowKey, FlowSlot4, FlowState, HopKey, NatKey, NatSlot4, NatState, NextHop,
+    Settings, VipKey, VipMeta, CLIENT_HOP_ENTRIES, COUNTER_SLOTS, DEFAULT_MAX_FLOWS, MAX_BACKENDS,
+    MAX_VIPS,
 };
 
 /// (VIP address, port, protocol) -> ring number and flags. Written by the control plane.
@@ -43,7 +44,13 @@ pub static FLOW_SLOTS4: Array<FlowSlot4> = Array::pinned(1, 0);
 pub static FLOWS: LruHashMap<FlowKey, FlowState> =
     LruHashMap::pinned(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
-/// Reply 5-tuple (backend -> balancer NAT address and port) -> the client it belongs to.
+/// IPv4 reply 5-tuple (backend -> balancer NAT address and port) -> the client it belongs
+/// to: the direct-mapped table of `proxy_common::NatSlot4`, as many slots as
+/// `FLOW_SLOTS4`. The loader sizes it. Use through `nat`.
+#[map(name = "NAT_SLOTS4")]
+pub static NAT_SLOTS4: Array<NatSlot4> = Array::pinned(1, 0);
+
+/// The same for IPv6 replies, in a kernel LRU hash map. Use through `nat`.
 #[map(name = "NAT_REVERSE")]
 pub static NAT_REVERSE: LruHashMap<NatKey, NatState> =
     LruHashMap::pinned(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);

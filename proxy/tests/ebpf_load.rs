@@ -57,6 +57,7 @@ fn verifier_accepts_and_pinned_maps_survive_a_restart() {
     for name in [
         "FLOWS",
         "FLOW_SLOTS4",
+        "NAT_SLOTS4",
         "NAT_REVERSE",
         "RING",
         "SETTINGS",

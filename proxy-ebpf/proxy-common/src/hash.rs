@@ -2,7 +2,7 @@
 //! call it, so a client lands on the same backend through either path; changing it re-maps
 //! every flow of every deployed balancer.
 
-use crate::{FlowKey, FlowKey4};
+use crate::{FlowKey, FlowKey4, NatKey4};
 
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
@@ -67,17 +67,38 @@ pub fn flow_hash(key: &FlowKey, source_only: bool) -> u32 {
 
 /// Bucket hash of the IPv4 flow table. Seeded with a secret drawn when the table is
 /// created (`Settings::table_seed`), so clients cannot aim their flows at one bucket to
-/// evict others. Two 64-bit multiply-xorshift rounds (splitmix64's constants): this runs for
-/// every packet, and a short multiply chain is several times faster than murmur's per-word
-/// rounds.
+/// evict others.
 #[inline(always)]
 pub fn table_hash4(key: &FlowKey4, seed: u32) -> u32 {
+    table_hash(key.src, key.dst, key.sport, key.dport, key.proto, seed)
+}
+
+/// Slot hash of the IPv4 reverse NAT table, seeded the same way.
+#[inline(always)]
+pub fn nat_hash4(key: &NatKey4, seed: u32) -> u32 {
+    table_hash(
+        key.backend_addr,
+        key.snat_addr,
+        key.backend_port,
+        key.nat_port,
+        key.proto,
+        seed,
+    )
+}
+
+/// Two 64-bit multiply-xorshift rounds (splitmix64's constants) over a 16-byte key: this
+/// runs for every packet, and a short multiply chain is several times faster than murmur's
+/// per-word rounds.
+/// Takes the key's fields (not a key struct) so the data plane can hash a key it holds in
+/// another layout without building a copy on its 512-byte stack.
+#[inline(always)]
+pub fn table_hash(addr_a: u32, addr_b: u32, port_a: u16, port_b: u16, proto: u8, seed: u32) -> u32 {
     const K1: u64 = 0xbf58_476d_1ce4_e5b9;
     const K2: u64 = 0x94d0_49bb_1331_11eb;
-    let addrs = (key.src as u64) | (key.dst as u64) << 32;
-    let rest = (key.sport as u64) | (key.dport as u64) << 16 | (key.proto as u64) << 32;
-    let mut h = (addrs ^ (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(K1);
-    h = (h ^ (h >> 31) ^ rest).wrapping_mul(K2);
+    let a = (addr_a as u64) | (addr_b as u64) << 32;
+    let b = (port_a as u64) | (port_b as u64) << 16 | (proto as u64) << 32;
+    let mut h = (a ^ (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(K1);
+    h = (h ^ (h >> 31) ^ b).wrapping_mul(K2);
     (h ^ (h >> 29) ^ (h >> 32)) as u32
 }
 

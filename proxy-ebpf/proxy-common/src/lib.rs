@@ -15,6 +15,7 @@ pub mod map_names {
     pub const RING: &str = "RING";
     pub const FLOWS: &str = "FLOWS";
     pub const FLOW_SLOTS4: &str = "FLOW_SLOTS4";
+    pub const NAT_SLOTS4: &str = "NAT_SLOTS4";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
     pub const SETTINGS: &str = "SETTINGS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -214,6 +215,47 @@ pub struct NatKey {
     pub pad: [u8; 2],
 }
 
+/// Key of the IPv4 reverse NAT table (`NAT_SLOTS4`): a reply as it arrives from a backend,
+/// in 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey4 {
+    pub backend_addr: u32,
+    pub snat_addr: u32,
+    pub backend_port: u16,
+    pub nat_port: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+impl NatKey4 {
+    /// The IPv4 key of an IPv4 `NatKey`.
+    #[inline(always)]
+    pub const fn of(k: &NatKey) -> NatKey4 {
+        NatKey4 {
+            backend_addr: k.backend_addr[0],
+            snat_addr: k.snat_addr[0],
+            backend_port: k.backend_port,
+            nat_port: k.nat_port,
+            proto: k.proto,
+            pad: [0; 3],
+        }
+    }
+}
+
+/// One slot of the IPv4 reverse NAT table: direct-mapped (one slot per key, so claiming a
+/// NAT port is one compare-and-swap on the slot's tag, atomic against other CPUs), same
+/// slot protocol as `FlowSlot4`. A key whose slot holds a live entry of another key counts
+/// as a taken port; the allocator tries the next one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatSlot4 {
+    pub tag: u64,
+    pub key: NatKey4,
+    pub state: NatState,
+    pub pad: u32,
+}
+
 /// Value of the reverse NAT table: how to translate a reply back to the client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -399,6 +441,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowSlot4 {}
+    unsafe impl aya::Pod for super::NatKey4 {}
+    unsafe impl aya::Pod for super::NatSlot4 {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::NatKey {}
     unsafe impl aya::Pod for super::NatState {}
@@ -420,6 +464,8 @@ const _: () = {
     assert!(core::mem::size_of::<Settings>() == 72);
     assert!(core::mem::size_of::<FlowKey4>() == 16);
     assert!(core::mem::size_of::<FlowSlot4>() == 40);
+    assert!(core::mem::size_of::<NatKey4>() == 16);
+    assert!(core::mem::size_of::<NatSlot4>() == 72);
     // The data plane reads backend, NAT port, FIN bits and VIP number as one word.
     assert!(core::mem::align_of::<FlowState>() == 8);
     assert!(core::mem::offset_of!(FlowState, nat_port) == 4);

@@ -1,0 +1,208 @@
+//! The reverse NAT table: reply 5-tuple (backend -> balancer NAT address and port) -> the
+//! client it belongs to. IPv4 entries live in `NAT_SLOTS4`, direct-mapped in an array map
+//! (see `proxy_common::NatSlot4`): claiming a port is one compare-and-swap and a reply finds
+//! its client with inlined array reads. IPv6 entries live in the kernel LRU hash map
+//! `NAT_REVERSE`. Callers hold a `NatKey`; these functions pick the table.
+
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use proxy_common::{
+    hash::table_hash, slot_tag, NatKey, NatKey4, NatSlot4, NatState, Settings, FAMILY_V4,
+    FLOW_WAYS, SLOT_BUSY, SLOT_EMPTY,
+};
+
+use crate::{
+    atomic::{cas_u64, publish_u64},
+    maps::{NAT_REVERSE, NAT_SLOTS4},
+};
+
+/// The IPv4 key's slot and the tag the slot carries when it holds the key.
+#[inline(always)]
+fn slot_of(k: &NatKey, s: &Settings) -> Option<(*mut NatSlot4, u64)> {
+    let h = table_hash(
+        k.backend_addr[0],
+        k.snat_addr[0],
+        k.backend_port,
+        k.nat_port,
+        k.proto,
+        s.table_seed,
+    );
+    // As many slots as the flow table.
+    let mask = (s.flow_bucket_mask + 1) * FLOW_WAYS - 1;
+    NAT_SLOTS4
+        .get_ptr_mut(h & mask)
+        .map(|slot| (slot, slot_tag(h)))
+}
+
+#[inline(always)]
+fn tag_of(slot: *mut NatSlot4) -> *mut u64 {
+    // SAFETY: only computes the field address of a valid map value pointer.
+    unsafe { core::ptr::addr_of_mut!((*slot).tag) }
+}
+
+/// Whether a slot's key is the IPv4 key `b` (compared in place: no key copy on the stack).
+#[inline(always)]
+fn same_key(a: &NatKey4, b: &NatKey) -> bool {
+    (a.backend_addr ^ b.backend_addr[0])
+        | (a.snat_addr ^ b.snat_addr[0])
+        | (a.backend_port ^ b.backend_port) as u32
+        | (a.nat_port ^ b.nat_port) as u32
+        == 0
+        && a.proto == b.proto
+}
+
+/// Field by field: a whole-struct copy becomes a byte-wise memcpy call.
+#[inline(always)]
+fn copy_state(from: &NatState, to: &mut NatState) {
+    to.client_addr = [
+        from.client_addr[0],
+        from.client_addr[1],
+        from.client_addr[2],
+        from.client_addr[3],
+    ];
+    to.vip_addr = [
+        from.vip_addr[0],
+        from.vip_addr[1],
+        from.vip_addr[2],
+        from.vip_addr[3],
+    ];
+    to.client_port = from.client_port;
+    to.vip_port = from.vip_port;
+    to.backend = from.backend;
+    to.vip_num = from.vip_num;
+}
+
+/// Copies the key's entry into `out`; false if there is none.
+#[inline(always)]
+pub fn read(k: &NatKey, s: &Settings, out: &mut NatState) -> bool {
+    if k.family != FAMILY_V4 {
+        // SAFETY: plain data read of a map value valid for this run.
+        return match unsafe { NAT_REVERSE.get(k) } {
+            Some(v) => {
+                copy_state(v, out);
+                true
+            }
+            None => false,
+        };
+    }
+    let Some((slot, tag)) = slot_of(k, s) else {
+        return false;
+    };
+    // SAFETY: map value pointer valid for this run; plain data.
+    let sl = unsafe { &*slot };
+    // SAFETY: as above.
+    if unsafe { core::ptr::read_volatile(&sl.tag) } != tag || !same_key(&sl.key, k) {
+        return false;
+    }
+    copy_state(&sl.state, out);
+    // The slot may have been handed to another key while it was copied.
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&sl.tag) == tag }
+}
+
+/// Removes the key's entry, if it is there.
+#[inline(always)]
+pub fn remove(k: &NatKey, s: &Settings) {
+    if k.family != FAMILY_V4 {
+        let _ = NAT_REVERSE.remove(k);
+        return;
+    }
+    let Some((slot, tag)) = slot_of(k, s) else {
+        return;
+    };
+    // SAFETY: map value pointer valid for this run; plain data.
+    if unsafe { core::ptr::read_volatile(&(*slot).tag) } == tag
+        && same_key(unsafe { &(*slot).key }, k)
+    {
+        // SAFETY: aligned map memory. Fails harmlessly if a writer took the slot meanwhile.
+        unsafe { cas_u64(tag_of(slot), tag, SLOT_EMPTY) };
+    }
+}
+
+/// The outcome of trying to claim a key.
+pub enum Claim {
+    /// The key is now ours, holding the given state.
+    Claimed,
+    /// A writer on another CPU is busy with the slot: try another port.
+    Busy,
+    /// Someone holds the key (`same_key`), or, IPv4, its slot holds another key; their
+    /// state was copied out. `observed` is what `take_over` needs to replace them.
+    Held { same_key: bool, observed: u64 },
+}
+
+/// Inserts `state` under `k` if the key (IPv4: its slot) is free; atomic against other CPUs
+/// claiming the same key. Otherwise copies the holder's state into `holder`.
+#[inline(always)]
+pub fn claim(k: &NatKey, state: &NatState, s: &Settings, holder: &mut NatState) -> Claim {
+    if k.family != FAMILY_V4 {
+        if NAT_REVERSE.insert(k, state, BPF_NOEXIST as u64).is_ok() {
+            return Claim::Claimed;
+        }
+        return if read(k, s, holder) {
+            Claim::Held {
+                same_key: true,
+                observed: 0,
+            }
+        } else {
+            Claim::Busy
+        };
+    }
+    let Some((slot, tag)) = slot_of(k, s) else {
+        return Claim::Busy;
+    };
+    // SAFETY: map value pointer valid for this run; plain data.
+    let t = unsafe { core::ptr::read_volatile(&(*slot).tag) };
+    match t {
+        SLOT_EMPTY => {
+            if write(slot, SLOT_EMPTY, tag, k, state) {
+                Claim::Claimed
+            } else {
+                Claim::Busy
+            }
+        }
+        SLOT_BUSY => Claim::Busy,
+        _ => {
+            // SAFETY: as above.
+            let sl = unsafe { &*slot };
+            let same = t == tag && same_key(&sl.key, k);
+            copy_state(&sl.state, holder);
+            // SAFETY: as above.
+            if unsafe { core::ptr::read_volatile(&sl.tag) } != t {
+                return Claim::Busy;
+            }
+            Claim::Held {
+                same_key: same,
+                observed: t,
+            }
+        }
+    }
+}
+
+/// Replaces the holder `claim` reported (found stale) with `state` under `k`. False if the
+/// slot changed since.
+#[inline(always)]
+pub fn take_over(k: &NatKey, state: &NatState, s: &Settings, observed: u64) -> bool {
+    if k.family != FAMILY_V4 {
+        return NAT_REVERSE.insert(k, state, BPF_ANY as u64).is_ok();
+    }
+    let Some((slot, tag)) = slot_of(k, s) else {
+        return false;
+    };
+    write(slot, observed, tag, k, state)
+}
+
+/// Claims the slot from tag `from` to busy, fills it, publishes `tag`.
+#[inline(always)]
+fn write(slot: *mut NatSlot4, from: u64, tag: u64, k: &NatKey, state: &NatState) -> bool {
+    // SAFETY: aligned map memory.
+    if !unsafe { cas_u64(tag_of(slot), from, SLOT_BUSY) } {
+        return false;
+    }
+    // SAFETY: the slot is ours until the tag is published.
+    unsafe {
+        (*slot).key = NatKey4::of(k);
+        copy_state(state, &mut (*slot).state);
+        // Readers that see the tag see key and state (a full barrier).
+        publish_u64(tag_of(slot), tag);
+    }
+    true
+}
