@@ -104,10 +104,29 @@ fn try_proxy(ctx: &XdpContext) -> Result<u32, ()> {
     // Jiffies: the verifier inlines this helper into a single load.
     // SAFETY: no preconditions.
     let now = unsafe { bpf_jiffies64() };
-    // Most packets belong to a known flow, and one hash lookup settles them.
-    if let Some(action) = established(ctx, pkt, sc, settings, now) {
-        return Ok(action);
-    }
+    // Most packets belong to a known flow, and one table lookup settles them. One place
+    // forwards both known and new flows: the inlined code exists once, and so does its
+    // share of the 512-byte stack.
+    let (b, hop) = match established(pkt, sc, settings, now) {
+        Some(known) => known,
+        None => match new_or_other(ctx, pkt, sc, settings, now) {
+            Ok(pinned) => pinned,
+            Err(action) => return Ok(action),
+        },
+    };
+    Ok(forward(ctx, pkt, sc, settings, b, &hop))
+}
+
+/// A packet that is not of a known flow: the first of a new flow to an `l4` VIP (pinned
+/// here, forwarded by the caller), a reply from a backend, or anything else (the verdict).
+#[inline(always)]
+fn new_or_other(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    sc: &mut Scratch,
+    settings: &Settings,
+    now: u64,
+) -> Result<(&'static Backend, Hop), u32> {
     sc.vip = VipKey {
         addr: copy4(&pkt.key.dst),
         port: pkt.key.dport,
@@ -118,16 +137,16 @@ fn try_proxy(ctx: &XdpContext) -> Result<u32, ()> {
     if let Some(vip) = unsafe { VIPS.get(&sc.vip) } {
         if vip.flags & VIP_PASS_TO_STACK != 0 {
             reason(Reason::PassTerminator);
-            return Ok(xdp_action::XDP_PASS);
+            return Err(xdp_action::XDP_PASS);
         }
-        return Ok(to_backend(ctx, pkt, sc, vip, settings, now));
+        return to_backend(pkt, sc, vip, settings, now);
     }
     // Replies are addressed to the NAT address; skip the reverse lookup for anything else.
     if same_addr(&pkt.key.dst, &snat_of(pkt, settings)) {
-        return Ok(to_client(ctx, pkt, settings, now));
+        return Err(to_client(ctx, pkt, settings, now));
     }
     reason(Reason::PassNotVip);
-    Ok(xdp_action::XDP_PASS)
+    Err(xdp_action::XDP_PASS)
 }
 
 #[inline(always)]
@@ -265,16 +284,16 @@ fn copy4(a: &[u32; 4]) -> [u32; 4] {
     [a[0], a[1], a[2], a[3]]
 }
 
-/// The fast path: a packet of a flow already pinned. Returns the verdict, or None when the
-/// packet starts a flow (or restarts a stale one: `sc.stale`), which `to_backend` handles.
+/// The fast path: a packet of a flow already pinned. Returns where it goes, or None when
+/// the packet starts a flow (or restarts a stale one: `sc.stale`), which `to_backend`
+/// handles.
 #[inline(always)]
 fn established(
-    ctx: &XdpContext,
     pkt: &Packet,
     sc: &mut Scratch,
     s: &Settings,
     now: u64,
-) -> Option<u32> {
+) -> Option<(&'static Backend, Hop)> {
     sc.stale = 0;
     let found = flows::get(&pkt.key, s)?;
     let seen = Seen::read(&found)?;
@@ -301,8 +320,9 @@ fn established(
         vip_num,
         nat_port,
         now,
+        count: Count::Known,
     };
-    Some(forward(ctx, pkt, sc, s, b, &hop, Count::Known))
+    Some((b, hop))
 }
 
 /// How a forwarded packet is counted.
@@ -315,12 +335,13 @@ enum Count {
     NewFlowMissed,
 }
 
-/// Where a client packet goes.
+/// Where a client packet goes, and how it is counted.
 struct Hop {
     backend_id: u32,
     vip_num: u32,
     nat_port: u16,
     now: u64,
+    count: Count,
 }
 
 /// Translates a client packet to backend `b` and sends it.
@@ -332,7 +353,6 @@ fn forward(
     s: &Settings,
     b: &Backend,
     hop: &Hop,
-    count: Count,
 ) -> u32 {
     sc.t = Translation {
         src: snat_of(pkt, s),
@@ -344,8 +364,8 @@ fn forward(
         hop.vip_num,
         hop.backend_id,
         frame_len(ctx),
-        count != Count::Known,
-        count == Count::NewFlowMissed,
+        hop.count != Count::Known,
+        hop.count == Count::NewFlowMissed,
     );
     if pkt.tcp_flags & TCP_RST != 0 {
         // The connection is over: forget it now (this RST still goes through).
@@ -425,26 +445,25 @@ fn pin_flow(pkt: &Packet, vip: &VipMeta, s: &Settings, now: u64) -> u32 {
 /// `pin_flow` succeeded (any other value is a drop `Reason`).
 const PINNED: u32 = u32::MAX;
 
-/// Client -> VIP, first packet of a flow: pin it, then translate and send.
+/// Client -> VIP, first packet of a flow: pin it; the caller translates and sends.
 #[inline(always)]
 fn to_backend(
-    ctx: &XdpContext,
     pkt: &Packet,
     sc: &mut Scratch,
     vip: &VipMeta,
     s: &Settings,
     now: u64,
-) -> u32 {
+) -> Result<(&'static Backend, Hop), u32> {
     let pinned = pin_flow(pkt, vip, s, now);
     if pinned != PINNED {
         // SAFETY: pin_flow returns PINNED or a valid Reason discriminant.
         reason(unsafe { core::mem::transmute::<u32, Reason>(pinned) });
-        return xdp_action::XDP_DROP;
+        return Err(xdp_action::XDP_DROP);
     }
     let backend_id = sc.state.backend;
     let Some(b) = backend(backend_id) else {
         reason(Reason::DropNoBackend);
-        return xdp_action::XDP_DROP;
+        return Err(xdp_action::XDP_DROP);
     };
     let count = if pkt.key.proto == PROTO_TCP && pkt.tcp_flags & TCP_SYN == 0 {
         Count::NewFlowMissed
@@ -456,8 +475,9 @@ fn to_backend(
         vip_num: vip.vip_num,
         nat_port: sc.state.nat_port,
         now,
+        count,
     };
-    forward(ctx, pkt, sc, s, b, &hop, count)
+    Ok((b, hop))
 }
 
 /// The backend id in the VIP's ring slot for this hash.
@@ -530,30 +550,41 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings, 
         {
             return sc.nat.nat_port;
         }
-        sc.owner = FlowKey {
-            src: copy4(&h.client_addr),
-            dst: copy4(&h.vip_addr),
-            sport: h.client_port,
-            dport: h.vip_port,
-            proto: pkt.key.proto,
-            family: pkt.key.family,
-            pad: [0; 2],
-        };
-        let holder_backend = h.backend;
-        // Stale when the holder's flow is gone or moved to another backend or, holding this
-        // very key, to another port. (An IPv4 holder of another key in the same slot whose
-        // flow is still on its backend counts as live: this port is tried no further.)
-        let stale = match flows::get(&sc.owner, s).and_then(|f| Seen::read(&f)) {
-            Some(f) => {
-                f.backend() != holder_backend || (same_key && f.nat_port() != sc.nat.nat_port)
-            }
-            None => true,
-        };
-        if stale && nat::take_over(&sc.nat, &sc.reverse, s, observed) {
+        if holder_is_stale(pkt, s, same_key) && nat::take_over(&sc.nat, &sc.reverse, s, observed) {
             return sc.nat.nat_port;
         }
     }
     0
+}
+
+/// Whether the holder of a NAT key being claimed (`sc.holder`) is stale: its flow is gone,
+/// or moved to another backend or, when it holds this very key (`same_key`), to another
+/// port. An IPv4 holder of another key in the same slot whose flow is still on its backend
+/// counts as live.
+// Not inlined: the flow lookup would otherwise be unrolled into every NAT port probe, each
+// copy with its own stack slots.
+#[inline(never)]
+fn holder_is_stale(pkt: &Packet, s: &Settings, same_key: bool) -> bool {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU scratch, used by this program run only.
+    let sc = unsafe { &mut *sc };
+    let h = &sc.holder;
+    sc.owner = FlowKey {
+        src: copy4(&h.client_addr),
+        dst: copy4(&h.vip_addr),
+        sport: h.client_port,
+        dport: h.vip_port,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        pad: [0; 2],
+    };
+    let holder_backend = h.backend;
+    match flows::get(&sc.owner, s).and_then(|f| Seen::read(&f)) {
+        Some(f) => f.backend() != holder_backend || (same_key && f.nat_port() != sc.nat.nat_port),
+        None => true,
+    }
 }
 
 /// Backend -> balancer NAT address: translate back to VIP -> client.

@@ -39,20 +39,21 @@ pub fn source_hash(src: &[u32; 4], family: u8) -> u32 {
     finish(h, 5)
 }
 
-/// Hash of the full 5-tuple.
+/// Hash of the full 5-tuple: the data plane computes it for every new flow (Maglev slot and
+/// NAT port search), so it is the table hash's two multiply rounds over the addresses folded
+/// to 32 bits each, not murmur over ten words.
 #[inline(always)]
 pub fn five_tuple_hash(key: &FlowKey) -> u32 {
-    let mut h = mix(SEED, ((key.family as u32) << 8) | key.proto as u32);
-    h = mix(h, key.src[0]);
-    h = mix(h, key.src[1]);
-    h = mix(h, key.src[2]);
-    h = mix(h, key.src[3]);
-    h = mix(h, key.dst[0]);
-    h = mix(h, key.dst[1]);
-    h = mix(h, key.dst[2]);
-    h = mix(h, key.dst[3]);
-    h = mix(h, ((key.sport as u32) << 16) | key.dport as u32);
-    finish(h, 10)
+    let fold =
+        |a: &[u32; 4]| a[0] ^ a[1].rotate_left(8) ^ a[2].rotate_left(16) ^ a[3].rotate_left(24);
+    table_hash(
+        fold(&key.src),
+        fold(&key.dst),
+        key.sport,
+        key.dport,
+        key.proto,
+        SEED ^ key.family as u32,
+    )
 }
 
 /// The hash a VIP uses for a flow, by its `VIP_HASH_SOURCE_ONLY` flag.
