@@ -28,11 +28,11 @@ use aya_ebpf::{
 use proxy_common::{
     hash, ring_index, Backend, FlowKey, FlowState, NatKey, NatState, Reason, Settings, VipKey,
     VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, PROTO_TCP,
-    VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
+    VIP_HASH_SOURCE_ONLY, VIP_INDEX_EMPTY, VIP_INDEX_PROBES, VIP_INDEX_REMOVED, VIP_PASS_TO_STACK,
 };
 
 use counters::{flow_packet, reason};
-use maps::{BACKENDS, RING, SETTINGS, VIPS, VIP_KEYS};
+use maps::{BACKENDS, RING, SETTINGS, VIP_INDEX, VIP_KEYS, VIP_METAS};
 use parse::{same_addr, NotOurs, Packet, TCP_FIN, TCP_RST, TCP_SYN};
 use rewrite::Translation;
 
@@ -133,8 +133,7 @@ fn new_or_other(
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
-    // SAFETY: map values are plain data; the control plane replaces them whole.
-    if let Some(vip) = unsafe { VIPS.get(&sc.vip) } {
+    if let Some(vip) = find_vip(&sc.vip) {
         if vip.flags & VIP_PASS_TO_STACK != 0 {
             reason(Reason::PassTerminator);
             return Err(xdp_action::XDP_PASS);
@@ -232,6 +231,30 @@ fn touch(found: &flows::Found, seen: &Seen, fin_bit: u8, tcp_flags: u8, now: u64
         // SAFETY: as above.
         unsafe { (*found.state).last_seen = now };
     }
+}
+
+/// The VIP a packet is addressed to: probe `VIP_INDEX`, confirm in `VIP_KEYS`.
+#[inline(always)]
+fn find_vip(key: &VipKey) -> Option<&'static VipMeta> {
+    for i in 0..VIP_INDEX_PROBES {
+        let entry = *VIP_INDEX.get(proxy_common::vip_index_slot(key, i))?;
+        if entry == VIP_INDEX_EMPTY {
+            return None;
+        }
+        if entry == VIP_INDEX_REMOVED {
+            continue;
+        }
+        let num = entry - 1;
+        let k = VIP_KEYS.get(num)?;
+        if same_addr(&k.addr, &key.addr)
+            && k.port == key.port
+            && k.proto == key.proto
+            && k.family == key.family
+        {
+            return VIP_METAS.get(num);
+        }
+    }
+    None
 }
 
 /// Whether VIP number `vip_num` is still the VIP this packet is addressed to.

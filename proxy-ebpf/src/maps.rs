@@ -4,23 +4,29 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     Backend, Counters, FlowKey, FlowSlot4, FlowState, HopKey, NatKey, NatSlot4, NatState, NextHop,
     Settings, VipKey, VipMeta, CLIENT_HOP_ENTRIES, COUNTER_SLOTS, DEFAULT_MAX_FLOWS, MAX_BACKENDS,
-    MAX_VIPS,
+    MAX_VIPS, VIP_INDEX_SLOTS,
 };
 
-/// (VIP address, port, protocol) -> ring number and flags. Written by the control plane.
-#[map(name = "VIPS")]
-pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::pinned(MAX_VIPS, 0);
+/// VIP key -> VIP number, an open-addressing index (linear probing, `vip_index_slot`):
+/// entries are `vip_num + 1`, `VIP_INDEX_EMPTY` or `VIP_INDEX_REMOVED`. Written by the
+/// control plane only; finding a VIP is a few inlined array reads, not a hash-map call.
+#[map(name = "VIP_INDEX")]
+pub static VIP_INDEX: Array<u32> = Array::pinned(VIP_INDEX_SLOTS, 0);
 
-/// VIP number -> its key, all zero when the number is unused. A packet of a known flow is
-/// checked against this (an array read) instead of a second hash lookup in `VIPS`; a VIP
-/// removed, or its number reused by another VIP, invalidates its flows.
+/// VIP number -> its key, all zero when the number is unused. The index lookup confirms its
+/// candidates here, and a packet of a known flow is checked against this (its VIP removed,
+/// or the number reused by another VIP, invalidates the flow).
 #[map(name = "VIP_KEYS")]
 pub static VIP_KEYS: Array<VipKey> = Array::pinned(MAX_VIPS, 0);
+
+/// VIP number -> ring copy in use and flags.
+#[map(name = "VIP_METAS")]
+pub static VIP_METAS: Array<VipMeta> = Array::pinned(MAX_VIPS, 0);
 
 /// Backend id -> address and port. A zeroed entry is a removed backend.
 #[map(name = "BACKENDS")]

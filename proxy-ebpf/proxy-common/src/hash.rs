@@ -2,7 +2,7 @@
 //! call it, so a client lands on the same backend through either path; changing it re-maps
 //! every flow of every deployed balancer.
 
-use crate::{FlowKey, FlowKey4, NatKey4};
+use crate::{FlowKey, FlowKey4, NatKey4, VipKey};
 
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
@@ -51,6 +51,21 @@ pub fn five_tuple_hash(key: &FlowKey) -> u32 {
         fold(&key.dst),
         key.sport,
         key.dport,
+        key.proto,
+        SEED ^ key.family as u32,
+    )
+}
+
+/// Hash of a VIP key, for the `VIP_INDEX` probe sequence. Unseeded: userspace places the
+/// entries, and only it chooses VIP keys.
+#[inline(always)]
+pub fn vip_hash(key: &VipKey) -> u32 {
+    let a = &key.addr;
+    table_hash(
+        a[0] ^ a[1].rotate_left(8) ^ a[2].rotate_left(16) ^ a[3].rotate_left(24),
+        0,
+        key.port,
+        0,
         key.proto,
         SEED ^ key.family as u32,
     )

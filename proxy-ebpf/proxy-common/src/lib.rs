@@ -10,7 +10,6 @@ pub mod hash;
 
 /// Map names, shared so the loader and the program cannot drift apart.
 pub mod map_names {
-    pub const VIPS: &str = "VIPS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const RING: &str = "RING";
     pub const FLOWS: &str = "FLOWS";
@@ -23,6 +22,8 @@ pub mod map_names {
     pub const HOPS_BY_BACKEND: &str = "HOPS_BY_BACKEND";
     pub const HOPS_BY_CLIENT: &str = "HOPS_BY_CLIENT";
     pub const VIP_KEYS: &str = "VIP_KEYS";
+    pub const VIP_METAS: &str = "VIP_METAS";
+    pub const VIP_INDEX: &str = "VIP_INDEX";
 }
 
 /// Name of the XDP program in the object file.
@@ -48,7 +49,7 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// Key of the `VIPS` hash map: what a packet is addressed to.
+/// A VIP's identity, what a packet is addressed to (`VIP_KEYS`, found via `VIP_INDEX`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
@@ -60,11 +61,27 @@ pub struct VipKey {
 }
 
 /// The VIP hashes only the client address, so a client keeps its backend across connections.
+/// Slots of `VIP_INDEX`, the open-addressing index from a VIP key to its number: a power of
+/// two, four per possible VIP, so probe sequences stay short.
+pub const VIP_INDEX_SLOTS: u32 = 4 * MAX_VIPS;
+/// How many slots from its hash a VIP's index entry may sit (linear probing).
+pub const VIP_INDEX_PROBES: u32 = 8;
+/// An index slot never used: a lookup stops here.
+pub const VIP_INDEX_EMPTY: u32 = 0;
+/// An index slot whose VIP was removed: a lookup goes on past it, an insert may reuse it.
+pub const VIP_INDEX_REMOVED: u32 = u32::MAX;
+
+/// The `VIP_INDEX` slot of probe `i` for a VIP key. Index entries hold `vip_num + 1`.
+#[inline(always)]
+pub fn vip_index_slot(key: &VipKey, i: u32) -> u32 {
+    (hash::vip_hash(key).wrapping_add(i)) & (VIP_INDEX_SLOTS - 1)
+}
+
 pub const VIP_HASH_SOURCE_ONLY: u32 = 1 << 0;
 /// The VIP is served by the userspace terminator: XDP only admits and passes it up.
 pub const VIP_PASS_TO_STACK: u32 = 1 << 1;
 
-/// Value of the `VIPS` map.
+/// A VIP's ring and flags (`VIP_METAS`, by VIP number).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipMeta {

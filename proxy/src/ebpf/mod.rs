@@ -423,6 +423,9 @@ impl DataPlane {
         self.set_backend(id, &Backend::default())
     }
 
+    /// Adds a VIP or updates its meta (ring flips). The data plane finds it through
+    /// `VIP_INDEX` (key -> number), `VIP_KEYS` and `VIP_METAS` (by number); key and meta are
+    /// written before the index entry that makes them reachable.
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataPlaneError> {
         if meta.vip_num >= MAX_VIPS {
             return Err(DataPlaneError::OutOfRange {
@@ -431,47 +434,92 @@ impl DataPlane {
                 max: MAX_VIPS - 1,
             });
         }
-        let map = self
-            .ebpf
-            .map_mut(map_names::VIPS)
-            .ok_or(DataPlaneError::MapMissing {
-                name: map_names::VIPS,
-            })?;
-        let mut vips: HashMap<_, VipKey, VipMeta> =
-            HashMap::try_from(map).map_err(map_err(map_names::VIPS, "open"))?;
-        vips.insert(key, meta, 0)
-            .map_err(map_err(map_names::VIPS, "insert"))?;
-        // Known flows check their VIP here; new flows find it in VIPS above.
+        self.array::<VipMeta>(map_names::VIP_METAS)?
+            .set(meta.vip_num, *meta, 0)
+            .map_err(map_err(map_names::VIP_METAS, "write"))?;
         self.array::<VipKey>(map_names::VIP_KEYS)?
             .set(meta.vip_num, *key, 0)
-            .map_err(map_err(map_names::VIP_KEYS, "write"))
+            .map_err(map_err(map_names::VIP_KEYS, "write"))?;
+        let (found, free) = self.vip_index_find(key)?;
+        if let Some((_, num)) = found {
+            if num == meta.vip_num {
+                return Ok(());
+            }
+        }
+        // Not indexed yet (or indexed under another number, which stays behind harmlessly:
+        // lookups check the key stored under a number).
+        let slot = match (found, free) {
+            (Some((slot, _)), _) => slot,
+            (None, Some(slot)) => slot,
+            (None, None) => {
+                return Err(DataPlaneError::OutOfRange {
+                    what: "VIP index probe sequence (too many VIPs hash alike)",
+                    index: proxy_common::VIP_INDEX_PROBES,
+                    max: proxy_common::VIP_INDEX_PROBES - 1,
+                })
+            }
+        };
+        self.array::<u32>(map_names::VIP_INDEX)?
+            .set(slot, meta.vip_num + 1, 0)
+            .map_err(map_err(map_names::VIP_INDEX, "write"))
     }
 
+    /// Removes a VIP: its index entry, its key (its flows stop matching on their next
+    /// packet) and its meta.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataPlaneError> {
-        let map = self
-            .ebpf
-            .map_mut(map_names::VIPS)
-            .ok_or(DataPlaneError::MapMissing {
-                name: map_names::VIPS,
-            })?;
-        let mut vips: HashMap<_, VipKey, VipMeta> =
-            HashMap::try_from(map).map_err(map_err(map_names::VIPS, "open"))?;
-        let vip_num = match vips.get(key, 0) {
-            Ok(meta) => meta.vip_num,
-            Err(MapError::KeyNotFound) => return Ok(()),
-            Err(e) => return Err(map_err(map_names::VIPS, "read")(e)),
+        let (found, _) = self.vip_index_find(key)?;
+        let Some((slot, num)) = found else {
+            return Ok(());
         };
-        match vips.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(map_names::VIPS, "remove")(e)),
+        self.array::<u32>(map_names::VIP_INDEX)?
+            .set(slot, proxy_common::VIP_INDEX_REMOVED, 0)
+            .map_err(map_err(map_names::VIP_INDEX, "write"))?;
+        self.array::<VipKey>(map_names::VIP_KEYS)?
+            .set(num, VipKey::default(), 0)
+            .map_err(map_err(map_names::VIP_KEYS, "write"))?;
+        self.array::<VipMeta>(map_names::VIP_METAS)?
+            .set(num, VipMeta::default(), 0)
+            .map_err(map_err(map_names::VIP_METAS, "write"))
+    }
+
+    /// Walks the key's probe sequence in `VIP_INDEX` as the data plane does: the slot and
+    /// number of its entry if present, and the first slot an insert may use.
+    #[allow(clippy::type_complexity)]
+    fn vip_index_find(
+        &mut self,
+        key: &VipKey,
+    ) -> Result<(Option<(u32, u32)>, Option<u32>), DataPlaneError> {
+        let index = self.array::<u32>(map_names::VIP_INDEX)?;
+        let mut entries = Vec::new();
+        for i in 0..proxy_common::VIP_INDEX_PROBES {
+            let slot = proxy_common::vip_index_slot(key, i);
+            let entry = index
+                .get(&slot, 0)
+                .map_err(map_err(map_names::VIP_INDEX, "read"))?;
+            entries.push((slot, entry));
         }
-        // The VIP's flows stop matching on their next packet.
-        let mut keys = self.array::<VipKey>(map_names::VIP_KEYS)?;
-        if keys.get(&vip_num, 0).ok().as_ref() == Some(key) {
-            keys.set(vip_num, VipKey::default(), 0)
-                .map_err(map_err(map_names::VIP_KEYS, "write"))?;
+        let keys = self.array::<VipKey>(map_names::VIP_KEYS)?;
+        let mut free = None;
+        for (slot, entry) in entries {
+            match entry {
+                proxy_common::VIP_INDEX_EMPTY => {
+                    return Ok((None, free.or(Some(slot))));
+                }
+                proxy_common::VIP_INDEX_REMOVED => {
+                    free = free.or(Some(slot));
+                }
+                n => {
+                    let num = n - 1;
+                    let k = keys
+                        .get(&num, 0)
+                        .map_err(map_err(map_names::VIP_KEYS, "read"))?;
+                    if &k == key {
+                        return Ok((Some((slot, num)), free));
+                    }
+                }
+            }
         }
-        Ok(())
+        Ok((None, free))
     }
 
     /// Writes changed slots into one copy of VIP `vip_num`'s ring (see `VipMeta::active_ring`).
