@@ -51,8 +51,8 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> =
     LruHashMap::pinned(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 /// IPv4 reply 5-tuple (backend -> balancer NAT address and port) -> the client it belongs
-/// to: the direct-mapped table of `proxy_common::NatSlot4`, as many slots as
-/// `FLOW_SLOTS4`. The loader sizes it. Use through `nat`.
+/// to: the direct-mapped table of `proxy_common::NatSlot4`, twice as many slots as
+/// `FLOW_SLOTS4` (`nat_slots4`). The loader sizes it. Use through `nat`.
 #[map(name = "NAT_SLOTS4")]
 pub static NAT_SLOTS4: Array<NatSlot4> = Array::pinned(1, 0);
 

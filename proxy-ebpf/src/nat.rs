@@ -6,8 +6,8 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use proxy_common::{
-    hash::table_hash, slot_tag, NatKey, NatKey4, NatSlot4, NatState, Settings, FAMILY_V4,
-    FLOW_WAYS, SLOT_BUSY, SLOT_EMPTY,
+    hash::table_hash, nat_slots4, slot_tag, NatKey, NatKey4, NatSlot4, NatState, Settings,
+    FAMILY_V4, FLOW_WAYS, SLOT_BUSY, SLOT_EMPTY,
 };
 
 use crate::{
@@ -26,8 +26,7 @@ fn slot_of(k: &NatKey, s: &Settings) -> Option<(*mut NatSlot4, u64)> {
         k.proto,
         s.table_seed,
     );
-    // As many slots as the flow table.
-    let mask = (s.flow_bucket_mask + 1) * FLOW_WAYS - 1;
+    let mask = nat_slots4((s.flow_bucket_mask + 1) * FLOW_WAYS) - 1;
     NAT_SLOTS4
         .get_ptr_mut(h & mask)
         .map(|slot| (slot, slot_tag(h)))

@@ -190,3 +190,74 @@ fn full_bucket_evicts_least_recently_seen_and_table_survives_restart() {
         Ok(_) => panic!("a changed flow limit under pinned maps was accepted"),
     }
 }
+
+/// The VIP index (open addressing in an array map, written by userspace, probed by the
+/// program): all `MAX_VIPS` VIPs are reachable, removing some leaves the rest reachable
+/// (lookups probe past removed entries), and a re-added VIP is found again.
+#[test]
+fn vip_index_reaches_every_vip_through_removals() {
+    let pins = PinDir::new(&format!("{}-vipindex", unique_prefix())).expect("pin dir");
+    // Room for every flow: this test is about VIPs, not about full tables.
+    let mut dp = load(&pins, 4096).expect("load");
+    if let Some(why) = test_run_unsupported(dp.program_fd().unwrap()).unwrap() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    configure(&mut dp);
+    let n = proxy_common::MAX_VIPS;
+    let vip = |i: u32| Ipv4Addr::new(198, 51, 101, i as u8);
+    let key = |i: u32| VipKey {
+        addr: v4_words(vip(i).octets()),
+        port: VIP_PORT.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+    };
+    let mut ring = MaglevRing::new(RING_SIZE).expect("ring");
+    let delta = ring
+        .rebuild(&[RingMember::new(1, "backend-1", 1)])
+        .expect("rebuild");
+    for i in 0..n {
+        dp.set_vip(
+            &key(i),
+            &VipMeta {
+                vip_num: i,
+                ..VipMeta::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("vip {i}: {e}"));
+        dp.write_ring_delta(i, &delta).expect("ring");
+    }
+    // A new flow to VIP i is counted on VIP number i, and only there.
+    let mut cport = 50_000u16;
+    let mut new_flow_to = |dp: &DataPlane, i: u32| {
+        cport += 1;
+        let frame =
+            PacketBuilder::tcp(Ip::v4(CLIENT, vip(i)), cport, VIP_PORT, tcp_flags::SYN).build();
+        let before = dp.counters(i).expect("counters").new_flows;
+        run_xdp(dp.program_fd().expect("fd"), &frame, 1, 1).expect("test run");
+        dp.counters(i).expect("counters").new_flows - before
+    };
+    for i in 0..n {
+        assert_eq!(new_flow_to(&dp, i), 1, "VIP {i} of {n} is reachable");
+    }
+    for i in (0..n).step_by(2) {
+        dp.remove_vip(&key(i)).expect("remove");
+    }
+    for i in 0..n {
+        let expect = u64::from(i % 2 == 1);
+        assert_eq!(
+            new_flow_to(&dp, i),
+            expect,
+            "VIP {i} after removing the even ones"
+        );
+    }
+    dp.set_vip(
+        &key(4),
+        &VipMeta {
+            vip_num: 4,
+            ..VipMeta::default()
+        },
+    )
+    .expect("re-add");
+    assert_eq!(new_flow_to(&dp, 4), 1, "re-added VIP 4");
+}

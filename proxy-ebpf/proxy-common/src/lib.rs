@@ -188,15 +188,25 @@ pub const fn slot_tag(hash: u32) -> u64 {
     ((hash as u64) << 1) | 1
 }
 
-/// Slots of the IPv4 flow table for a flow limit: the next power of two, at least
-/// 4 buckets.
+/// Slots of the IPv4 flow table for a flow limit: the next power of two, at least 4
+/// buckets, at most 2^27.
 pub const fn flow_slots4(max_flows: u32) -> u32 {
     let n = if max_flows < 4 * FLOW_WAYS {
         4 * FLOW_WAYS
+    } else if max_flows > 1 << 27 {
+        1 << 27
     } else {
         max_flows
     };
     n.next_power_of_two()
+}
+
+/// Slots of the IPv4 reverse NAT table: twice the flow table's. Live NAT entries never
+/// outnumber live flows, so at most half the slots are live and a new flow's 8 port probes
+/// all hit live entries with probability at most 2^-8, and only with a full flow table
+/// (entries of gone flows are reclaimed when a probe finds them).
+pub const fn nat_slots4(flow_slots: u32) -> u32 {
+    2 * flow_slots
 }
 
 /// The client sent a FIN.

@@ -255,7 +255,7 @@ impl DataPlane {
             .map_max_entries(map_names::RING, ring_entries)
             .map_max_entries(map_names::FLOWS, opts.max_flows)
             .map_max_entries(map_names::FLOW_SLOTS4, flow_slots)
-            .map_max_entries(map_names::NAT_SLOTS4, flow_slots)
+            .map_max_entries(map_names::NAT_SLOTS4, proxy_common::nat_slots4(flow_slots))
             .map_max_entries(map_names::NAT_REVERSE, opts.max_flows)
             .load(OBJECT)
             .map_err(|e| DataPlaneError::Load(Box::new(e)))?;
