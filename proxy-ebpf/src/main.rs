@@ -81,9 +81,10 @@ pub fn xdp_lookup_floor(ctx: XdpContext) -> u32 {
 }
 
 fn try_proxy(ctx: &XdpContext) -> Result<u32, ()> {
-    let pkt = PACKET.get_ptr_mut(0).ok_or(())?;
-    // SAFETY: per-CPU scratch, used by this program run only; `parse` fills every field.
-    let pkt = unsafe { &mut *pkt };
+    let work = WORK.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: per-CPU memory, used by this program run only; two disjoint fields. `parse`
+    // fills every field of the packet.
+    let (pkt, sc) = unsafe { (&mut (*work).pkt, &mut (*work).sc) };
     match parse::parse(ctx, pkt) {
         None => {}
         Some(why) => {
@@ -97,10 +98,8 @@ fn try_proxy(ctx: &XdpContext) -> Result<u32, ()> {
             return Ok(action);
         }
     }
+    let pkt: &Packet = pkt;
     let settings = SETTINGS.get(0).ok_or(())?;
-    let sc = SCRATCH.get_ptr_mut(0).ok_or(())?;
-    // SAFETY: per-CPU scratch, used by this program run only.
-    let sc = unsafe { &mut *sc };
     // Jiffies: the verifier inlines this helper into a single load.
     // SAFETY: no preconditions.
     let now = unsafe { bpf_jiffies64() };
@@ -142,7 +141,7 @@ fn new_or_other(
     }
     // Replies are addressed to the NAT address; skip the reverse lookup for anything else.
     if same_addr(&pkt.key.dst, &snat_of(pkt, settings)) {
-        return Err(to_client(ctx, pkt, settings, now));
+        return Err(to_client(ctx, pkt, sc, settings, now));
     }
     reason(Reason::PassNotVip);
     Err(xdp_action::XDP_PASS)
@@ -286,12 +285,16 @@ pub struct Scratch {
     pub stale: u32,
 }
 
-#[map(name = "SCRATCH")]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU working memory of one program run: the parsed packet and the scratch structs.
+/// One map value, so one lookup per packet.
+#[repr(C)]
+pub struct Work {
+    pub pkt: Packet,
+    pub sc: Scratch,
+}
 
-/// The parsed packet, kept off the stack for the same reason.
-#[map(name = "PACKET")]
-static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "WORK")]
+static WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn snat_of(pkt: &Packet, s: &Settings) -> [u32; 4] {
@@ -409,12 +412,7 @@ fn forward(
 // Not inlined: its own stack frame (the BPF stack is 512 bytes for the whole call chain),
 // and this runs once per flow, not per packet.
 #[inline(never)]
-fn pin_flow(pkt: &Packet, vip: &VipMeta, s: &Settings, now: u64) -> u32 {
-    let Some(sc) = SCRATCH.get_ptr_mut(0) else {
-        return Reason::DropNoBackend as u32;
-    };
-    // SAFETY: per-CPU scratch, used by this program run only.
-    let sc = unsafe { &mut *sc };
+fn pin_flow(pkt: &Packet, sc: &mut Scratch, vip: &VipMeta, s: &Settings, now: u64) -> u32 {
     if sc.stale != 0 {
         // Its VIP or backend was removed or it timed out: free the old NAT port first.
         nat_key_for(&mut sc.nat, sc.state.backend, sc.state.nat_port, pkt, s);
@@ -477,7 +475,7 @@ fn to_backend(
     s: &Settings,
     now: u64,
 ) -> Result<(&'static Backend, Hop), u32> {
-    let pinned = pin_flow(pkt, vip, s, now);
+    let pinned = pin_flow(pkt, sc, vip, s, now);
     if pinned != PINNED {
         // SAFETY: pin_flow returns PINNED or a valid Reason discriminant.
         reason(unsafe { core::mem::transmute::<u32, Reason>(pinned) });
@@ -573,7 +571,9 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings, 
         {
             return sc.nat.nat_port;
         }
-        if holder_is_stale(pkt, s, same_key) && nat::take_over(&sc.nat, &sc.reverse, s, observed) {
+        if holder_is_stale(pkt, sc, s, same_key)
+            && nat::take_over(&sc.nat, &sc.reverse, s, observed)
+        {
             return sc.nat.nat_port;
         }
     }
@@ -587,12 +587,7 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings, 
 // Not inlined: the flow lookup would otherwise be unrolled into every NAT port probe, each
 // copy with its own stack slots.
 #[inline(never)]
-fn holder_is_stale(pkt: &Packet, s: &Settings, same_key: bool) -> bool {
-    let Some(sc) = SCRATCH.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: per-CPU scratch, used by this program run only.
-    let sc = unsafe { &mut *sc };
+fn holder_is_stale(pkt: &Packet, sc: &mut Scratch, s: &Settings, same_key: bool) -> bool {
     let h = &sc.holder;
     sc.owner = FlowKey {
         src: copy4(&h.client_addr),
@@ -612,12 +607,7 @@ fn holder_is_stale(pkt: &Packet, s: &Settings, same_key: bool) -> bool {
 
 /// Backend -> balancer NAT address: translate back to VIP -> client.
 #[inline(never)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, s: &Settings, now: u64) -> u32 {
-    let Some(sc) = SCRATCH.get_ptr_mut(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    // SAFETY: per-CPU scratch, used by this program run only.
-    let sc = unsafe { &mut *sc };
+fn to_client(ctx: &XdpContext, pkt: &Packet, sc: &mut Scratch, s: &Settings, now: u64) -> u32 {
     sc.nat = NatKey {
         backend_addr: copy4(&pkt.key.src),
         snat_addr: copy4(&pkt.key.dst),
