@@ -27,8 +27,9 @@ use aya_ebpf::{
 };
 use proxy_common::{
     hash, ring_index, Backend, FlowKey, FlowState, NatKey, NatState, Reason, Settings, VipKey,
-    VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, PROTO_TCP,
-    VIP_HASH_SOURCE_ONLY, VIP_INDEX_EMPTY, VIP_INDEX_PROBES, VIP_INDEX_REMOVED, VIP_PASS_TO_STACK,
+    VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
+    NAT_CLAIM_GRACE_TICKS, PROTO_TCP, VIP_HASH_SOURCE_ONLY, VIP_INDEX_EMPTY, VIP_INDEX_PROBES,
+    VIP_INDEX_REMOVED, VIP_PASS_TO_STACK,
 };
 
 use counters::{flow_packet, reason};
@@ -271,6 +272,12 @@ fn vip_still_serves(vip_num: u32, pkt: &Packet) -> bool {
 /// for the whole call chain, and these structs would not fit beside the parsed packet.
 #[repr(C)]
 pub struct Scratch {
+    // What every forwarded packet touches first, next to the packet in the same value.
+    pub t: Translation,
+    /// Set by `established`: `flow` is in the table but no longer usable (its VIP or
+    /// backend went away, or it timed out); `state` holds its old mapping.
+    pub stale: u32,
+    pub state: FlowState,
     pub vip: VipKey,
     pub flow: FlowKey,
     pub owner: FlowKey,
@@ -278,11 +285,6 @@ pub struct Scratch {
     pub reverse: NatState,
     /// The current holder of a NAT key being claimed.
     pub holder: NatState,
-    pub state: FlowState,
-    pub t: Translation,
-    /// Set by `established`: `flow` is in the table but no longer usable (its VIP or
-    /// backend went away, or it timed out); `state` holds its old mapping.
-    pub stale: u32,
 }
 
 /// Per-CPU working memory of one program run: the parsed packet and the scratch structs.
@@ -407,8 +409,8 @@ fn forward(
 }
 
 /// Client -> VIP, first packet of a flow (or of a stale one): pick a backend from the
-/// VIP's ring, claim a NAT port, pin. On success `sc.state` holds the new pin and the
-/// result is `PINNED`, otherwise the `Reason` to drop for.
+/// VIP's ring and claim a NAT port. On success `sc.state` holds the new pin (for
+/// `insert_flow`) and the result is `PINNED`, otherwise the `Reason` to drop for.
 // Not inlined: its own stack frame (the BPF stack is 512 bytes for the whole call chain),
 // and this runs once per flow, not per packet.
 #[inline(never)]
@@ -441,8 +443,9 @@ fn pin_flow(pkt: &Packet, sc: &mut Scratch, vip: &VipMeta, s: &Settings, now: u6
         vip_port: pkt.key.dport,
         backend: id,
         vip_num: vip.vip_num,
+        claimed: now as u32,
     };
-    let nat_port = allocate_nat_port(sc, pkt, b, s, tuple_hash);
+    let nat_port = allocate_nat_port(sc, pkt, b, s, tuple_hash, now);
     if nat_port == 0 {
         return Reason::DropNatPortsExhausted as u32;
     }
@@ -457,10 +460,16 @@ fn pin_flow(pkt: &Packet, sc: &mut Scratch, vip: &VipMeta, s: &Settings, now: u6
         vip_num: vip.vip_num as u8,
         last_seen: now,
     };
-    if flows::insert(&pkt.key, &sc.state, s).is_err() {
-        return Reason::DropNatPortsExhausted as u32;
-    }
     PINNED
+}
+
+/// Writes the pin `pin_flow` chose into the flow table; false if racing writers kept the
+/// bucket busy.
+// Not inlined, and not called from `pin_flow`: frames of nested calls add up on the 512-byte
+// stack, sibling calls do not.
+#[inline(never)]
+fn insert_flow(pkt: &Packet, sc: &mut Scratch, s: &Settings) -> bool {
+    flows::insert(&pkt.key, &sc.state, s).is_ok()
 }
 
 /// `pin_flow` succeeded (any other value is a drop `Reason`).
@@ -479,6 +488,11 @@ fn to_backend(
     if pinned != PINNED {
         // SAFETY: pin_flow returns PINNED or a valid Reason discriminant.
         reason(unsafe { core::mem::transmute::<u32, Reason>(pinned) });
+        return Err(xdp_action::XDP_DROP);
+    }
+    if !insert_flow(pkt, sc, s) {
+        // The NAT port stays claimed until a later probe finds it stale.
+        reason(Reason::DropNatPortsExhausted);
         return Err(xdp_action::XDP_DROP);
     }
     let backend_id = sc.state.backend;
@@ -534,7 +548,14 @@ fn nat_key_for(nat: &mut NatKey, backend_id: u32, nat_port: u16, pkt: &Packet, s
 /// reused per backend; the search starts at a port picked by the flow's 5-tuple hash
 /// `start`. Returns the port (network order) or 0 when none is free.
 #[inline(always)]
-fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings, start: u32) -> u16 {
+fn allocate_nat_port(
+    sc: &mut Scratch,
+    pkt: &Packet,
+    b: &Backend,
+    s: &Settings,
+    start: u32,
+    now: u64,
+) -> u16 {
     let min = s.nat_port_min as u32;
     let max = s.nat_port_max as u32;
     if max < min || min == 0 {
@@ -571,7 +592,7 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings, 
         {
             return sc.nat.nat_port;
         }
-        if holder_is_stale(pkt, sc, s, same_key)
+        if holder_is_stale(pkt, sc, s, same_key, now)
             && nat::take_over(&sc.nat, &sc.reverse, s, observed)
         {
             return sc.nat.nat_port;
@@ -580,14 +601,14 @@ fn allocate_nat_port(sc: &mut Scratch, pkt: &Packet, b: &Backend, s: &Settings, 
     0
 }
 
-/// Whether the holder of a NAT key being claimed (`sc.holder`) is stale: its flow is gone,
-/// or moved to another backend or, when it holds this very key (`same_key`), to another
-/// port. An IPv4 holder of another key in the same slot whose flow is still on its backend
+/// Whether the holder of a NAT key being claimed (`sc.holder`) is stale: its flow is gone
+/// or timed out, or moved to another backend or, when it holds this very key (`same_key`),
+/// to another port. An IPv4 holder of another key in the same slot whose flow is still on its backend
 /// counts as live.
 // Not inlined: the flow lookup would otherwise be unrolled into every NAT port probe, each
 // copy with its own stack slots.
 #[inline(never)]
-fn holder_is_stale(pkt: &Packet, sc: &mut Scratch, s: &Settings, same_key: bool) -> bool {
+fn holder_is_stale(pkt: &Packet, sc: &mut Scratch, s: &Settings, same_key: bool, now: u64) -> bool {
     let h = &sc.holder;
     sc.owner = FlowKey {
         src: copy4(&h.client_addr),
@@ -600,8 +621,16 @@ fn holder_is_stale(pkt: &Packet, sc: &mut Scratch, s: &Settings, same_key: bool)
     };
     let holder_backend = h.backend;
     match flows::get(&sc.owner, s).and_then(|f| Seen::read(&f)) {
-        Some(f) => f.backend() != holder_backend || (same_key && f.nat_port() != sc.nat.nat_port),
-        None => true,
+        // A flow that timed out (closed or idle) is over: its next packet would be pinned
+        // anew, so its port is free.
+        Some(f) => {
+            f.backend() != holder_backend
+                || (same_key && f.nat_port() != sc.nat.nat_port)
+                || expired(f.fin(), f.last_seen, now, pkt.key.proto, s)
+        }
+        // Its flow is missing: gone, or being pinned on another CPU right now (the NAT port
+        // is claimed just before the flow entry is written).
+        None => (now as u32).wrapping_sub(h.claimed) > NAT_CLAIM_GRACE_TICKS,
     }
 }
 

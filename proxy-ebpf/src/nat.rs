@@ -68,6 +68,7 @@ fn copy_state(from: &NatState, to: &mut NatState) {
     to.vip_port = from.vip_port;
     to.backend = from.backend;
     to.vip_num = from.vip_num;
+    to.claimed = from.claimed;
 }
 
 /// Copies the key's entry into `out`; false if there is none.

@@ -261,3 +261,40 @@ fn vip_index_reaches_every_vip_through_removals() {
     .expect("re-add");
     assert_eq!(new_flow_to(&dp, 4), 1, "re-added VIP 4");
 }
+
+/// NAT ports are reclaimed from flows that are over: with a one-port NAT range, a second
+/// flow to the same backend finds no port while the first one lives, and takes its port
+/// once the first has timed out (its entry is still in the table).
+#[test]
+fn nat_port_of_a_timed_out_flow_is_reused() {
+    let pins = PinDir::new(&format!("{}-natreuse", unique_prefix())).expect("pin dir");
+    let mut dp = load(&pins, 4096).expect("load");
+    if let Some(why) = test_run_unsupported(dp.program_fd().unwrap()).unwrap() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    configure(&mut dp);
+    let mut s = dp.settings().expect("settings");
+    s.nat_port_min = 20_000;
+    s.nat_port_max = 20_000;
+    dp.set_settings(&s).expect("settings");
+    let exhausted = || dp.reasons().expect("reasons")[&proxy_common::Reason::DropNatPortsExhausted];
+
+    assert_eq!(send(&dp, 41_000, tcp_flags::SYN).new_flows, 1, "first flow");
+    let before = exhausted();
+    assert_eq!(
+        send(&dp, 41_001, tcp_flags::SYN).new_flows,
+        0,
+        "no port left"
+    );
+    assert_eq!(exhausted(), before + 1, "counted as NAT ports exhausted");
+
+    // Every flow times out at once: the first flow's port is free again.
+    s.tcp_idle_timeout_ticks = 0;
+    dp.set_settings(&s).expect("settings");
+    assert_eq!(
+        send(&dp, 41_001, tcp_flags::SYN).new_flows,
+        1,
+        "port reused"
+    );
+}

@@ -280,7 +280,6 @@ pub struct NatSlot4 {
     pub tag: u64,
     pub key: NatKey4,
     pub state: NatState,
-    pub pad: u32,
 }
 
 /// Value of the reverse NAT table: how to translate a reply back to the client.
@@ -293,7 +292,14 @@ pub struct NatState {
     pub vip_port: u16,
     pub backend: u32,
     pub vip_num: u32,
+    /// Jiffies (low 32 bits) when the entry was claimed. A new flow claims its NAT port a
+    /// moment before its flow entry exists; a holder whose flow is missing counts as stale
+    /// only once it is older than that moment (`NAT_CLAIM_GRACE_TICKS`).
+    pub claimed: u32,
 }
+
+/// See `NatState::claimed`.
+pub const NAT_CLAIM_GRACE_TICKS: u32 = 2;
 
 /// The single entry of the `SETTINGS` array.
 #[repr(C)]
@@ -487,7 +493,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowState>() == 16);
     assert!(core::mem::size_of::<NatKey>() == 40);
-    assert!(core::mem::size_of::<NatState>() == 44);
+    assert!(core::mem::size_of::<NatState>() == 48);
     assert!(core::mem::size_of::<Settings>() == 72);
     assert!(core::mem::size_of::<FlowKey4>() == 16);
     assert!(core::mem::size_of::<FlowSlot4>() == 40);
