@@ -7,15 +7,15 @@
 //! - `lru_hit`: a TCP ACK of a flow that is already pinned (flow table hit, full NAT,
 //!   checksum updates, FIB lookup, MAC rewrite, XDP_REDIRECT);
 //! - `new_flow`: a TCP SYN with `tcp_idle_timeout_ticks = 0` (and UDP 0), so every run finds the
-//!   flow entry expired and redoes the whole new-flow work: ring lookup, NAT port claim in the
-//!   reverse table, flow insert. Compared with a truly new flow it does one extra reverse-map
-//!   delete (the expired flow's NAT port is released first) and its flow insert replaces an
-//!   entry instead of adding one;
+//!   flow entry expired and redoes the whole new-flow work: VIP lookup, 5-tuple hash, ring
+//!   slot, NAT port claim in the reverse table (compare-and-swap, publish), flow insert
+//!   (compare-and-swap, publish). Compared with a truly new flow it does one extra
+//!   reverse-table release (the expired flow's NAT port is freed first) and its flow insert
+//!   replaces an entry instead of filling an empty slot;
 //! - `reply`: a backend reply translated back to the client;
 //! - `lookup_floor`: `xdp_lookup_floor`, which only looks the `lru_hit` packet's flow up in
-//!   the IPv4 flow table and returns. Not a path of the data plane: the floor under any
-//!   flow table built on a kernel hash map, reported so the `lru_hit` ratio can be read
-//!   against it.
+//!   the IPv4 flow table (bucket hash, probe of the bucket) and returns. Not a path of the
+//!   data plane: the floor under `lru_hit`, reported so its ratio can be read against it.
 //!
 //! BPF_PROG_TEST_RUN does not restore the packet between repetitions: run 2 sees the frame run
 //! 1 rewrote. To measure the same path on every run, the setup makes the translation an
@@ -58,8 +58,9 @@ struct Args {
     /// Program runs per BPF_PROG_TEST_RUN call (the kernel reports the mean).
     #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
-    /// Measurements per case; the median is reported.
-    #[arg(long, default_value_t = 5)]
+    /// Measurements per case; the median is reported (the baseline moves by a few ns from
+    /// one measurement to the next on a virtual machine).
+    #[arg(long, default_value_t = 9)]
     rounds: usize,
     /// CPU to pin the measuring thread to (default: the last one).
     #[arg(long)]

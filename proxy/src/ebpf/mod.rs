@@ -233,7 +233,8 @@ pub fn ensure_bpffs() -> Result<(), DataPlaneError> {
 
 impl DataPlane {
     /// Loads the program and creates (or reuses pinned) maps. Needs root.
-    /// Minimum kernel: 5.9 (bpf_link XDP attach, LRU maps, bounded loops: 5.3).
+    /// Minimum kernel: 5.12 (BPF atomic compare-and-swap on map values: 5.12; bpf_link XDP
+    /// attach: 5.9; bounded loops: 5.3).
     pub fn load(opts: &LoadOptions) -> Result<Self, DataPlaneError> {
         ensure_bpffs()?;
         std::fs::create_dir_all(&opts.pin_dir).map_err(|io_error| DataPlaneError::PinDir {
