@@ -25,19 +25,51 @@ pub struct Header<const N: usize>(*mut u8);
 impl<const N: usize> Header<N> {
     /// Reads a scalar at a constant offset inside the header. Only scalars: copying an
     /// aggregate makes LLVM call a byte-by-byte `memcpy` the verifier walks per byte.
+    ///
+    /// Every 16- and 32-bit field of the headers parsed here sits at an even offset from the
+    /// start of the frame (VLAN tags and IPv4 options are multiples of 4 bytes), and frames
+    /// start at an even address: drivers place them after a 256-byte headroom or at an skb's
+    /// data, plus NET_IP_ALIGN (0 or 2), which is the layout the verifier itself assumes when
+    /// it checks packet-access alignment on strict-alignment machines. So fields are read in
+    /// aligned 16-bit halves: one BPF load per half, where an unaligned access compiles to a
+    /// load per byte (and on x86-64 and arm64 even an odd frame start would only make these
+    /// loads unaligned, which those CPUs and the verifier allow).
     #[inline(always)]
     pub fn get<T: Copy>(self, off: usize) -> T {
         debug_assert!(off + core::mem::size_of::<T>() <= N);
-        // SAFETY: `header` checked that N bytes are inside the packet; unaligned because
-        // IPv4 options and VLAN tags shift every later offset.
-        unsafe { (self.0.add(off) as *const T).read_unaligned() }
+        // SAFETY: `header` checked that N bytes are inside the packet; 16-bit alignment as
+        // explained above.
+        unsafe {
+            let p = self.0.add(off);
+            match core::mem::size_of::<T>() {
+                2 => core::mem::transmute_copy(&(p as *const u16).read()),
+                4 => {
+                    let lo = (p as *const u16).read() as u32;
+                    let hi = (p.add(2) as *const u16).read() as u32;
+                    // Little-endian target: the first half is the low one in memory order.
+                    core::mem::transmute_copy(&(lo | hi << 16))
+                }
+                _ => (p as *const T).read_unaligned(),
+            }
+        }
     }
 
     #[inline(always)]
     pub fn set<T: Copy>(self, off: usize, v: T) {
         debug_assert!(off + core::mem::size_of::<T>() <= N);
         // SAFETY: as in `get`; XDP packet memory is writable.
-        unsafe { (self.0.add(off) as *mut T).write_unaligned(v) }
+        unsafe {
+            let p = self.0.add(off);
+            match core::mem::size_of::<T>() {
+                2 => (p as *mut u16).write(core::mem::transmute_copy(&v)),
+                4 => {
+                    let w: u32 = core::mem::transmute_copy(&v);
+                    (p as *mut u16).write(w as u16);
+                    (p.add(2) as *mut u16).write((w >> 16) as u16);
+                }
+                _ => (p as *mut T).write_unaligned(v),
+            }
+        }
     }
 
     #[inline(always)]
