@@ -102,3 +102,40 @@ fn verifier_accepts_and_pinned_maps_survive_a_restart() {
     }
     assert!(Path::new(&pins.0).exists());
 }
+
+/// Pinned maps left by a version with another layout are refused with a clear error, not
+/// reused (the verifier would reject the program, or flows would be misread).
+#[test]
+fn pinned_maps_of_another_layout_are_refused() {
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/pxt{}-layout",
+        std::process::id()
+    )));
+    proxy::ebpf::ensure_bpffs().unwrap();
+    std::fs::create_dir_all(&pins.0).unwrap();
+    // A SETTINGS map as an older version made it: 64-byte values.
+    let path = pins.0.join("SETTINGS");
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args(["type", "array", "key", "4", "value", "64", "entries", "1"])
+        .args(["name", "SETTINGS"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(
+        out.status.success(),
+        "bpftool map create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = std::mem::size_of::<Settings>() as u32;
+    match DataPlane::load(&LoadOptions::new(&pins.0, 1009)) {
+        Err(DataPlaneError::PinnedLayoutChanged {
+            name: "SETTINGS",
+            found_value: 64,
+            want_value,
+            ..
+        }) if want_value == want => {}
+        Err(e) => panic!("unexpected error: {}", chain(&e)),
+        Ok(_) => panic!("a pinned map of another layout was reused"),
+    }
+}

@@ -72,6 +72,20 @@ pub enum DataPlaneError {
         #[source]
         source: Box<MapError>,
     },
+    /// A pinned map has another layout than this build's (left by another version).
+    #[error(
+        "pinned map {name} in {path} has {found_key}-byte keys and {found_value}-byte values, \
+         this version uses {want_key} and {want_value}: it was made by another version; stop \
+         the proxy and remove that directory (established flows are lost)"
+    )]
+    PinnedLayoutChanged {
+        path: PathBuf,
+        name: &'static str,
+        found_key: u32,
+        found_value: u32,
+        want_key: u32,
+        want_value: u32,
+    },
     /// Pinned maps were made for a different flow limit (the IPv4 flow table's size).
     #[error(
         "pinned maps in {path} hold an IPv4 flow table of {pinned} slots, max_flows asks for \
@@ -172,6 +186,57 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Da
         .ok_or(DataPlaneError::ProgramMissing { name })
 }
 
+/// Key and value sizes of every pinned map, as this build defines them.
+fn pinned_layout() -> [(&'static str, usize, usize); 12] {
+    use proxy_common::*;
+    use std::mem::size_of;
+    [
+        (map_names::SETTINGS, 4, size_of::<Settings>()),
+        (map_names::VIP_INDEX, 4, 4),
+        (map_names::VIP_KEYS, 4, size_of::<VipKey>()),
+        (map_names::VIP_METAS, 4, size_of::<VipMeta>()),
+        (map_names::BACKENDS, 4, size_of::<Backend>()),
+        (map_names::RING, 4, 4),
+        (map_names::FLOW_SLOTS4, 4, size_of::<FlowSlot4>()),
+        (
+            map_names::FLOWS,
+            size_of::<FlowKey>(),
+            size_of::<FlowState>(),
+        ),
+        (map_names::NAT_SLOTS4, 4, size_of::<NatSlot4>()),
+        (
+            map_names::NAT_REVERSE,
+            size_of::<NatKey>(),
+            size_of::<NatState>(),
+        ),
+        (map_names::COUNTERS, 4, size_of::<Counters>()),
+        (map_names::REASONS, 4, 8),
+    ]
+}
+
+/// Refuses pinned maps whose layout differs from this build's (another version's pins):
+/// reusing them would fail in the verifier or, worse, misread flows.
+fn check_pinned_layout(pin_dir: &Path) -> Result<(), DataPlaneError> {
+    for (name, key, value) in pinned_layout() {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name, "open pinned"))?;
+        if (info.key_size(), info.value_size()) != (key as u32, value as u32) {
+            return Err(DataPlaneError::PinnedLayoutChanged {
+                path: pin_dir.to_path_buf(),
+                name,
+                found_key: info.key_size(),
+                found_value: info.value_size(),
+                want_key: key as u32,
+                want_value: value as u32,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A non-zero random u32 from the kernel (zero means "no seed yet" in pinned settings).
 fn random_seed() -> u32 {
     let mut buf = [0u8; 4];
@@ -237,6 +302,7 @@ impl DataPlane {
     /// attach: 5.9; bounded loops: 5.3).
     pub fn load(opts: &LoadOptions) -> Result<Self, DataPlaneError> {
         ensure_bpffs()?;
+        check_pinned_layout(&opts.pin_dir)?;
         std::fs::create_dir_all(&opts.pin_dir).map_err(|io_error| DataPlaneError::PinDir {
             path: opts.pin_dir.clone(),
             io_error,
