@@ -298,3 +298,115 @@ fn nat_port_of_a_timed_out_flow_is_reused() {
         "port reused"
     );
 }
+
+fn pin_thread_to(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU {cpu}"
+        );
+    }
+}
+
+/// The tables under writers on two CPUs at once: a small flow table (evicting constantly) and
+/// a small NAT port range (ports reclaimed from evicted flows), new flows and packets of
+/// known flows interleaved on both CPUs. Afterwards: no NAT port is shared by two flows in
+/// the table, and every flow in it finds its own NAT entry pointing back at it.
+#[test]
+fn tables_stay_consistent_under_writers_on_two_cpus() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: needs 2 CPUs, this machine has {cpus}");
+        return;
+    }
+    let pins = PinDir::new(&format!("{}-stress", unique_prefix())).expect("pin dir");
+    // 256 flow slots (64 buckets), 512 NAT slots.
+    let mut dp = load(&pins, 256).expect("load");
+    if let Some(why) = test_run_unsupported(dp.program_fd().unwrap()).unwrap() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    configure(&mut dp);
+    let mut s = dp.settings().expect("settings");
+    s.nat_port_min = 20_000;
+    s.nat_port_max = 20_399;
+    dp.set_settings(&s).expect("settings");
+    let fd = dp.program_fd().unwrap();
+
+    const PER_CPU: u16 = 6_000;
+    let workers: Vec<_> = (0..2u8)
+        .map(|cpu| {
+            std::thread::spawn(move || {
+                pin_thread_to(cpu as usize);
+                // Each CPU its own clients, so no flow is pinned on both at once.
+                let client = Ipv4Addr::new(192, 0, 2, 100 + cpu);
+                let packet = |port: u16, flags: u8| {
+                    PacketBuilder::tcp(Ip::v4(client, VIP), port, VIP_PORT, flags).build()
+                };
+                for i in 0..PER_CPU {
+                    let port = 10_000 + i;
+                    run_xdp(fd, &packet(port, tcp_flags::SYN), 1, 1).expect("test run");
+                    // A packet of a recent flow (a hit, or a re-pin if it was evicted).
+                    let recent = 10_000 + i / 2;
+                    run_xdp(fd, &packet(recent, tcp_flags::ACK), 1, 1).expect("test run");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+
+    let settings = dp.settings().expect("settings");
+    let flows: Vec<_> = dp
+        .ipv4_flow_slots()
+        .expect("flow slots")
+        .into_iter()
+        .filter(|f| f.tag != proxy_common::SLOT_EMPTY && f.tag != proxy_common::SLOT_BUSY)
+        .collect();
+    let nat = dp.ipv4_nat_slots().expect("nat slots");
+    assert!(
+        flows.len() > 200,
+        "the flow table is full: {} flows",
+        flows.len()
+    );
+    let backend_addr = u32::from_ne_bytes(BACKEND.octets());
+    let mut ports = std::collections::HashMap::new();
+    for f in &flows {
+        assert_eq!(f.state.backend, 1);
+        if let Some(other) = ports.insert(f.state.nat_port, f.key) {
+            panic!(
+                "NAT port {} is used by two flows: {:?} and {:?}",
+                u16::from_be(f.state.nat_port),
+                other,
+                f.key
+            );
+        }
+        let key = proxy_common::NatKey4 {
+            backend_addr,
+            snat_addr: settings.snat_v4,
+            backend_port: 8080u16.to_be(),
+            nat_port: f.state.nat_port,
+            proto: PROTO_TCP,
+            pad: [0; 3],
+        };
+        let h = proxy_common::hash::nat_hash4(&key, settings.table_seed);
+        let mask = proxy_common::nat_slots4(nat.len() as u32 / 2) - 1;
+        let slot = &nat[(h & mask) as usize];
+        assert!(
+            slot.tag == proxy_common::slot_tag(h) && slot.key == key,
+            "flow {:?}: its NAT entry is missing",
+            f.key
+        );
+        assert_eq!(
+            (slot.state.client_addr[0], slot.state.client_port),
+            (f.key.src, f.key.sport),
+            "flow {:?}: its NAT entry belongs to another client",
+            f.key
+        );
+    }
+}

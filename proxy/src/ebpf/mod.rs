@@ -676,22 +676,34 @@ impl DataPlane {
         Ok(out)
     }
 
-    /// Number of live entries in the forward flow table (walks the map: diagnostics only).
-    pub fn flow_count(&self) -> Result<usize, DataPlaneError> {
-        let name = map_names::FLOW_SLOTS4;
+    /// Every slot of the IPv4 flow table (walks the map: diagnostics and tests).
+    pub fn ipv4_flow_slots(&self) -> Result<Vec<proxy_common::FlowSlot4>, DataPlaneError> {
+        self.array_values(map_names::FLOW_SLOTS4)
+    }
+
+    /// Every slot of the IPv4 reverse NAT table (walks the map: diagnostics and tests).
+    pub fn ipv4_nat_slots(&self) -> Result<Vec<proxy_common::NatSlot4>, DataPlaneError> {
+        self.array_values(map_names::NAT_SLOTS4)
+    }
+
+    fn array_values<V: aya::Pod>(&self, name: &'static str) -> Result<Vec<V>, DataPlaneError> {
         let map = self
             .ebpf
             .map(name)
             .ok_or(DataPlaneError::MapMissing { name })?;
-        let slots: Array<_, proxy_common::FlowSlot4> =
-            Array::try_from(map).map_err(map_err(name, "open"))?;
-        let v4 = slots
+        let array: Array<_, V> = Array::try_from(map).map_err(map_err(name, "open"))?;
+        array
             .iter()
-            .filter(|s| {
-                s.as_ref().is_ok_and(|s| {
-                    s.tag != proxy_common::SLOT_EMPTY && s.tag != proxy_common::SLOT_BUSY
-                })
-            })
+            .map(|v| v.map_err(map_err(name, "read")))
+            .collect()
+    }
+
+    /// Number of live entries in the forward flow table (walks the map: diagnostics only).
+    pub fn flow_count(&self) -> Result<usize, DataPlaneError> {
+        let v4 = self
+            .ipv4_flow_slots()?
+            .iter()
+            .filter(|s| s.tag != proxy_common::SLOT_EMPTY && s.tag != proxy_common::SLOT_BUSY)
             .count();
         Ok(v4 + self.count_keys::<proxy_common::FlowKey>(map_names::FLOWS)?)
     }
