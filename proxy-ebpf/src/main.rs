@@ -215,21 +215,39 @@ impl Seen {
 #[inline(always)]
 fn touch(found: &flows::Found, seen: &Seen, fin_bit: u8, tcp_flags: u8, now: u64, s: &Settings) {
     if tcp_flags & TCP_FIN != 0 && seen.fin() & fin_bit == 0 {
-        // Compare-and-swap against the word read before: if a writer gave the slot to
-        // another flow meanwhile, the word differs and that flow keeps its own FIN bits.
-        // SAFETY: map value pointer valid for this run, 8-byte aligned.
-        unsafe {
-            atomic::cas_u64(
-                found.state as *mut u64,
-                seen.word,
-                seen.word | (fin_bit as u64) << 48,
-            )
-        };
+        set_fin(found, seen, fin_bit);
     }
     if now.saturating_sub(seen.last_seen) > s.last_seen_refresh_ticks as u64 {
         // A racing writer only loses a timestamp (or another flow gains one).
         // SAFETY: as above.
         unsafe { (*found.state).last_seen = now };
+    }
+}
+
+/// Sets a FIN bit in the flow's state word by compare-and-swap. A failed swap is retried
+/// while only FIN bits changed (the other side's FIN, on another CPU); if the flow's
+/// backend, NAT port or VIP changed, the slot went to another flow, which keeps its bits.
+#[inline(never)]
+fn set_fin(found: &flows::Found, seen: &Seen, fin_bit: u8) {
+    const FIN_BITS: u64 = 0xff << 48;
+    let mut expected = seen.word;
+    for _ in 0..3 {
+        // SAFETY: map value pointer valid for this run, 8-byte aligned.
+        if unsafe {
+            atomic::cas_u64(
+                found.state as *mut u64,
+                expected,
+                expected | (fin_bit as u64) << 48,
+            )
+        } {
+            return;
+        }
+        // SAFETY: as above.
+        let now = unsafe { core::ptr::read_volatile(found.state as *const u64) };
+        if now & !FIN_BITS != seen.word & !FIN_BITS {
+            return;
+        }
+        expected = now;
     }
 }
 
