@@ -1,3 +1,4 @@
+pub mod cpu;
 pub mod fixture;
 pub mod netns;
 pub mod packet;

@@ -33,6 +33,27 @@ const RING_SIZE: u32 = 1009;
 /// 64 slots: 16 buckets of 4.
 const MAX_FLOWS: u32 = 64;
 
+/// A loaded and configured data plane with pins named after `name`, or None (with the reason
+/// printed) when the kernel cannot run BPF_PROG_TEST_RUN for XDP.
+fn lab(name: &str, max_flows: u32) -> Option<(PinDir, DataPlane)> {
+    let pins = PinDir::new(&format!("{}-{name}", unique_prefix())).expect("pin dir");
+    let mut dp = load(&pins, max_flows).expect("load");
+    if let Some(why) = test_run_unsupported(dp.program_fd().unwrap()).unwrap() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    configure(&mut dp);
+    Some((pins, dp))
+}
+
+/// Narrows the NAT port range to `min..=max`.
+fn nat_ports(dp: &mut DataPlane, min: u16, max: u16) {
+    let mut s = dp.settings().expect("settings");
+    s.nat_port_min = min;
+    s.nat_port_max = max;
+    dp.set_settings(&s).expect("settings");
+}
+
 fn load(pins: &PinDir, max_flows: u32) -> Result<DataPlane, DataPlaneError> {
     let mut opts = LoadOptions::new(pins.path(), RING_SIZE);
     opts.max_flows = max_flows;
@@ -118,13 +139,9 @@ fn ports_in_one_bucket(settings: &Settings, n: usize) -> Vec<u16> {
 
 #[test]
 fn full_bucket_evicts_least_recently_seen_and_table_survives_restart() {
-    let pins = PinDir::new(&format!("{}-flowtable", unique_prefix())).expect("pin dir");
-    let mut dp = load(&pins, MAX_FLOWS).expect("load");
-    if let Some(why) = test_run_unsupported(dp.program_fd().unwrap()).unwrap() {
-        eprintln!("skipped: {why}");
+    let Some((pins, mut dp)) = lab("flowtable", MAX_FLOWS) else {
         return;
-    }
-    configure(&mut dp);
+    };
     let settings = dp.settings().expect("settings");
     assert_ne!(settings.table_seed, 0, "the loader draws a hash seed");
     assert_eq!(settings.flow_bucket_mask, 64 / FLOW_WAYS - 1);
@@ -196,14 +213,10 @@ fn full_bucket_evicts_least_recently_seen_and_table_survives_restart() {
 /// (lookups probe past removed entries), and a re-added VIP is found again.
 #[test]
 fn vip_index_reaches_every_vip_through_removals() {
-    let pins = PinDir::new(&format!("{}-vipindex", unique_prefix())).expect("pin dir");
     // Room for every flow: this test is about VIPs, not about full tables.
-    let mut dp = load(&pins, 4096).expect("load");
-    if let Some(why) = test_run_unsupported(dp.program_fd().unwrap()).unwrap() {
-        eprintln!("skipped: {why}");
+    let Some((_pins, mut dp)) = lab("vipindex", 4096) else {
         return;
-    }
-    configure(&mut dp);
+    };
     let n = proxy_common::MAX_VIPS;
     let vip = |i: u32| Ipv4Addr::new(198, 51, 101, i as u8);
     let key = |i: u32| VipKey {
@@ -267,17 +280,10 @@ fn vip_index_reaches_every_vip_through_removals() {
 /// once the first has timed out (its entry is still in the table).
 #[test]
 fn nat_port_of_a_timed_out_flow_is_reused() {
-    let pins = PinDir::new(&format!("{}-natreuse", unique_prefix())).expect("pin dir");
-    let mut dp = load(&pins, 4096).expect("load");
-    if let Some(why) = test_run_unsupported(dp.program_fd().unwrap()).unwrap() {
-        eprintln!("skipped: {why}");
+    let Some((_pins, mut dp)) = lab("natreuse", 4096) else {
         return;
-    }
-    configure(&mut dp);
-    let mut s = dp.settings().expect("settings");
-    s.nat_port_min = 20_000;
-    s.nat_port_max = 20_000;
-    dp.set_settings(&s).expect("settings");
+    };
+    nat_ports(&mut dp, 20_000, 20_000);
     let exhausted = || dp.reasons().expect("reasons")[&proxy_common::Reason::DropNatPortsExhausted];
 
     assert_eq!(send(&dp, 41_000, tcp_flags::SYN).new_flows, 1, "first flow");
@@ -290,6 +296,7 @@ fn nat_port_of_a_timed_out_flow_is_reused() {
     assert_eq!(exhausted(), before + 1, "counted as NAT ports exhausted");
 
     // Every flow times out at once: the first flow's port is free again.
+    let mut s = dp.settings().expect("settings");
     s.tcp_idle_timeout_ticks = 0;
     dp.set_settings(&s).expect("settings");
     assert_eq!(
@@ -297,19 +304,6 @@ fn nat_port_of_a_timed_out_flow_is_reused() {
         1,
         "port reused"
     );
-}
-
-fn pin_thread_to(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity get valid pointers.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pin to CPU {cpu}"
-        );
-    }
 }
 
 /// The tables under writers on two CPUs at once: a small flow table (evicting constantly) and
@@ -323,25 +317,18 @@ fn tables_stay_consistent_under_writers_on_two_cpus() {
         eprintln!("skipped: needs 2 CPUs, this machine has {cpus}");
         return;
     }
-    let pins = PinDir::new(&format!("{}-stress", unique_prefix())).expect("pin dir");
     // 256 flow slots (64 buckets), 512 NAT slots.
-    let mut dp = load(&pins, 256).expect("load");
-    if let Some(why) = test_run_unsupported(dp.program_fd().unwrap()).unwrap() {
-        eprintln!("skipped: {why}");
+    let Some((_pins, mut dp)) = lab("stress", 256) else {
         return;
-    }
-    configure(&mut dp);
-    let mut s = dp.settings().expect("settings");
-    s.nat_port_min = 20_000;
-    s.nat_port_max = 20_399;
-    dp.set_settings(&s).expect("settings");
+    };
+    nat_ports(&mut dp, 20_000, 20_399);
     let fd = dp.program_fd().unwrap();
 
     const PER_CPU: u16 = 6_000;
     let workers: Vec<_> = (0..2u8)
         .map(|cpu| {
             std::thread::spawn(move || {
-                pin_thread_to(cpu as usize);
+                proxy_tests::cpu::pin_to_cpu(cpu as usize).expect("pin to a CPU");
                 // Each CPU its own clients, so no flow is pinned on both at once.
                 let client = Ipv4Addr::new(192, 0, 2, 100 + cpu);
                 let packet = |port: u16, flags: u8| {

@@ -264,16 +264,7 @@ fn median(v: &mut [u32]) -> f64 {
 }
 
 fn pin_to_cpu(cpu: usize) -> Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity get valid pointers.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("sched_setaffinity to CPU {cpu}"));
-        }
-    }
-    Ok(())
+    Ok(proxy_tests::cpu::pin_to_cpu(cpu)?)
 }
 
 /// Everything inside the namespace: load, configure, measure. Returns ns/pkt medians by case.
