@@ -330,11 +330,17 @@ fn run_epoll(
         let connector = Rc::new(EpollConnector);
         let mut fds = Vec::new();
         let mut accepts = Vec::new();
+        // Held until `supervise` is done: an accept loop that ends early (stop seen after an
+        // accept, or an error) must not close a socket whose fd number `supervise` still
+        // shuts down; the number could belong to another listener's connection by then.
+        let mut held = Vec::new();
         for (std_listener, spec) in socks {
-            fds.push(std_listener.as_raw_fd());
             let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
                 continue;
             };
+            let listener = Rc::new(listener);
+            fds.push(listener.as_raw_fd());
+            held.push(listener.clone());
             let (live, limits, connector, stop) = (
                 live.clone(),
                 limits.clone(),
@@ -362,6 +368,7 @@ fn run_epoll(
         for a in accepts {
             a.abort();
         }
+        drop(held);
     });
 }
 
@@ -375,10 +382,13 @@ fn run_uring(
         let live = LiveSockets::default();
         let connector = Rc::new(UringConnector);
         let mut fds = Vec::new();
+        // Held until `supervise` is done (see `run_epoll`).
+        let mut held = Vec::new();
         for (std_listener, spec) in socks {
             fds.push(std_listener.as_raw_fd());
             let _ = std_listener.set_nonblocking(false);
-            let listener = tokio_uring::net::TcpListener::from_std(std_listener);
+            let listener = Rc::new(tokio_uring::net::TcpListener::from_std(std_listener));
+            held.push(listener.clone());
             let (live, limits, connector, stop) = (
                 live.clone(),
                 limits.clone(),
@@ -403,5 +413,6 @@ fn run_uring(
             });
         }
         supervise(fds, live, stop, grace).await;
+        drop(held);
     });
 }
