@@ -1,5 +1,6 @@
 //! Health feeds end to end with simulated BitShares nodes: the real probes (BitShares call
-//! over the websocket), the rules, the control plane and the terminator, on loopback.
+//! over the websocket), the rules, the control plane (`ControlPlane`, fed the events `proxy
+//! run` feeds it) and the terminator, on loopback.
 //! A stalled node leaves the ring after its head-age allowance plus `fall` checks; clients
 //! pinned to healthy nodes are untouched; the node comes back after `rise` checks.
 
@@ -13,19 +14,13 @@ use std::{
 };
 
 use proxy::{
-    balancer::{Balancer, MemoryMaps},
-    config::Config,
-    control::{apply_connect_event, apply_health, health_configs},
-    health::{rules::BackendState, Board, Report, Supervisor},
-    terminator::{
-        io::IoMode,
-        listener_specs, listener_specs_with_events,
-        server::{ConnLimits, ListenerSpec, Terminator},
-        upstream_set,
-    },
+    balancer::MemoryMaps,
+    config::{Config, IoChoice},
+    health::{checks::unix_now, rules::BackendState},
+    plane::{ControlPlane, Event, Inputs, PlaneOptions},
+    terminator::upstream_set,
 };
 use proxy_perf::node_sim::{Control, NodeSim, NodeSimConfig};
-use tokio::sync::mpsc::Receiver;
 
 const INTERVAL_MS: u64 = 250;
 const FALL: u64 = 2;
@@ -56,6 +51,12 @@ interfaces = ["lo"]
 snat_v4 = "192.0.2.254"
 ring_size = 1009
 
+[terminator]
+workers = 1
+max_connections = 1000
+max_connections_per_client = 100
+shutdown_grace_secs = 1
+
 [[listener]]
 name = "wss"
 address = "127.0.0.1:{port}"
@@ -78,56 +79,57 @@ margin_secs = 1
     Config::parse(&text, "health e2e").expect("config")
 }
 
-struct Plane {
-    balancer: Balancer,
-    maps: MemoryMaps,
-    board: Board,
-    terminated: Vec<(proxy::config::ListenerConfig, ListenerSpec)>,
-    rx: Receiver<Report>,
+type Plane = ControlPlane<MemoryMaps>;
+
+/// A plane as `proxy run` builds it, with in-memory maps and the given terminator I/O.
+fn start_plane(config: &Config, io: IoChoice) -> (Plane, Inputs, SocketAddr) {
+    let options = PlaneOptions {
+        io,
+        stats_interval_secs: 0,
+    };
+    let (plane, inputs) =
+        ControlPlane::new(config, MemoryMaps::default(), options, unix_now()).unwrap();
+    let proxy = plane.listener_addrs("wss").unwrap()[0];
+    (plane, inputs, proxy)
 }
 
-impl Plane {
-    /// Applies probe reports (what `proxy run`'s loop does) until `done` or `limit`.
-    async fn pump_until(
-        &mut self,
-        limit: Duration,
-        mut done: impl FnMut(&Plane) -> bool,
-    ) -> Option<Duration> {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if done(self) {
-                return Some(started.elapsed());
-            }
-            if let Ok(Some(r)) =
-                tokio::time::timeout(Duration::from_millis(100), self.rx.recv()).await
-            {
-                apply_health(
-                    r,
-                    &mut self.board,
-                    &mut self.balancer,
-                    &mut self.maps,
-                    &self.terminated,
-                );
-            }
+/// Feeds probe reports to the plane (what `proxy run` does, with the wall clock's `now`:
+/// the simulated nodes and the probes run in real time) until `done` or `limit`.
+async fn pump_until(
+    plane: &mut Plane,
+    inputs: &mut Inputs,
+    limit: Duration,
+    mut done: impl FnMut(&Plane) -> bool,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done(plane) {
+            return Some(started.elapsed());
         }
-        None
+        if let Ok(Some(r)) =
+            tokio::time::timeout(Duration::from_millis(100), inputs.health.recv()).await
+        {
+            plane.handle(Event::Health(r), unix_now());
+        }
     }
+    None
+}
 
-    fn available(&self, name: &str) -> bool {
-        self.balancer
-            .backends("eu")
-            .unwrap()
-            .iter()
-            .find(|b| b.name == name)
-            .unwrap()
-            .available
-    }
+fn available(plane: &Plane, name: &str) -> bool {
+    plane
+        .balancer()
+        .backends("eu")
+        .unwrap()
+        .iter()
+        .find(|b| b.name == name)
+        .unwrap()
+        .available
+}
 
-    fn choice(&self, src: u8) -> String {
-        let (l, _) = &self.terminated[0];
-        let set = upstream_set(&self.balancer, l).unwrap();
-        set.candidates([127, 0, 0, src].into())[0].name.clone()
-    }
+/// The node the terminator picks first for a client at 127.0.0.`src`.
+fn choice(plane: &Plane, src: u8) -> String {
+    let set = upstream_set(plane.balancer(), plane.listener("wss").unwrap()).unwrap();
+    set.candidates([127, 0, 0, src].into())[0].name.clone()
 }
 
 /// A websocket client through the proxy from 127.0.0.`src` that calls `get_chain_id`.
@@ -174,40 +176,18 @@ async fn stalled_node_leaves_and_comes_back_without_touching_others() {
     }
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     let config = config(free_port(), &addrs);
-    let mut maps = MemoryMaps::default();
-    let balancer = Balancer::from_config(&config, &mut maps).unwrap();
-    let terminated = listener_specs(&config, &balancer).unwrap();
-    let term = Terminator::start(
-        IoMode::Epoll,
-        1,
-        terminated.iter().map(|(_, s)| s.clone()).collect(),
-        ConnLimits::new(1000, 100),
-        Duration::from_millis(200),
-    )
-    .unwrap();
-    let proxy = term.local_addrs[0];
-    let board = Board::new(health_configs(&config));
-    let (mut supervisor, rx) = Supervisor::new();
-    supervisor.sync(&balancer, &board);
-    let mut plane = Plane {
-        balancer,
-        maps,
-        board,
-        terminated,
-        rx,
-    };
+    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Epoll);
 
     let all_up = |p: &Plane| {
-        (1..=3).all(|i| p.board.state("eu", &format!("node-{i}")) == Some(BackendState::Up))
+        (1..=3).all(|i| p.board().state("eu", &format!("node-{i}")) == Some(BackendState::Up))
     };
-    plane
-        .pump_until(Duration::from_secs(5), all_up)
+    pump_until(&mut plane, &mut inputs, Duration::from_secs(5), all_up)
         .await
         .expect("all nodes up");
 
     // A client of node-2 keeps calling while node-1 stalls and recovers.
-    let healthy_src = (2..250u8).find(|s| plane.choice(*s) == "node-2").unwrap();
-    let victim_src = (2..250u8).find(|s| plane.choice(*s) == "node-1").unwrap();
+    let healthy_src = (2..250u8).find(|s| choice(&plane, *s) == "node-2").unwrap();
+    let victim_src = (2..250u8).find(|s| choice(&plane, *s) == "node-1").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
     let (stop2, calls2) = (stop.clone(), calls.clone());
@@ -224,11 +204,11 @@ async fn stalled_node_leaves_and_comes_back_without_touching_others() {
     });
 
     nodes[0].set_mode(Control::Stall).await.unwrap();
-    let stalled_at = Instant::now();
-    let took = plane
-        .pump_until(Duration::from_secs(15), |p| !p.available("node-1"))
-        .await
-        .expect("the stalled node was never taken out");
+    let took = pump_until(&mut plane, &mut inputs, Duration::from_secs(15), |p| {
+        !available(p, "node-1")
+    })
+    .await
+    .expect("the stalled node was never taken out");
     eprintln!("node-1 out of the ring {took:?} after it stalled");
     // Allowance: 2 × 1 s + 1 s margin away from maintenance, (1 + 3) × 1 s + 1 s around it
     // (5 s at most). Head times are whole seconds and the frozen head was up to a block old:
@@ -239,15 +219,15 @@ async fn stalled_node_leaves_and_comes_back_without_touching_others() {
         took >= Duration::from_secs(2),
         "taken out after {took:?}: before the allowance could run out"
     );
-    assert!(plane.available("node-2") && plane.available("node-3"));
+    assert!(available(&plane, "node-2") && available(&plane, "node-3"));
     assert!(
-        plane.board.why("eu", "node-1").unwrap().contains("stale"),
+        plane.board().why("eu", "node-1").unwrap().contains("stale"),
         "{:?}",
-        plane.board.why("eu", "node-1")
+        plane.board().why("eu", "node-1")
     );
 
     // New clients of node-1 now go elsewhere, and really get answers.
-    assert_ne!(plane.choice(victim_src), "node-1");
+    assert_ne!(choice(&plane, victim_src), "node-1");
     let served = tokio::task::spawn_blocking(move || {
         let mut ws = rpc_client(victim_src, proxy);
         call_chain_id(&mut ws, 7)
@@ -257,12 +237,13 @@ async fn stalled_node_leaves_and_comes_back_without_touching_others() {
     served.expect("a client of the stalled node is served by another");
 
     nodes[0].set_mode(Control::Resume).await.unwrap();
-    let back = plane
-        .pump_until(Duration::from_secs(5), |p| p.available("node-1"))
-        .await;
+    let back = pump_until(&mut plane, &mut inputs, Duration::from_secs(5), |p| {
+        available(p, "node-1")
+    })
+    .await;
     assert!(back.is_some(), "node-1 did not come back after resuming");
     assert_eq!(
-        plane.choice(victim_src),
+        choice(&plane, victim_src),
         "node-1",
         "a recovered node gets its clients back"
     );
@@ -277,9 +258,7 @@ async fn stalled_node_leaves_and_comes_back_without_touching_others() {
         "too few calls to prove anything: {}",
         calls.load(Ordering::Relaxed)
     );
-    let _ = stalled_at;
-    drop(supervisor);
-    tokio::task::spawn_blocking(move || term.shutdown())
+    tokio::task::spawn_blocking(move || plane.shutdown())
         .await
         .unwrap();
 }
@@ -302,29 +281,12 @@ async fn refusing_node_is_ejected_by_failed_connects() {
     // No [pools.eu.health]: only the data path reports.
     let mut config = config(free_port(), &addrs);
     config.pools.get_mut("eu").unwrap().health = None;
-    let mut maps = MemoryMaps::default();
-    let mut balancer = Balancer::from_config(&config, &mut maps).unwrap();
-    let (tx, mut events) = tokio::sync::mpsc::channel(64);
-    let terminated = listener_specs_with_events(&config, &balancer, Some(tx)).unwrap();
-    let term = Terminator::start(
-        IoMode::Uring,
-        1,
-        terminated.iter().map(|(_, s)| s.clone()).collect(),
-        ConnLimits::new(1000, 100),
-        Duration::from_millis(200),
-    )
-    .unwrap();
-    let proxy = term.local_addrs[0];
-    let mut board = Board::new(health_configs(&config));
-    let choice = |b: &Balancer, src: u8| {
-        upstream_set(b, &terminated[0].0)
-            .unwrap()
-            .candidates([127, 0, 0, src].into())[0]
-            .name
-            .clone()
-    };
+    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Uring);
+    // The plane's clock: connect results arrive "now"; the backoff is then run out by
+    // advancing it, not by sleeping.
+    let t0 = unix_now();
     let victims: Vec<u8> = (2..250u8)
-        .filter(|s| choice(&balancer, *s) == "node-1")
+        .filter(|s| choice(&plane, *s) == "node-1")
         .take(4)
         .collect();
     assert_eq!(victims.len(), 4);
@@ -341,43 +303,39 @@ async fn refusing_node_is_ejected_by_failed_connects() {
         .unwrap_or_else(|e| {
             panic!("client {i} of the refusing node was not served by another: {e}")
         });
-        while let Ok(ev) = events.try_recv() {
-            apply_connect_event(ev, &mut board, &mut balancer, &mut maps, &terminated);
+        while let Ok(ev) = inputs.connects.try_recv() {
+            plane.handle(Event::Connect(ev), t0);
         }
     }
-    let node1 = |b: &Balancer| {
-        b.backends("eu")
-            .unwrap()
-            .iter()
-            .find(|x| x.name == "node-1")
-            .unwrap()
-            .available
-    };
     assert!(
-        !node1(&balancer),
+        !available(&plane, "node-1"),
         "three failed connects did not eject node-1: {:?}",
-        board.why("eu", "node-1")
+        plane.board().why("eu", "node-1")
     );
     assert_ne!(
-        choice(&balancer, victims[0]),
+        choice(&plane, victims[0]),
         "node-1",
         "the terminator still picks the ejected node"
     );
-    assert!(board.why("eu", "node-1").unwrap().contains("ejected"));
+    assert!(plane
+        .board()
+        .why("eu", "node-1")
+        .unwrap()
+        .contains("ejected"));
+    // A tick inside the backoff changes nothing.
+    plane.handle(Event::Tick, t0);
+    assert!(!available(&plane, "node-1"));
 
-    // The node accepts again; after the backoff the ring takes it back.
+    // The node accepts again; after the backoff (1 s for a first ejection) the ring takes
+    // it back on the next tick.
     nodes[0].set_mode(Control::Accept).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    proxy::control::tick_ramps(
-        &board,
-        &mut balancer,
-        &mut maps,
-        &terminated,
-        proxy::health::checks::unix_now(),
+    plane.handle(Event::Tick, t0 + 2);
+    assert!(
+        available(&plane, "node-1"),
+        "node-1 not re-admitted after its backoff"
     );
-    assert!(node1(&balancer), "node-1 not re-admitted after its backoff");
-    assert_eq!(choice(&balancer, victims[0]), "node-1");
-    tokio::task::spawn_blocking(move || term.shutdown())
+    assert_eq!(choice(&plane, victims[0]), "node-1");
+    tokio::task::spawn_blocking(move || plane.shutdown())
         .await
         .unwrap();
 }

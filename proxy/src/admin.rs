@@ -155,6 +155,9 @@ pub enum ClientError {
     /// The answer was not JSON.
     #[error("unreadable answer from the proxy: {0}")]
     Answer(String),
+    /// The proxy refused the request (the message says why).
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// Sends one request and waits for the answer (blocking; for the CLI).
@@ -170,6 +173,77 @@ pub fn call(path: &Path, req: &Request) -> Result<Response, ClientError> {
     let mut answer = String::new();
     BufReader::new(s).read_line(&mut answer)?;
     serde_json::from_str(&answer).map_err(|e| ClientError::Answer(format!("{e}: {answer:?}")))
+}
+
+/// `proxy backends ...`: what the operator asks for on the command line.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Every backend with weight, state, why, and counters.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a backend to a pool (no restart, nobody dropped).
+    Add {
+        pool: String,
+        name: String,
+        address: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        weight: u32,
+    },
+    /// No new connections; live ones continue.
+    Drain { pool: String, name: String },
+    /// Remove from the pool; its pinned flows are re-balanced.
+    Remove { pool: String, name: String },
+    /// Set a new weight (0 = drain).
+    Weight {
+        pool: String,
+        name: String,
+        weight: u32,
+    },
+}
+
+impl Command {
+    /// Sends the request to the proxy at `socket` and prints the answer (blocking).
+    pub fn run(self, socket: &Path) -> Result<(), ClientError> {
+        let (req, json) = match self {
+            Command::List { json } => (Request::List, json),
+            Command::Add {
+                pool,
+                name,
+                address,
+                weight,
+            } => (
+                Request::Add {
+                    pool,
+                    name,
+                    address,
+                    weight: Some(weight),
+                },
+                false,
+            ),
+            Command::Drain { pool, name } => (Request::Drain { pool, name }, false),
+            Command::Remove { pool, name } => (Request::Remove { pool, name }, false),
+            Command::Weight { pool, name, weight } => {
+                (Request::Weight { pool, name, weight }, false)
+            }
+        };
+        let answer = call(socket, &req)?;
+        if json {
+            let text = serde_json::to_string_pretty(&answer)
+                .map_err(|e| ClientError::Answer(e.to_string()))?;
+            println!("{text}");
+        } else if !answer.backends.is_empty() {
+            print!("{}", render_table(&answer.backends));
+        } else {
+            println!("{}", answer.message);
+        }
+        if !answer.ok {
+            return Err(ClientError::Refused(answer.message));
+        }
+        Ok(())
+    }
 }
 
 /// A fixed-width table of backends for the terminal.

@@ -207,6 +207,64 @@ fn backend_entry(address: SocketAddr) -> Backend {
     }
 }
 
+fn vip_flags(l: &ListenerConfig) -> u32 {
+    let mut flags = 0;
+    if l.hash == HashKey::Source {
+        flags |= VIP_HASH_SOURCE_ONLY;
+    }
+    if l.mode != ListenerMode::L4 {
+        flags |= VIP_PASS_TO_STACK;
+    }
+    flags
+}
+
+/// One pool change made by a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolChange {
+    pub pool: String,
+    pub kind: PoolChangeKind,
+}
+
+/// What changed in a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolChangeKind {
+    PoolAdded,
+    PoolRemoved,
+    BackendAdded {
+        name: String,
+    },
+    /// Same name, new address: a new backend id (pinned flows do not follow the name).
+    BackendMoved {
+        name: String,
+    },
+    Reweighted {
+        name: String,
+        from: u32,
+        to: u32,
+    },
+    BackendRemoved {
+        name: String,
+    },
+}
+
+impl std::fmt::Display for PoolChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pool = &self.pool;
+        match &self.kind {
+            PoolChangeKind::PoolAdded => write!(f, "pool {pool}: added"),
+            PoolChangeKind::PoolRemoved => write!(f, "pool {pool}: removed"),
+            PoolChangeKind::BackendAdded { name } => write!(f, "pool {pool}: backend {name} added"),
+            PoolChangeKind::BackendMoved { name } => write!(f, "pool {pool}: backend {name} moved"),
+            PoolChangeKind::Reweighted { name, from, to } => {
+                write!(f, "pool {pool}: backend {name} weight {from} -> {to}")
+            }
+            PoolChangeKind::BackendRemoved { name } => {
+                write!(f, "pool {pool}: backend {name} removed")
+            }
+        }
+    }
+}
+
 impl Balancer {
     pub fn new(ring_size: u32) -> Self {
         Self {
@@ -254,13 +312,7 @@ impl Balancer {
         let vip_num = (0..proxy_common::MAX_VIPS)
             .find(|n| !used.contains(n))
             .ok_or(BalancerError::TooManyVips)?;
-        let mut flags = 0;
-        if l.hash == HashKey::Source {
-            flags |= VIP_HASH_SOURCE_ONLY;
-        }
-        if l.mode != ListenerMode::L4 {
-            flags |= VIP_PASS_TO_STACK;
-        }
+        let flags = vip_flags(l);
         let ring = MaglevRing::new(self.ring_size).map_err(|source| BalancerError::Ring {
             listener: l.name.clone(),
             source,
@@ -467,38 +519,45 @@ impl Balancer {
         Ok(true)
     }
 
-    /// Brings pools in line with a reloaded config: adds, re-weights and removes backends.
-    /// Listener changes need a restart for now; they are reported, not applied.
+    /// Brings pools in line with a reloaded config: adds pools, adds, moves, re-weights and
+    /// removes backends. Pools gone from the file stay until no listener uses them
+    /// (`remove_pool`); listeners are the caller's job (`put_listener`, `remove_listener`).
     pub fn reconcile_pools<W: MapWriter>(
         &mut self,
         config: &Config,
         w: &mut W,
-    ) -> Result<Vec<String>, BalancerError> {
+    ) -> Result<Vec<PoolChange>, BalancerError> {
         let mut changes = Vec::new();
         for (pool, new) in &config.pools {
+            let change = |kind| PoolChange {
+                pool: pool.clone(),
+                kind,
+            };
             if !self.pools.contains_key(pool) {
                 self.pools.insert(pool.clone(), Vec::new());
-                changes.push(format!("pool {pool}: added"));
+                changes.push(change(PoolChangeKind::PoolAdded));
             }
             for be in &new.backends {
                 let current = self.pools[pool].iter().find(|b| b.name == be.name).cloned();
+                let name = be.name.clone();
                 match current {
                     None => {
                         self.add_backend(pool, &be.name, be.address, be.weight, w)?;
-                        changes.push(format!("pool {pool}: backend {} added", be.name));
+                        changes.push(change(PoolChangeKind::BackendAdded { name }));
                     }
                     Some(cur) if cur.address != be.address => {
                         // A new address is a new backend: pinned flows must not follow the name.
                         self.remove_backend(pool, &be.name, w)?;
                         self.add_backend(pool, &be.name, be.address, be.weight, w)?;
-                        changes.push(format!("pool {pool}: backend {} moved", be.name));
+                        changes.push(change(PoolChangeKind::BackendMoved { name }));
                     }
                     Some(cur) if cur.weight != be.weight => {
                         self.set_weight(pool, &be.name, be.weight, w)?;
-                        changes.push(format!(
-                            "pool {pool}: backend {} weight {} -> {}",
-                            be.name, cur.weight, be.weight
-                        ));
+                        changes.push(change(PoolChangeKind::Reweighted {
+                            name,
+                            from: cur.weight,
+                            to: be.weight,
+                        }));
                     }
                     Some(_) => {}
                 }
@@ -510,32 +569,66 @@ impl Balancer {
                 .collect();
             for name in gone {
                 self.remove_backend(pool, &name, w)?;
-                changes.push(format!("pool {pool}: backend {name} removed"));
-            }
-        }
-        // New listeners are added (the caller starts terminator workers for tls/ws ones);
-        // removed or changed ones need a restart.
-        for l in &config.listeners {
-            match self.vips.iter().find(|v| v.name == l.name) {
-                None => {
-                    self.add_listener(l, w)?;
-                    changes.push(format!("listener {}: added", l.name));
-                }
-                Some(v) if v.key != vip_key(l.address, l.protocol) || v.pool != l.pool => {
-                    changes.push(format!("listener {}: changed; restart to apply", l.name));
-                }
-                Some(_) => {}
-            }
-        }
-        for v in &self.vips {
-            if !config.listeners.iter().any(|l| l.name == v.name) {
-                changes.push(format!(
-                    "listener {}: removed from the file; restart to apply",
-                    v.name
-                ));
+                changes.push(change(PoolChangeKind::BackendRemoved { name }));
             }
         }
         Ok(changes)
+    }
+
+    /// Removes a pool no listener uses any more: its backends leave the maps.
+    pub fn remove_pool<W: MapWriter>(
+        &mut self,
+        pool: &str,
+        w: &mut W,
+    ) -> Result<(), BalancerError> {
+        let names: Vec<String> = self
+            .backends(pool)
+            .ok_or_else(|| BalancerError::NoPool(pool.into()))?
+            .iter()
+            .map(|b| b.name.clone())
+            .collect();
+        for name in names {
+            self.remove_backend(pool, &name, w)?;
+        }
+        self.pools.remove(pool);
+        Ok(())
+    }
+
+    /// Adds a listener, or brings an existing one in line with `l`. Same address: updated in
+    /// place (the VIP never disappears, so its pinned flows continue); a new address: the old
+    /// VIP goes, the new one comes.
+    pub fn put_listener<W: MapWriter>(
+        &mut self,
+        l: &ListenerConfig,
+        w: &mut W,
+    ) -> Result<(), BalancerError> {
+        match self.vips.iter().position(|v| v.name == l.name) {
+            Some(idx) if self.vips[idx].key == vip_key(l.address, l.protocol) => {
+                self.vips[idx].pool = l.pool.clone();
+                self.vips[idx].meta.flags = vip_flags(l);
+                self.rebuild_vip(idx, w)?;
+                let v = &self.vips[idx];
+                w.set_vip(&v.key, &v.meta).map_err(maps)
+            }
+            Some(_) => {
+                self.remove_listener(&l.name, w)?;
+                self.add_listener(l, w)
+            }
+            None => self.add_listener(l, w),
+        }
+    }
+
+    /// Removes a listener's VIP; its number is free again (rings are rewritten in full on reuse).
+    pub fn remove_listener<W: MapWriter>(
+        &mut self,
+        name: &str,
+        w: &mut W,
+    ) -> Result<(), BalancerError> {
+        if let Some(idx) = self.vips.iter().position(|v| v.name == name) {
+            let v = self.vips.remove(idx);
+            w.remove_vip(&v.key).map_err(maps)?;
+        }
+        Ok(())
     }
 
     /// Whether a listener of this name is configured (VIP written).
@@ -792,7 +885,12 @@ backends = [
             r#"{ name = "c", address = "192.0.2.13:8090", weight = 2 },"#,
         );
         let new = Config::parse(&text, "t").unwrap();
-        let changes = bal.reconcile_pools(&new, &mut m).unwrap();
+        let changes: Vec<String> = bal
+            .reconcile_pools(&new, &mut m)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             changes,
             vec!["pool eu: backend c added", "pool eu: backend b removed"]
@@ -895,21 +993,38 @@ hash = "source""#,
     }
 
     #[test]
-    fn reload_adds_listeners() {
+    fn listeners_are_added_updated_in_place_and_removed() {
         let config = Config::parse(CONF, "t").unwrap();
         let mut m = MemoryMaps::default();
         let mut bal = Balancer::from_config(&config, &mut m).unwrap();
         let text = format!("{CONF}\n[[listener]]\nname = \"rpc2\"\naddress = \"203.0.113.11:8090\"\nmode = \"l4\"\npool = \"eu\"\n");
         let new = Config::parse(&text, "t").unwrap();
-        let changes = bal.reconcile_pools(&new, &mut m).unwrap();
-        assert_eq!(changes, vec!["listener rpc2: added"]);
+        let mut rpc2 = new.listeners.last().unwrap().clone();
+        bal.put_listener(&rpc2, &mut m).unwrap();
         assert!(bal.has_listener("rpc2"));
         assert_eq!(m.vips.len(), 3);
         assert_eq!(
             bal.ring("rpc2").unwrap().slots(),
             bal.ring("rpc").unwrap().slots()
         );
-        assert!(bal.reconcile_pools(&new, &mut m).unwrap().is_empty());
+        // Same address, new hash: the VIP entry is rewritten, never removed.
+        m.log.clear();
+        rpc2.hash = HashKey::Source;
+        bal.put_listener(&rpc2, &mut m).unwrap();
+        assert!(!m.log.iter().any(|l| l == "remove vip"), "{:?}", m.log);
+        let key = vip_key(rpc2.address, rpc2.protocol);
+        assert_eq!(
+            m.vips[&key].flags & VIP_HASH_SOURCE_ONLY,
+            VIP_HASH_SOURCE_ONLY
+        );
+        // A new address: the old VIP goes.
+        rpc2.address = "203.0.113.12:8090".parse().unwrap();
+        bal.put_listener(&rpc2, &mut m).unwrap();
+        assert!(!m.vips.contains_key(&key));
+        assert_eq!(m.vips.len(), 3);
+        bal.remove_listener("rpc2", &mut m).unwrap();
+        assert!(!bal.has_listener("rpc2"));
+        assert_eq!(m.vips.len(), 2);
     }
 
     #[test]

@@ -4,9 +4,9 @@
 pub mod admin;
 pub mod balancer;
 pub mod config;
-pub mod control;
 pub mod ebpf;
 pub mod handshake;
 pub mod health;
 pub mod maglev;
+pub mod plane;
 pub mod terminator;

@@ -1,7 +1,8 @@
 //! 1,000 live WebSocket connections keep exchanging messages across a reload that adds one
 //! backend and drains another: zero dropped, zero messages lost; new connections follow the
-//! new pool. Runs the same code path as `proxy run` on SIGHUP (reconcile pools, then swap the
-//! terminator's tables), with the control plane writing to in-memory maps.
+//! new pool. The reload is the event `proxy run` sends its `ControlPlane` on SIGHUP, with the
+//! plane writing to in-memory maps. A second test adds, removes and replaces listeners under
+//! live connections.
 
 use std::{
     collections::BTreeMap,
@@ -16,14 +17,9 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt};
 use proxy::{
-    balancer::{Balancer, MemoryMaps},
-    config::Config,
-    terminator::{
-        io::IoMode,
-        listener_specs,
-        server::{ConnLimits, Terminator},
-        upstream_set,
-    },
+    balancer::{MemoryMaps, PoolChange, PoolChangeKind},
+    config::{Config, IoChoice},
+    plane::{ControlPlane, Event, ListenerChangeKind, Outcome, PlaneOptions, ReloadChanges},
 };
 use tungstenite::Message;
 
@@ -96,8 +92,10 @@ snat_v4 = "192.0.2.254"
 ring_size = 1009
 
 [terminator]
+workers = 2
 max_connections = 4000
 max_connections_per_client = 4000
+shutdown_grace_secs = 2
 
 [[listener]]
 name = "wss"
@@ -113,23 +111,47 @@ backends = [
     Config::parse(&text, "reload test").expect("config")
 }
 
+/// A plane as `proxy run` builds it (in-memory maps); returns it with the listener's address.
+fn start_plane(config: &Config, io: IoChoice) -> (ControlPlane<MemoryMaps>, SocketAddr) {
+    let options = PlaneOptions {
+        io,
+        stats_interval_secs: 0,
+    };
+    let (plane, _inputs) = ControlPlane::new(config, MemoryMaps::default(), options, 0).unwrap();
+    let addr = plane.listener_addrs("wss").unwrap()[0];
+    (plane, addr)
+}
+
+/// What SIGHUP does once the file is parsed.
+fn reload(plane: &mut ControlPlane<MemoryMaps>, config: &Config) -> ReloadChanges {
+    match plane.handle(Event::Reload(Box::new(config.clone())), 0) {
+        Outcome::Reloaded(Ok(changes)) => changes,
+        other => panic!("reload: {other:?}"),
+    }
+}
+
 /// Connects from 127.0.0.`src` (all of 127/8 is loopback): different client addresses
 /// land on different nodes, as real clients do.
 fn connect_from(src: u8, addr: SocketAddr) -> (tungstenite::WebSocket<TcpStream>, String) {
+    try_connect_from(src, addr).unwrap_or_else(|e| panic!("{addr}: {e}"))
+}
+
+/// Connects and reads the node's greeting (its name).
+fn try_connect_from(
+    src: u8,
+    addr: SocketAddr,
+) -> Result<(tungstenite::WebSocket<TcpStream>, String), String> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.bind(&SocketAddr::from(([127, 0, 0, src], 0)).into())
         .unwrap();
-    sock.connect(&addr.into()).unwrap();
+    sock.connect(&addr.into())
+        .map_err(|e| format!("connect: {e}"))?;
     let s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (mut ws, _) = tungstenite::client(format!("ws://{addr}/"), s).expect("upgrade");
-    let name = ws
-        .read()
-        .expect("greeting")
-        .into_text()
-        .unwrap()
-        .to_string();
-    (ws, name)
+    let (mut ws, _) =
+        tungstenite::client(format!("ws://{addr}/"), s).map_err(|e| format!("upgrade: {e}"))?;
+    let greeting = ws.read().map_err(|e| format!("greeting: {e}"))?;
+    Ok((ws, greeting.into_text().unwrap().to_string()))
 }
 
 #[test]
@@ -150,19 +172,8 @@ fn thousand_connections_survive_a_reload_that_adds_and_drains() {
         ],
     );
 
-    for mode in [IoMode::Epoll, IoMode::Uring] {
-        let mut maps = MemoryMaps::default();
-        let mut balancer = Balancer::from_config(&before, &mut maps).unwrap();
-        let specs = listener_specs(&before, &balancer).unwrap();
-        let t = Terminator::start(
-            mode,
-            2,
-            specs.iter().map(|(_, s)| s.clone()).collect(),
-            ConnLimits::new(4000, 4000),
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        let addr = t.local_addrs[0];
+    for mode in [IoChoice::Epoll, IoChoice::Uring] {
+        let (mut plane, addr) = start_plane(&before, mode);
 
         // 1,000 connections over 10 client threads.
         let stop = Arc::new(AtomicBool::new(false));
@@ -212,13 +223,25 @@ fn thousand_connections_survive_a_reload_that_adds_and_drains() {
         let before_reload = exchanged.load(Ordering::Relaxed);
 
         // The reload: node-c added, node-a drained.
-        let changes = balancer.reconcile_pools(&after, &mut maps).unwrap();
-        assert_eq!(changes.len(), 2, "{changes:?}");
-        for (l, spec) in &specs {
-            spec.ctx
-                .upstreams
-                .replace(upstream_set(&balancer, l).unwrap());
-        }
+        let changes = reload(&mut plane, &after);
+        let eu = |kind| PoolChange {
+            pool: "eu".into(),
+            kind,
+        };
+        assert_eq!(
+            changes.pools,
+            [
+                eu(PoolChangeKind::Reweighted {
+                    name: "node-a".into(),
+                    from: 100,
+                    to: 0
+                }),
+                eu(PoolChangeKind::BackendAdded {
+                    name: "node-c".into()
+                }),
+            ]
+        );
+        assert!(changes.listeners.is_empty(), "{changes:?}");
         thread::sleep(Duration::from_millis(1500));
         stop.store(true, Ordering::Relaxed);
         let mut on_a = 0;
@@ -255,6 +278,171 @@ fn thousand_connections_survive_a_reload_that_adds_and_drains() {
             fresh.get("node-c").copied().unwrap_or(0) > 0,
             "{mode:?}: the added node got none: {fresh:?}"
         );
-        t.shutdown();
+        plane.shutdown();
     }
+}
+
+fn listeners_config(listeners: &[(&str, u16, &str)], nodes: &[SocketAddr]) -> Config {
+    let listeners: String = listeners
+        .iter()
+        .map(|(name, port, pool)| {
+            format!(
+                "[[listener]]\nname = \"{name}\"\naddress = \"{}\"\nmode = \"ws\"\npool = \"{pool}\"\n\n",
+                local(*port)
+            )
+        })
+        .collect();
+    let text = format!(
+        r#"
+[balancer]
+interfaces = ["lo"]
+snat_v4 = "192.0.2.254"
+ring_size = 1009
+
+[terminator]
+workers = 1
+shutdown_grace_secs = 3
+
+{listeners}
+[pools.eu]
+backends = [{{ name = "node-a", address = "{}" }}]
+
+[pools.us]
+backends = [{{ name = "node-b", address = "{}" }}]
+"#,
+        nodes[0], nodes[1]
+    );
+    Config::parse(&text, "listener reload test").expect("config")
+}
+
+/// The listener test's own loopback address: the terminator binds with `SO_REUSEPORT`, so a
+/// port handed out twice on one address would join the other test's listener.
+const LISTENER_IP: [u8; 4] = [127, 0, 1, 1];
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((LISTENER_IP, port))
+}
+
+/// `N` distinct free ports on `LISTENER_IP` (all held until all are picked).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind(local(0)).unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
+/// Waits until nothing accepts on `port` any more (the stopped instance's workers notice
+/// within a poll interval).
+fn wait_refused(port: u16) {
+    for _ in 0..100 {
+        if TcpStream::connect(local(port)).is_err() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("port {port} still accepts after its listener was removed");
+}
+
+fn echo(ws: &mut tungstenite::WebSocket<TcpStream>, what: &str) -> Result<(), String> {
+    ws.send(Message::text(what)).map_err(|e| e.to_string())?;
+    match ws.read().map_err(|e| e.to_string())? {
+        m if m.to_text().ok() == Some(what) => Ok(()),
+        m => Err(format!("got {m:?}")),
+    }
+}
+
+#[test]
+fn reload_adds_removes_and_replaces_listeners_without_touching_the_others() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let nodes = start_nodes(&["node-a", "node-b"]);
+    let [keep, gone, moved_from, moved_to, repooled, added] = free_ports();
+    let before = listeners_config(
+        &[
+            ("keep", keep, "eu"),
+            ("gone", gone, "eu"),
+            ("moved", moved_from, "eu"),
+            ("repooled", repooled, "eu"),
+        ],
+        &nodes,
+    );
+    let after = listeners_config(
+        &[
+            ("keep", keep, "eu"),
+            ("moved", moved_to, "eu"),
+            ("repooled", repooled, "us"),
+            ("added", added, "eu"),
+        ],
+        &nodes,
+    );
+    let options = PlaneOptions {
+        io: IoChoice::Epoll,
+        stats_interval_secs: 0,
+    };
+    let (mut plane, _inputs) =
+        ControlPlane::new(&before, MemoryMaps::default(), options, 0).unwrap();
+    // One live connection on every listener of the old file.
+    let mut live: Vec<(u16, tungstenite::WebSocket<TcpStream>)> =
+        [keep, gone, moved_from, repooled]
+            .into_iter()
+            .map(|port| {
+                let (ws, node) = connect_from(2, local(port));
+                assert_eq!(node, "node-a");
+                (port, ws)
+            })
+            .collect();
+
+    let changes = reload(&mut plane, &after);
+    let kinds: Vec<(&str, ListenerChangeKind)> = changes
+        .listeners
+        .iter()
+        .map(|c| (c.name.as_str(), c.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("moved", ListenerChangeKind::Changed),
+            ("repooled", ListenerChangeKind::Changed),
+            ("added", ListenerChangeKind::Added),
+            ("gone", ListenerChangeKind::Removed),
+        ]
+    );
+    assert!(
+        changes.pools.is_empty() && changes.failures.is_empty(),
+        "{changes:?}"
+    );
+    assert_eq!(plane.listener("repooled").unwrap().pool, "us");
+
+    // Removed and moved listeners stop accepting ...
+    wait_refused(gone);
+    wait_refused(moved_from);
+    // ... while every live connection carries on: on listeners that went or changed (within
+    // the shutdown grace) and on the one that did not change.
+    for (port, ws) in &mut live {
+        echo(ws, "still here").unwrap_or_else(|e| panic!("live connection on {port}: {e}"));
+    }
+    // New and moved listeners accept; the unchanged one still does.
+    for port in [moved_to, added, keep] {
+        assert_eq!(connect_from(3, local(port)).1, "node-a", "port {port}");
+    }
+    // The re-pooled listener (same address) sends new clients to its new pool once the old
+    // instance has stopped accepting.
+    let mut switched = false;
+    for _ in 0..100 {
+        if let Ok((_, node)) = try_connect_from(4, local(repooled)) {
+            if node == "node-b" {
+                switched = true;
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(switched, "the re-pooled listener never served its new pool");
+    for i in 0..20 {
+        let (_, node) = connect_from(5 + i, local(repooled));
+        assert_eq!(node, "node-b", "a new client reached the old instance");
+    }
+    // Reloading the same file again changes nothing.
+    assert!(reload(&mut plane, &after).is_empty());
+    drop(live);
+    plane.shutdown();
 }

@@ -13,7 +13,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
     balancer::Balancer,
-    config::{Config, IoChoice, ListenerConfig, ListenerMode},
+    config::{Config, IoChoice, ListenerConfig, ListenerMode, TerminatorConfig},
     handshake::Limits,
 };
 
@@ -86,72 +86,79 @@ pub fn listener_specs_with_events(
     balancer: &Balancer,
     events: Option<tokio::sync::mpsc::Sender<crate::health::ConnectEvent>>,
 ) -> Result<Vec<(ListenerConfig, server::ListenerSpec)>, SetupError> {
-    let t = &config.terminator;
-    let mut out = Vec::new();
-    for l in config
+    config
         .listeners
         .iter()
         .filter(|l| l.mode != ListenerMode::L4)
-    {
-        let tls = match &l.tls {
-            Some(tls_conf) => {
-                let sources: Vec<tls::CertSource> = tls_conf
-                    .certificates
-                    .iter()
-                    .map(|c| tls::CertSource {
-                        server_name: c.server_name.clone(),
-                        dir: c.dir.clone(),
-                    })
-                    .collect();
-                let resolver =
-                    tls::SniResolver::load(&sources, tls_conf.default_certificate.clone())
-                        .map_err(|source| {
-                            let server_name = match &source {
-                                tls::CertError::Read { path, .. }
-                                | tls::CertError::Content { path, .. }
-                                | tls::CertError::Key { path, .. } => sources
-                                    .iter()
-                                    .find(|s| path.starts_with(&s.dir))
-                                    .map(|s| s.server_name.clone())
-                                    .unwrap_or_default(),
-                            };
-                            SetupError::Certificate {
-                                listener: l.name.clone(),
-                                server_name,
-                                source: Box::new(source),
-                            }
-                        })?;
-                Some(tls::TlsAcceptor::new(resolver))
-            }
-            None => None,
-        };
-        let ctx = Arc::new(handler::ListenerCtx {
-            name: l.name.clone(),
-            limits: Limits {
-                max_head_bytes: t.max_head_bytes,
-                allowed_paths: l.paths.clone(),
-                allow_json_rpc_post: l.allow_json_rpc_post,
-                ..Limits::default()
-            },
-            upstreams: {
-                let table = upstream::UpstreamTable::new(upstream_set(balancer, l)?);
-                match &events {
-                    Some(tx) => table.with_events(l.pool.clone(), tx.clone()),
-                    None => table,
+        .map(|l| {
+            Ok((
+                l.clone(),
+                listener_spec(l, &config.terminator, balancer, events.clone())?,
+            ))
+        })
+        .collect()
+}
+
+/// The terminator side of one `tls`/`ws` listener: certificates, limits and upstream table.
+pub fn listener_spec(
+    l: &ListenerConfig,
+    t: &TerminatorConfig,
+    balancer: &Balancer,
+    events: Option<tokio::sync::mpsc::Sender<crate::health::ConnectEvent>>,
+) -> Result<server::ListenerSpec, SetupError> {
+    let tls = match &l.tls {
+        Some(tls_conf) => {
+            let sources: Vec<tls::CertSource> = tls_conf
+                .certificates
+                .iter()
+                .map(|c| tls::CertSource {
+                    server_name: c.server_name.clone(),
+                    dir: c.dir.clone(),
+                })
+                .collect();
+            let resolver = tls::SniResolver::load(&sources, tls_conf.default_certificate.clone())
+                .map_err(|source| {
+                let server_name = match &source {
+                    tls::CertError::Read { path, .. }
+                    | tls::CertError::Content { path, .. }
+                    | tls::CertError::Key { path, .. } => sources
+                        .iter()
+                        .find(|s| path.starts_with(&s.dir))
+                        .map(|s| s.server_name.clone())
+                        .unwrap_or_default(),
+                };
+                SetupError::Certificate {
+                    listener: l.name.clone(),
+                    server_name,
+                    source: Box::new(source),
                 }
-            },
-            handshake_timeout: Duration::from_secs(t.handshake_timeout_secs),
-            connect_timeout: Duration::from_millis(t.connect_timeout_ms),
-            idle_timeout: Duration::from_secs(t.idle_timeout_secs),
-        });
-        out.push((
-            l.clone(),
-            server::ListenerSpec {
-                addr: l.address,
-                ctx,
-                tls,
-            },
-        ));
-    }
-    Ok(out)
+            })?;
+            Some(tls::TlsAcceptor::new(resolver))
+        }
+        None => None,
+    };
+    let ctx = Arc::new(handler::ListenerCtx {
+        name: l.name.clone(),
+        limits: Limits {
+            max_head_bytes: t.max_head_bytes,
+            allowed_paths: l.paths.clone(),
+            allow_json_rpc_post: l.allow_json_rpc_post,
+            ..Limits::default()
+        },
+        upstreams: {
+            let table = upstream::UpstreamTable::new(upstream_set(balancer, l)?);
+            match events {
+                Some(tx) => table.with_events(l.pool.clone(), tx),
+                None => table,
+            }
+        },
+        handshake_timeout: Duration::from_secs(t.handshake_timeout_secs),
+        connect_timeout: Duration::from_millis(t.connect_timeout_ms),
+        idle_timeout: Duration::from_secs(t.idle_timeout_secs),
+    });
+    Ok(server::ListenerSpec {
+        addr: l.address,
+        ctx,
+        tls,
+    })
 }

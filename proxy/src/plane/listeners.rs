@@ -1,0 +1,210 @@
+//! The listeners the plane serves, and the terminator instance behind each `tls`/`ws` one.
+//! One instance per listener, so a reload can stop or replace a listener alone: it stops
+//! accepting and its live connections finish within the shutdown grace, while the other
+//! listeners keep running untouched.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, thread::JoinHandle, time::Duration};
+
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use crate::{
+    balancer::Balancer,
+    config::{Config, IoChoice, ListenerConfig, ListenerMode, TerminatorConfig},
+    health::ConnectEvent,
+    terminator::{
+        self,
+        io::IoMode,
+        server::{pick_mode, ConnLimits, ListenerSpec, Terminator},
+        SetupError,
+    },
+};
+
+/// A listener as served now.
+struct Served {
+    config: ListenerConfig,
+    /// `tls`/`ws` only: the terminator's tables and certificates, and its workers.
+    terminated: Option<(ListenerSpec, Terminator)>,
+}
+
+pub(super) struct Listeners {
+    served: BTreeMap<String, Served>,
+    /// Settings of instances started from now on (a reload's `[terminator]` applies to the
+    /// listeners it starts).
+    terminator: TerminatorConfig,
+    requested: IoChoice,
+    /// Picked when the first terminator listener starts (probing io_uring logs once).
+    mode: Option<IoMode>,
+    /// One connection limit for every instance.
+    limits: Arc<ConnLimits>,
+    grace: Duration,
+    events: mpsc::Sender<ConnectEvent>,
+    /// Instances of removed or replaced listeners, finishing their live connections.
+    draining: Vec<JoinHandle<()>>,
+}
+
+impl Listeners {
+    pub(super) fn start(
+        config: &Config,
+        balancer: &Balancer,
+        events: mpsc::Sender<ConnectEvent>,
+        io: IoChoice,
+    ) -> Result<Self, SetupError> {
+        let t = &config.terminator;
+        let mut me = Self {
+            served: BTreeMap::new(),
+            terminator: t.clone(),
+            requested: io,
+            mode: None,
+            limits: ConnLimits::new(t.max_connections, t.max_connections_per_client),
+            grace: Duration::from_secs(t.shutdown_grace_secs),
+            events,
+            draining: Vec::new(),
+        };
+        for l in &config.listeners {
+            let served = me.serve(l, balancer)?;
+            me.served.insert(l.name.clone(), served);
+        }
+        Ok(me)
+    }
+
+    /// Starts serving `l` (a terminator instance for `tls`/`ws`; XDP serves `l4` alone).
+    fn serve(&mut self, l: &ListenerConfig, balancer: &Balancer) -> Result<Served, SetupError> {
+        if l.mode == ListenerMode::L4 {
+            return Ok(Served {
+                config: l.clone(),
+                terminated: None,
+            });
+        }
+        let spec =
+            terminator::listener_spec(l, &self.terminator, balancer, Some(self.events.clone()))?;
+        let requested = self.requested;
+        let mode = *self
+            .mode
+            .get_or_insert_with(|| pick_mode(terminator::requested_mode(requested)));
+        let workers = match self.terminator.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        };
+        let instance = Terminator::start(
+            mode,
+            workers,
+            vec![spec.clone()],
+            self.limits.clone(),
+            self.grace,
+        )
+        .map_err(SetupError::Start)?;
+        info!(listener = %l.name, addr = %l.address, "terminator listener started");
+        Ok(Served {
+            config: l.clone(),
+            terminated: Some((spec, instance)),
+        })
+    }
+
+    /// Serves a listener not served yet.
+    pub(super) fn add(
+        &mut self,
+        l: &ListenerConfig,
+        balancer: &Balancer,
+    ) -> Result<(), SetupError> {
+        let served = self.serve(l, balancer)?;
+        self.served.insert(l.name.clone(), served);
+        Ok(())
+    }
+
+    /// Replaces a listener: the new one starts first (same address: `SO_REUSEPORT` lets both
+    /// listen), then the old one stops accepting and drains. If the new one cannot start, the
+    /// old one keeps serving.
+    pub(super) fn replace(
+        &mut self,
+        l: &ListenerConfig,
+        balancer: &Balancer,
+    ) -> Result<(), SetupError> {
+        let served = self.serve(l, balancer)?;
+        if let Some(old) = self.served.insert(l.name.clone(), served) {
+            self.drain(old);
+        }
+        Ok(())
+    }
+
+    /// Stops a listener: no new connections; live ones finish within the grace.
+    pub(super) fn remove(&mut self, name: &str) {
+        if let Some(old) = self.served.remove(name) {
+            self.drain(old);
+        }
+    }
+
+    fn drain(&mut self, old: Served) {
+        if let Some((_, instance)) = old.terminated {
+            info!(listener = %old.config.name, "terminator listener stops accepting; live connections drain");
+            // `shutdown` blocks for up to the grace period: not on the plane's thread.
+            self.draining
+                .push(std::thread::spawn(move || instance.shutdown()));
+        }
+        self.draining.retain(|h| !h.is_finished());
+    }
+
+    /// Mirrors the balancer's pools into every terminator listener's upstream table.
+    pub(super) fn refresh(&self, balancer: &Balancer) {
+        for s in self.served.values() {
+            let Some((spec, _)) = &s.terminated else {
+                continue;
+            };
+            match terminator::upstream_set(balancer, &s.config) {
+                Ok(set) => spec.ctx.upstreams.replace(set),
+                Err(e) => error!("listener {}: {e}", s.config.name),
+            }
+        }
+    }
+
+    /// Swaps certificates whose files changed; returns their server names.
+    pub(super) fn reload_certificates(&self) -> Vec<String> {
+        self.served
+            .values()
+            .filter_map(|s| s.terminated.as_ref())
+            .filter_map(|(spec, _)| spec.tls.as_ref())
+            .flat_map(|tls| tls.resolver.reload_changed())
+            .collect()
+    }
+
+    pub(super) fn configs(&self) -> impl Iterator<Item = &ListenerConfig> {
+        self.served.values().map(|s| &s.config)
+    }
+
+    pub(super) fn config(&self, name: &str) -> Option<&ListenerConfig> {
+        self.served.get(name).map(|s| &s.config)
+    }
+
+    pub(super) fn local_addrs(&self, name: &str) -> Option<&[SocketAddr]> {
+        self.served.get(name).map(|s| match &s.terminated {
+            Some((_, t)) => t.local_addrs.as_slice(),
+            None => &[],
+        })
+    }
+
+    /// A later reload's `[terminator]` settings, for the listeners it starts.
+    pub(super) fn set_terminator_config(&mut self, t: &TerminatorConfig) {
+        self.terminator = t.clone();
+    }
+
+    /// Stops every instance in parallel (each waits out the same grace) and waits for all,
+    /// including those still draining after a reload.
+    pub(super) fn shutdown(self) {
+        let mut stops = self.draining;
+        let mut any = !stops.is_empty();
+        for (_, s) in self.served {
+            if let Some((_, instance)) = s.terminated {
+                any = true;
+                stops.push(std::thread::spawn(move || instance.shutdown()));
+            }
+        }
+        if any {
+            info!("shutting down: no new connections; live ones get the grace period");
+        }
+        for s in stops {
+            let _ = s.join();
+        }
+    }
+}

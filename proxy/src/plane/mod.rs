@@ -1,0 +1,255 @@
+//! The control plane as one object. `ControlPlane` owns the balancer and its map writer, the
+//! health board and probe supervisor, and the terminator listeners with their certificates;
+//! `proxy run` and the tests drive it with the same events.
+//!
+//! Every handler takes `now` (unix seconds) from its caller: nothing here reads the wall
+//! clock, so tests drive the timing logic (slow start, ejection backoff, periodic jobs) with a
+//! virtual one.
+
+mod admin;
+mod health;
+mod listeners;
+mod reload;
+mod stats;
+
+use std::net::SocketAddr;
+
+use tokio::sync::mpsc;
+use tracing::info;
+
+pub use reload::{
+    diff_listeners, ListenerChange, ListenerChangeKind, ListenerError, ListenerFailure,
+    ReloadChanges, ReloadError,
+};
+pub use stats::{install_metrics_exporter, DataPath, MetricsError};
+
+use crate::{
+    admin::{Request, Response},
+    balancer::{Balancer, BalancerError},
+    config::{Config, IoChoice, ListenerConfig},
+    health::{Board, ConnectEvent, Report, Supervisor},
+    terminator::SetupError,
+};
+
+/// Room for data-path connect results; more are dropped (passive health is best effort).
+const CONNECT_EVENTS: usize = 4096;
+
+/// Something that happened, for [`ControlPlane::handle`].
+#[derive(Debug)]
+pub enum Event {
+    /// A probe round's result.
+    Health(Report),
+    /// A connect attempt seen by the terminator (passive health).
+    Connect(ConnectEvent),
+    /// An operator's request from the admin socket.
+    Admin(Request),
+    /// A new, already parsed and validated configuration (SIGHUP).
+    Reload(Box<Config>),
+    /// Certificate files may have changed: swap those whose files did.
+    CertificatesChanged,
+    /// Time passed (about once a second): slow-start ramps, ejection ends, periodic jobs.
+    Tick,
+}
+
+/// What handling an event produced, for the caller to pass on.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Applied; nothing to answer.
+    Done,
+    /// The answer to an admin request.
+    Admin(Response),
+    /// What a reload changed, or why it was refused.
+    Reloaded(Result<ReloadChanges, ReloadError>),
+    /// Server names whose certificates were swapped.
+    Certificates(Vec<String>),
+}
+
+/// Where the plane's asynchronous inputs arrive; the caller turns them into events.
+pub struct Inputs {
+    pub health: mpsc::Receiver<Report>,
+    pub connects: mpsc::Receiver<ConnectEvent>,
+}
+
+/// How `proxy run` was started (flags that override or add to the file).
+#[derive(Debug, Clone, Copy)]
+pub struct PlaneOptions {
+    /// Terminator I/O (`--io`, else `terminator.io`).
+    pub io: IoChoice,
+    /// Seconds between counter summaries in the log (0: never).
+    pub stats_interval_secs: u64,
+}
+
+/// Why the plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Writing the initial state to the maps failed.
+    #[error("writing the initial state to the maps")]
+    Balancer(#[source] BalancerError),
+    /// A terminator listener could not start.
+    #[error("starting the terminator")]
+    Terminator(#[source] SetupError),
+}
+
+/// Jobs that run every `period` seconds on `Tick`.
+#[derive(Debug)]
+struct Every {
+    period: i64,
+    next: i64,
+}
+
+impl Every {
+    /// `period` 0 never runs; otherwise first at `first`.
+    fn new(period: u64, first: i64) -> Self {
+        Self {
+            period: period as i64,
+            next: first,
+        }
+    }
+
+    fn due(&mut self, now: i64) -> bool {
+        if self.period <= 0 || now < self.next {
+            return false;
+        }
+        self.next = now + self.period;
+        true
+    }
+}
+
+/// Seconds between certificate file checks (certbot renews in place).
+const CERT_POLL_SECS: u64 = 5;
+/// Seconds between Prometheus exports of the kernel counters.
+const METRICS_SECS: u64 = 2;
+
+/// The control plane: see the module documentation.
+pub struct ControlPlane<M: DataPath> {
+    balancer: Balancer,
+    maps: M,
+    board: Board,
+    supervisor: Supervisor,
+    listeners: listeners::Listeners,
+    metrics: Option<Every>,
+    stats_log: Every,
+    cert_poll: Every,
+}
+
+impl<M: DataPath> ControlPlane<M> {
+    /// Writes `config` to `maps`, starts the terminator listeners and the health probes.
+    /// Runs inside a tokio runtime (the probes are tasks).
+    pub fn new(
+        config: &Config,
+        mut maps: M,
+        options: PlaneOptions,
+        now: i64,
+    ) -> Result<(Self, Inputs), StartError> {
+        let balancer = Balancer::from_config(config, &mut maps).map_err(StartError::Balancer)?;
+        for (name, num, pool) in balancer.vips() {
+            info!(listener = name, vip = num, pool, "listener ready");
+        }
+        let (connect_tx, connects) = mpsc::channel(CONNECT_EVENTS);
+        let listeners = listeners::Listeners::start(config, &balancer, connect_tx, options.io)
+            .map_err(StartError::Terminator)?;
+        let board = Board::new(health::configs(config));
+        let (mut supervisor, health) = Supervisor::new();
+        supervisor.sync(&balancer, &board);
+        let plane = Self {
+            balancer,
+            maps,
+            board,
+            supervisor,
+            listeners,
+            metrics: config.admin.metrics.map(|_| Every::new(METRICS_SECS, now)),
+            stats_log: Every::new(
+                options.stats_interval_secs,
+                now + options.stats_interval_secs as i64,
+            ),
+            cert_poll: Every::new(CERT_POLL_SECS, now + CERT_POLL_SECS as i64),
+        };
+        Ok((plane, Inputs { health, connects }))
+    }
+
+    /// Handles one event at `now` (unix seconds).
+    pub fn handle(&mut self, event: Event, now: i64) -> Outcome {
+        match event {
+            Event::Health(report) => {
+                self.on_health(report, now);
+                Outcome::Done
+            }
+            Event::Connect(ev) => {
+                self.on_connect(ev, now);
+                Outcome::Done
+            }
+            Event::Admin(req) => Outcome::Admin(self.on_admin(req, now)),
+            Event::Reload(config) => Outcome::Reloaded(self.on_reload(&config, now)),
+            Event::CertificatesChanged => {
+                Outcome::Certificates(self.listeners.reload_certificates())
+            }
+            Event::Tick => {
+                self.on_tick(now);
+                Outcome::Done
+            }
+        }
+    }
+
+    /// Slow-start ramps and ejection ends, then whatever periodic job is due.
+    pub fn on_tick(&mut self, now: i64) {
+        self.tick_ramps(now);
+        if self.metrics.as_mut().is_some_and(|m| m.due(now)) {
+            stats::export_metrics(&self.maps, &self.balancer);
+        }
+        if self.stats_log.due(now) {
+            stats::log_stats(&self.maps, &self.balancer);
+        }
+        if self.cert_poll.due(now) {
+            self.listeners.reload_certificates();
+        }
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// The map writer, e.g. to attach the XDP program after the initial state is written.
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// The configuration a listener runs with now.
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.config(name)
+    }
+
+    /// Where a terminator listener accepts (empty for `l4` listeners: XDP serves those).
+    pub fn listener_addrs(&self, name: &str) -> Option<&[SocketAddr]> {
+        self.listeners.local_addrs(name)
+    }
+
+    /// Stops the probes and the terminator: no new connections, live ones get the shutdown
+    /// grace (listeners replaced earlier finish theirs too). Returns the map writer.
+    pub fn shutdown(self) -> M {
+        drop(self.supervisor);
+        self.listeners.shutdown();
+        self.maps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Every;
+
+    #[test]
+    fn periodic_jobs_run_on_the_ticks_they_are_due() {
+        let mut every = Every::new(5, 100);
+        let due: Vec<i64> = (95..=112).filter(|t| every.due(*t)).collect();
+        assert_eq!(due, [100, 105, 110]);
+        let mut never = Every::new(0, 0);
+        assert!(!(0..100).any(|t| never.due(t)));
+    }
+}
