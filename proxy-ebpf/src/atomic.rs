@@ -26,3 +26,27 @@ pub unsafe fn publish_u64(p: *mut u64, v: u64) {
         atomic_xchg::<u64, { SeqCst }>(p, v);
     }
 }
+
+/// `*p |= bits`, atomically. Sequentially consistent.
+///
+/// # Safety
+/// As for `cas_u64`.
+#[inline(always)]
+pub unsafe fn set_bits_u64(p: *mut u64, bits: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        core::intrinsics::atomic_or::<u64, u64, { SeqCst }>(p, bits);
+    }
+}
+
+/// `*p &= !bits`, atomically. Sequentially consistent.
+///
+/// # Safety
+/// As for `cas_u64`.
+#[inline(always)]
+pub unsafe fn clear_bits_u64(p: *mut u64, bits: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        core::intrinsics::atomic_and::<u64, u64, { SeqCst }>(p, !bits);
+    }
+}

@@ -92,11 +92,18 @@ pub fn get(k: &FlowKey, s: &Settings) -> Option<Found> {
 }
 
 /// Inserts or replaces the flow's entry. An IPv4 flow takes its key's slot, else an empty
-/// one, else the bucket's least recently seen. Err when racing writers kept every slot busy.
+/// one, else the bucket's least recently seen: then the evicted flow's state word (its first
+/// 8 bytes: backend, SNAT index, NAT port, FIN bits) is returned, so its port can be given
+/// back; 0 when no other flow was evicted (a live flow's NAT port is never 0). Err when
+/// racing writers kept every slot busy.
 #[inline(always)]
-pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<(), ()> {
+pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<u64, ()> {
     if k.family != FAMILY_V4 {
-        return FLOWS.insert(k, state, BPF_ANY as u64).map_err(|_| ());
+        // The kernel's LRU evicts without telling: such ports come back through `reclaim`.
+        return FLOWS
+            .insert(k, state, BPF_ANY as u64)
+            .map(|_| 0)
+            .map_err(|_| ());
     }
     let (base, tag) = bucket(k, s);
     // Two passes: a writer on another CPU may take the chosen slot between choice and claim.
@@ -104,6 +111,7 @@ pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<(), ()> {
         let mut victim = FLOW_WAYS;
         let mut victim_tag = SLOT_BUSY;
         let mut oldest = u64::MAX;
+        let mut same = false;
         for i in 0..FLOW_WAYS {
             let Some(slot) = FLOW_SLOTS4.get_ptr_mut(base + i) else {
                 return Err(());
@@ -115,6 +123,7 @@ pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<(), ()> {
             if t == tag && same_key(&sl.key, k) {
                 victim = i;
                 victim_tag = t;
+                same = true;
                 break;
             }
             let age = match t {
@@ -138,6 +147,17 @@ pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<(), ()> {
         if !unsafe { cas_u64(tag_of(slot), victim_tag, SLOT_BUSY) } {
             continue;
         }
+        // The slot is ours now: what it held stays put until overwritten below. Read
+        // whatever the case and masked (a conditional read leaves LLVM free to use an
+        // undefined register the verifier refuses).
+        // SAFETY: the slot is ours; FlowState is 8-byte aligned and starts with the word.
+        let old =
+            unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*slot).state) as *const u64) };
+        let evicted = if same || victim_tag == SLOT_EMPTY {
+            0
+        } else {
+            old
+        };
         // SAFETY: the slot is ours until the tag is published.
         unsafe {
             (*slot).key = FlowKey4::of(k);
@@ -146,7 +166,7 @@ pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<(), ()> {
         // Publish: a full barrier, so readers that see the tag see key and state.
         // SAFETY: as above.
         unsafe { publish_u64(tag_of(slot), tag) };
-        return Ok(());
+        return Ok(evicted);
     }
     Err(())
 }

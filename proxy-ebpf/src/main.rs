@@ -13,6 +13,7 @@ mod flows;
 mod forward;
 mod maps;
 mod nat;
+mod nat_ports;
 mod parse;
 mod rewrite;
 
@@ -26,19 +27,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use proxy_common::{
-    hash, ring_index, Backend, FlowKey, FlowState, NatKey, NatState, Reason, Settings, VipKey,
-    VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
-    NAT_CLAIM_GRACE_TICKS, PROTO_TCP, VIP_HASH_SOURCE_ONLY, VIP_INDEX_EMPTY, VIP_INDEX_PROBES,
+    hash, ports::MAX_SNAT_ADDRS, ring_index, Backend, FlowKey, FlowState, NatKey, NatState, Reason,
+    Settings, VipKey, VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND,
+    FLOW_FIN_CLIENT, PROTO_TCP, VIP_HASH_SOURCE_ONLY, VIP_INDEX_EMPTY, VIP_INDEX_PROBES,
     VIP_INDEX_REMOVED, VIP_PASS_TO_STACK,
 };
 
 use counters::{flow_packet, reason};
 use maps::{BACKENDS, RING, SETTINGS, VIP_INDEX, VIP_KEYS, VIP_METAS};
-use parse::{same_addr, NotOurs, Packet, TCP_FIN, TCP_RST, TCP_SYN};
+use nat_ports::FIN_BOTH;
+use parse::{same_addr, NotOurs, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use rewrite::Translation;
-
-/// How many NAT source ports a new flow tries before giving up.
-const NAT_PORT_PROBES: u32 = 8;
 
 #[xdp]
 pub fn proxy_xdp(ctx: XdpContext) -> u32 {
@@ -140,8 +139,8 @@ fn new_or_other(
         }
         return to_backend(pkt, sc, vip, settings, now);
     }
-    // Replies are addressed to the NAT address; skip the reverse lookup for anything else.
-    if same_addr(&pkt.key.dst, &snat_of(pkt, settings)) {
+    // Replies are addressed to a NAT address; skip the reverse lookup for anything else.
+    if is_snat_addr(pkt, settings) {
         return Err(to_client(ctx, pkt, sc, settings, now));
     }
     reason(Reason::PassNotVip);
@@ -155,12 +154,12 @@ fn frame_len(ctx: &XdpContext) -> u64 {
 }
 
 #[inline(always)]
-fn backend(id: u32) -> Option<&'static Backend> {
+pub(crate) fn backend(id: u32) -> Option<&'static Backend> {
     BACKENDS.get(id).filter(|b| b.flags & BACKEND_PRESENT != 0)
 }
 
 #[inline(always)]
-fn expired(fin: u8, last_seen: u64, now: u64, proto: u8, s: &Settings) -> bool {
+pub(crate) fn expired(fin: u8, last_seen: u64, now: u64, proto: u8, s: &Settings) -> bool {
     let timeout = if fin == FLOW_FIN_CLIENT | FLOW_FIN_BACKEND {
         s.closing_timeout_ticks
     } else if proto == PROTO_TCP {
@@ -172,9 +171,10 @@ fn expired(fin: u8, last_seen: u64, now: u64, proto: u8, s: &Settings) -> bool {
     now.saturating_sub(last_seen) >= timeout
 }
 
-/// A flow entry as read once: the first word of `FlowState` (backend, NAT port, FIN bits and
-/// VIP number, little-endian as on the BPF target) and the time it was last seen.
-struct Seen {
+/// A flow entry as read once: the first word of `FlowState` (backend, SNAT index, NAT port,
+/// FIN bits and VIP number, little-endian as on the BPF target) and the time it was last
+/// seen.
+pub(crate) struct Seen {
     word: u64,
     last_seen: u64,
 }
@@ -182,7 +182,7 @@ struct Seen {
 impl Seen {
     /// Reads the entry; None if its slot changed hands while being read.
     #[inline(always)]
-    fn read(found: &flows::Found) -> Option<Seen> {
+    pub(crate) fn read(found: &flows::Found) -> Option<Seen> {
         // SAFETY: map value pointer valid for this run; FlowState is 8-byte aligned and
         // starts with the packed word.
         let seen = unsafe {
@@ -194,15 +194,19 @@ impl Seen {
         found.still_ours().then_some(seen)
     }
     #[inline(always)]
-    fn backend(&self) -> u32 {
-        self.word as u32
+    pub(crate) fn backend(&self) -> u32 {
+        self.word as u32 & 0xffff
     }
     #[inline(always)]
-    fn nat_port(&self) -> u16 {
+    pub(crate) fn snat(&self) -> u8 {
+        (self.word >> 16) as u8
+    }
+    #[inline(always)]
+    pub(crate) fn nat_port(&self) -> u16 {
         (self.word >> 32) as u16
     }
     #[inline(always)]
-    fn fin(&self) -> u8 {
+    pub(crate) fn fin(&self) -> u8 {
         (self.word >> 48) as u8
     }
     #[inline(always)]
@@ -212,10 +216,18 @@ impl Seen {
 }
 
 /// Records a packet of a live flow: FIN flags, and the time at most every refresh interval.
+/// The packet that closes the flow (the second FIN) gives its NAT port back: the entry
+/// lingers for the last ACKs, the port is free for the next flow.
 #[inline(always)]
-fn touch(found: &flows::Found, seen: &Seen, fin_bit: u8, tcp_flags: u8, now: u64, s: &Settings) {
-    if tcp_flags & TCP_FIN != 0 && seen.fin() & fin_bit == 0 {
-        set_fin(found, seen, fin_bit);
+fn touch(found: &flows::Found, seen: &Seen, fin_bit: u8, pkt: &Packet, now: u64, s: &Settings) {
+    if pkt.tcp_flags & TCP_FIN != 0 && seen.fin() & fin_bit == 0 && set_fin(found, seen, fin_bit) {
+        nat_ports::give_back(
+            seen.backend(),
+            seen.snat(),
+            seen.nat_port(),
+            pkt.key.family,
+            s,
+        );
     }
     if now.saturating_sub(seen.last_seen) > s.last_seen_refresh_ticks as u64 {
         // A racing writer only loses a timestamp (or another flow gains one).
@@ -227,28 +239,25 @@ fn touch(found: &flows::Found, seen: &Seen, fin_bit: u8, tcp_flags: u8, now: u64
 /// Sets a FIN bit in the flow's state word by compare-and-swap. A failed swap is retried
 /// while only FIN bits changed (the other side's FIN, on another CPU); if the flow's
 /// backend, NAT port or VIP changed, the slot went to another flow, which keeps its bits.
+/// True if this swap closed the flow (both FIN bits now set): exactly one packet sees that.
 #[inline(never)]
-fn set_fin(found: &flows::Found, seen: &Seen, fin_bit: u8) {
+fn set_fin(found: &flows::Found, seen: &Seen, fin_bit: u8) -> bool {
     const FIN_BITS: u64 = 0xff << 48;
     let mut expected = seen.word;
     for _ in 0..3 {
+        let new = expected | (fin_bit as u64) << 48;
         // SAFETY: map value pointer valid for this run, 8-byte aligned.
-        if unsafe {
-            atomic::cas_u64(
-                found.state as *mut u64,
-                expected,
-                expected | (fin_bit as u64) << 48,
-            )
-        } {
-            return;
+        if unsafe { atomic::cas_u64(found.state as *mut u64, expected, new) } {
+            return (expected >> 48) as u8 != FIN_BOTH && (new >> 48) as u8 == FIN_BOTH;
         }
         // SAFETY: as above.
         let now = unsafe { core::ptr::read_volatile(found.state as *const u64) };
-        if now & !FIN_BITS != seen.word & !FIN_BITS {
-            return;
+        if now & !FIN_BITS != seen.word & !FIN_BITS || now & (fin_bit as u64) << 48 != 0 {
+            return false;
         }
         expected = now;
     }
+    false
 }
 
 /// The VIP a packet is addressed to: probe `VIP_INDEX`, confirm in `VIP_KEYS`.
@@ -316,13 +325,16 @@ pub struct Work {
 #[map(name = "WORK")]
 static WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
 
+/// Whether a packet is addressed to one of the family's NAT addresses (a reply).
 #[inline(always)]
-fn snat_of(pkt: &Packet, s: &Settings) -> [u32; 4] {
-    if pkt.key.family == FAMILY_V4 {
-        [s.snat_v4, 0, 0, 0]
-    } else {
-        [s.snat_v6[0], s.snat_v6[1], s.snat_v6[2], s.snat_v6[3]]
+fn is_snat_addr(pkt: &Packet, s: &Settings) -> bool {
+    let n = s.snat_count(pkt.key.family);
+    for i in 0..MAX_SNAT_ADDRS as u8 {
+        if (i as u32) < n && same_addr(&pkt.key.dst, &s.snat_addr(pkt.key.family, i)) {
+            return true;
+        }
     }
+    false
 }
 
 #[inline(always)]
@@ -346,24 +358,33 @@ fn established(
     let vip_num = seen.vip_num();
     let backend_id = seen.backend();
     let nat_port = seen.nat_port();
+    // A SYN on a flow that saw a FIN: the client reused its 5-tuple for a new connection.
+    let reused = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && seen.fin() != 0
+        && pkt.key.proto == PROTO_TCP;
     let b = match backend(backend_id) {
         Some(b)
             if vip_still_serves(vip_num, pkt)
+                && !reused
                 && !expired(seen.fin(), seen.last_seen, now, pkt.key.proto, s) =>
         {
             b
         }
         _ => {
             sc.stale = 1;
-            sc.state.backend = backend_id;
+            sc.state.backend = backend_id as u16;
+            sc.state.snat = seen.snat();
             sc.state.nat_port = nat_port;
+            sc.state.fin = seen.fin();
             return None;
         }
     };
-    touch(&found, &seen, FLOW_FIN_CLIENT, pkt.tcp_flags, now, s);
+    touch(&found, &seen, FLOW_FIN_CLIENT, pkt, now, s);
     let hop = Hop {
         backend_id,
         vip_num,
+        snat: seen.snat(),
+        fin: seen.fin(),
         nat_port,
         now,
         count: Count::Known,
@@ -385,6 +406,9 @@ enum Count {
 struct Hop {
     backend_id: u32,
     vip_num: u32,
+    /// The flow's SNAT address index and its FIN bits before this packet.
+    snat: u8,
+    fin: u8,
     nat_port: u16,
     now: u64,
     count: Count,
@@ -401,7 +425,7 @@ fn forward(
     hop: &Hop,
 ) -> u32 {
     sc.t = Translation {
-        src: snat_of(pkt, s),
+        src: s.snat_addr(pkt.key.family, hop.snat),
         dst: copy4(&b.addr),
         sport: hop.nat_port,
         dport: b.port,
@@ -415,8 +439,8 @@ fn forward(
     );
     if pkt.tcp_flags & TCP_RST != 0 {
         // The connection is over: forget it now (this RST still goes through).
-        nat_key_for(&mut sc.nat, hop.backend_id, hop.nat_port, pkt, s);
-        nat::remove(&sc.nat, s);
+        let pin = pin_word(hop.backend_id, hop.snat, hop.nat_port, hop.fin);
+        release_flow(pkt, sc, s, pin);
         flows::remove(&pkt.key, s);
     }
     if !rewrite::apply(ctx, pkt, &sc.t) {
@@ -434,16 +458,16 @@ fn forward(
 #[inline(never)]
 fn pin_flow(pkt: &Packet, sc: &mut Scratch, vip: &VipMeta, s: &Settings, now: u64) -> u32 {
     if sc.stale != 0 {
-        // Its VIP or backend was removed or it timed out: free the old NAT port first.
-        nat_key_for(&mut sc.nat, sc.state.backend, sc.state.nat_port, pkt, s);
-        nat::remove(&sc.nat, s);
+        // Its VIP or backend was removed, it timed out or the client reused its 5-tuple:
+        // free the old NAT port first.
+        let st = sc.state;
+        let pin = pin_word(st.backend as u32, st.snat, st.nat_port, st.fin);
+        release_flow(pkt, sc, s, pin);
     }
-    // The 5-tuple hash also seeds the NAT port search; computed once.
-    let tuple_hash = hash::five_tuple_hash(&pkt.key);
     let ring_hash = if vip.flags & VIP_HASH_SOURCE_ONLY != 0 {
         hash::source_hash(&pkt.key.src, pkt.key.family)
     } else {
-        tuple_hash
+        hash::five_tuple_hash(&pkt.key)
     };
     let Some(id) = ring_slot(vip, ring_hash, s) else {
         return Reason::DropNoBackend as u32;
@@ -460,16 +484,25 @@ fn pin_flow(pkt: &Packet, sc: &mut Scratch, vip: &VipMeta, s: &Settings, now: u6
         client_port: pkt.key.sport,
         vip_port: pkt.key.dport,
         backend: id,
-        vip_num: vip.vip_num,
+        vip_num: vip.vip_num as u8,
+        snat: 0,
+        nat_port: 0,
         claimed: now as u32,
     };
-    let nat_port = allocate_nat_port(sc, pkt, b, s, tuple_hash, now);
-    if nat_port == 0 {
+    let mut got = nat_ports::allocate(sc, pkt, id, s, now);
+    // Every port taken: ports of flows that timed out without closing come back here, then
+    // one more try.
+    if got == nat_ports::PORTS_FULL && nat_ports::reclaim(pkt, sc, id, s, now) {
+        got = nat_ports::allocate(sc, pkt, id, s, now);
+    }
+    if got == nat_ports::NO_PORT || got == nat_ports::PORTS_FULL {
         return Reason::DropNatPortsExhausted as u32;
     }
     sc.state = FlowState {
-        backend: id,
-        nat_port,
+        backend: id as u16,
+        snat: (got >> 16) as u8,
+        pad: 0,
+        nat_port: got as u16,
         fin: if pkt.tcp_flags & TCP_FIN != 0 {
             FLOW_FIN_CLIENT
         } else {
@@ -482,12 +515,61 @@ fn pin_flow(pkt: &Packet, sc: &mut Scratch, vip: &VipMeta, s: &Settings, now: u6
 }
 
 /// Writes the pin `pin_flow` chose into the flow table; false if racing writers kept the
-/// bucket busy.
+/// bucket busy (the new flow's port is then given back). A live flow that had to give way
+/// (the bucket's least recently seen) gives its port back too.
 // Not inlined, and not called from `pin_flow`: frames of nested calls add up on the 512-byte
 // stack, sibling calls do not.
 #[inline(never)]
 fn insert_flow(pkt: &Packet, sc: &mut Scratch, s: &Settings) -> bool {
-    flows::insert(&pkt.key, &sc.state, s).is_ok()
+    match flows::insert(&pkt.key, &sc.state, s) {
+        Ok(word) => {
+            if word >> 32 & 0xffff != 0 {
+                let fin = (word >> 48) as u8;
+                if fin != FIN_BOTH {
+                    nat_ports::give_back(
+                        word as u32 & 0xffff,
+                        (word >> 16) as u8,
+                        (word >> 32) as u16,
+                        pkt.key.family,
+                        s,
+                    );
+                }
+            }
+            true
+        }
+        Err(()) => {
+            let st = sc.state;
+            let pin = pin_word(st.backend as u32, st.snat, st.nat_port, 0);
+            release_flow(pkt, sc, s, pin);
+            false
+        }
+    }
+}
+
+/// A flow's mapping as the first word of its `FlowState`: backend, SNAT index, NAT port (network
+/// order), FIN bits.
+#[inline(always)]
+fn pin_word(backend_id: u32, snat: u8, nat_port: u16, fin: u8) -> u64 {
+    (backend_id & 0xffff) as u64
+        | (snat as u64) << 16
+        | (nat_port as u64) << 32
+        | (fin as u64) << 48
+}
+
+/// A flow of this packet's 5-tuple is over (RST, re-pin, failed insert): its reverse entry
+/// goes, if it is still this client's, and its port comes back unless the flow closed (both
+/// FINs) and gave it back then. `pin`: its mapping (`pin_word`).
+#[inline(never)]
+fn release_flow(pkt: &Packet, sc: &mut Scratch, s: &Settings, pin: u64) {
+    let backend_id = pin as u32 & 0xffff;
+    let snat = (pin >> 16) as u8;
+    let nat_port = (pin >> 32) as u16;
+    let fin = (pin >> 48) as u8;
+    nat_key_for(&mut sc.nat, backend_id, snat, nat_port, pkt, s);
+    nat::remove_for_client(&sc.nat, s, &pkt.key.src, pkt.key.sport);
+    if fin != FIN_BOTH {
+        nat_ports::give_back(backend_id, snat, nat_port, pkt.key.family, s);
+    }
 }
 
 /// `pin_flow` succeeded (any other value is a drop `Reason`).
@@ -509,11 +591,10 @@ fn to_backend(
         return Err(xdp_action::XDP_DROP);
     }
     if !insert_flow(pkt, sc, s) {
-        // The NAT port stays claimed until a later probe finds it stale.
         reason(Reason::DropNatPortsExhausted);
         return Err(xdp_action::XDP_DROP);
     }
-    let backend_id = sc.state.backend;
+    let backend_id = sc.state.backend as u32;
     let Some(b) = backend(backend_id) else {
         reason(Reason::DropNoBackend);
         return Err(xdp_action::XDP_DROP);
@@ -526,6 +607,8 @@ fn to_backend(
     let hop = Hop {
         backend_id,
         vip_num: vip.vip_num,
+        snat: sc.state.snat,
+        fin: sc.state.fin,
         nat_port: sc.state.nat_port,
         now,
         count,
@@ -545,111 +628,27 @@ fn ring_slot(vip: &VipMeta, hash: u32, s: &Settings) -> Option<u32> {
 
 /// Fills `nat` with the reverse-table key of a pinned flow (the reply the backend will send).
 #[inline(always)]
-fn nat_key_for(nat: &mut NatKey, backend_id: u32, nat_port: u16, pkt: &Packet, s: &Settings) {
+fn nat_key_for(
+    nat: &mut NatKey,
+    backend_id: u32,
+    snat: u8,
+    nat_port: u16,
+    pkt: &Packet,
+    s: &Settings,
+) {
     let (addr, port) = match backend(backend_id) {
         Some(b) => (copy4(&b.addr), b.port),
         None => ([0; 4], 0),
     };
     *nat = NatKey {
         backend_addr: addr,
-        snat_addr: snat_of(pkt, s),
+        snat_addr: s.snat_addr(pkt.key.family, snat),
         backend_port: port,
         nat_port,
         proto: pkt.key.proto,
         family: pkt.key.family,
         pad: [0; 2],
     };
-}
-
-/// Claims a balancer source port for a new flow towards backend `b`, recording the reverse
-/// mapping `sc.reverse`. Ports are unique per (backend address, port), so the range is
-/// reused per backend; the search starts at a port picked by the flow's 5-tuple hash
-/// `start`. Returns the port (network order) or 0 when none is free.
-#[inline(always)]
-fn allocate_nat_port(
-    sc: &mut Scratch,
-    pkt: &Packet,
-    b: &Backend,
-    s: &Settings,
-    start: u32,
-    now: u64,
-) -> u16 {
-    let min = s.nat_port_min as u32;
-    let max = s.nat_port_max as u32;
-    if max < min || min == 0 {
-        return 0;
-    }
-    let Some(range) = NonZeroU32::new(max - min + 1) else {
-        return 0;
-    };
-    sc.nat = NatKey {
-        backend_addr: copy4(&b.addr),
-        snat_addr: snat_of(pkt, s),
-        backend_port: b.port,
-        nat_port: 0,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
-        pad: [0; 2],
-    };
-    for i in 0..NAT_PORT_PROBES {
-        let port = (min + start.wrapping_add(i.wrapping_mul(7919)) % range) as u16;
-        sc.nat.nat_port = port.to_be();
-        let (same_key, observed) = match nat::claim(&sc.nat, &sc.reverse, s, &mut sc.holder) {
-            nat::Claim::Claimed => return sc.nat.nat_port,
-            nat::Claim::Busy => continue,
-            nat::Claim::Held { same_key, observed } => (same_key, observed),
-        };
-        // Taken: by this very flow (a retransmitted first packet), by a live flow, or left
-        // behind by one that was evicted or re-pinned.
-        let h = &sc.holder;
-        if same_key
-            && same_addr(&h.client_addr, &pkt.key.src)
-            && h.client_port == pkt.key.sport
-            && same_addr(&h.vip_addr, &pkt.key.dst)
-            && h.vip_port == pkt.key.dport
-        {
-            return sc.nat.nat_port;
-        }
-        if holder_is_stale(pkt, sc, s, same_key, now)
-            && nat::take_over(&sc.nat, &sc.reverse, s, observed)
-        {
-            return sc.nat.nat_port;
-        }
-    }
-    0
-}
-
-/// Whether the holder of a NAT key being claimed (`sc.holder`) is stale: its flow is gone
-/// or timed out, or moved to another backend or, when it holds this very key (`same_key`),
-/// to another port. An IPv4 holder of another key in the same slot whose flow is still on its backend
-/// counts as live.
-// Not inlined: the flow lookup would otherwise be unrolled into every NAT port probe, each
-// copy with its own stack slots.
-#[inline(never)]
-fn holder_is_stale(pkt: &Packet, sc: &mut Scratch, s: &Settings, same_key: bool, now: u64) -> bool {
-    let h = &sc.holder;
-    sc.owner = FlowKey {
-        src: copy4(&h.client_addr),
-        dst: copy4(&h.vip_addr),
-        sport: h.client_port,
-        dport: h.vip_port,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
-        pad: [0; 2],
-    };
-    let holder_backend = h.backend;
-    match flows::get(&sc.owner, s).and_then(|f| Seen::read(&f)) {
-        // A flow that timed out (closed or idle) is over: its next packet would be pinned
-        // anew, so its port is free.
-        Some(f) => {
-            f.backend() != holder_backend
-                || (same_key && f.nat_port() != sc.nat.nat_port)
-                || expired(f.fin(), f.last_seen, now, pkt.key.proto, s)
-        }
-        // Its flow is missing: gone, or being pinned on another CPU right now (the NAT port
-        // is claimed just before the flow entry is written).
-        None => (now as u32).wrapping_sub(h.claimed) > NAT_CLAIM_GRACE_TICKS,
-    }
 }
 
 /// Backend -> balancer NAT address: translate back to VIP -> client.
@@ -693,6 +692,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, sc: &mut Scratch, s: &Settings, now
     // possibly to the same NAT port) must not reach the client either.
     if seen.nat_port() != pkt.key.dport
         || seen.backend() != sc.reverse.backend
+        || seen.snat() != sc.reverse.snat
         || expired(seen.fin(), seen.last_seen, now, pkt.key.proto, s)
     {
         // The client's flow moved on to another mapping: this reply belongs to nobody.
@@ -700,13 +700,22 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, sc: &mut Scratch, s: &Settings, now
         reason(Reason::PassNotVip);
         return xdp_action::XDP_PASS;
     }
-    touch(&found, &seen, FLOW_FIN_BACKEND, pkt.tcp_flags, now, s);
+    touch(&found, &seen, FLOW_FIN_BACKEND, pkt, now, s);
     if pkt.tcp_flags & TCP_RST != 0 {
         nat::remove(&sc.nat, s);
         flows::remove(&sc.flow, s);
+        if seen.fin() != FIN_BOTH {
+            nat_ports::give_back(
+                seen.backend(),
+                seen.snat(),
+                seen.nat_port(),
+                pkt.key.family,
+                s,
+            );
+        }
     }
     flow_packet(
-        sc.reverse.vip_num,
+        sc.reverse.vip_num as u32,
         sc.reverse.backend,
         frame_len(ctx),
         false,

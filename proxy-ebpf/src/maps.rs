@@ -61,6 +61,12 @@ pub static NAT_SLOTS4: Array<NatSlot4> = Array::pinned(1, 0);
 pub static NAT_REVERSE: LruHashMap<NatKey, NatState> =
     LruHashMap::pinned(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
+/// Which NAT ports each backend's flows hold: one port space of `Settings::nat_space_stride`
+/// words per backend id (`proxy_common::ports`). The loader sizes it. Use through
+/// `nat_ports`.
+#[map(name = "NAT_PORTS")]
+pub static NAT_PORTS: Array<u64> = Array::pinned(1, 0);
+
 /// Entry 0: ring size, NAT addresses and port range, timeouts.
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);

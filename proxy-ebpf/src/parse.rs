@@ -17,6 +17,7 @@ pub const UDP_LEN: usize = 8;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// A checked pointer to `N` bytes at `off` into the packet.
 #[derive(Clone, Copy)]

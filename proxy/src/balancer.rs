@@ -178,14 +178,23 @@ pub fn settings_from(b: &BalancerConfig, tick_ns: u64) -> Settings {
     let ns_ticks = |ns: u64| proxy_common::ticks_from_ns(ns, tick_ns);
     Settings {
         ring_size: b.ring_size,
-        snat_v4: b
-            .snat_v4
-            .map(|a| u32::from_ne_bytes(a.octets()))
-            .unwrap_or(0),
-        snat_v6: b
-            .snat_v6
-            .map(|a| proxy_common::v6_words(a.octets()))
-            .unwrap_or_default(),
+        snat_v4: std::array::from_fn(|i| {
+            b.snat_v4
+                .0
+                .get(i)
+                .map(|a| u32::from_ne_bytes(a.octets()))
+                .unwrap_or(0)
+        }),
+        snat_v6: std::array::from_fn(|i| {
+            b.snat_v6
+                .0
+                .get(i)
+                .map(|a| proxy_common::v6_words(a.octets()))
+                .unwrap_or_default()
+        }),
+        // `Config::problems` refuses more than `MAX_SNAT_ADDRS`.
+        snat_v4_count: b.snat_v4.len().min(proxy_common::ports::MAX_SNAT_ADDRS) as u8,
+        snat_v6_count: b.snat_v6.len().min(proxy_common::ports::MAX_SNAT_ADDRS) as u8,
         nat_port_min: b.nat_ports[0],
         nat_port_max: b.nat_ports[1],
         tcp_idle_timeout_ticks: ticks(b.tcp_idle_timeout_secs),

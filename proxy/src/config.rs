@@ -58,16 +58,81 @@ fn default_weight() -> u32 {
     100
 }
 
+/// One address or a list of them (`snat_v4 = "192.0.2.1"` or `snat_v4 = ["192.0.2.1", ...]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses<A>(pub Vec<A>);
+
+impl<A> Default for Addresses<A> {
+    fn default() -> Self {
+        Addresses(Vec::new())
+    }
+}
+
+impl<A> Addresses<A> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> std::slice::Iter<'_, A> {
+        self.0.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl<'de, A> Deserialize<'de> for Addresses<A>
+where
+    A: std::str::FromStr,
+    A::Err: std::fmt::Display,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<A>(std::marker::PhantomData<A>);
+        impl<'de, A> serde::de::Visitor<'de> for Visit<A>
+        where
+            A: std::str::FromStr,
+            A::Err: std::fmt::Display,
+        {
+            type Value = Addresses<A>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an IP address or a list of IP addresses")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                v.parse()
+                    .map(|a| Addresses(vec![a]))
+                    .map_err(|e| E::custom(format!("`{v}`: {e}")))
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<Self::Value, S::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    out.push(
+                        v.parse()
+                            .map_err(|e| serde::de::Error::custom(format!("`{v}`: {e}")))?,
+                    );
+                }
+                Ok(Addresses(out))
+            }
+        }
+        d.deserialize_any(Visit(std::marker::PhantomData))
+    }
+}
+
 /// `[balancer]`: the kernel data plane.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BalancerConfig {
     /// Interfaces the XDP program attaches to: where clients arrive and where backends answer.
     pub interfaces: Vec<String>,
-    /// Source address of NAT'ed packets towards IPv4 backends; must route back to this host.
-    pub snat_v4: Option<Ipv4Addr>,
-    /// Source address of NAT'ed packets towards IPv6 backends.
-    pub snat_v6: Option<Ipv6Addr>,
+    /// Source address(es) of NAT'ed packets towards IPv4 backends; each must route back to
+    /// this host. One address or a list of up to four: every address adds a full port range
+    /// to each backend's NAT port space.
+    #[serde(default)]
+    pub snat_v4: Addresses<Ipv4Addr>,
+    /// The same towards IPv6 backends.
+    #[serde(default)]
+    pub snat_v6: Addresses<Ipv6Addr>,
     /// NAT source port range, inclusive.
     #[serde(default = "default_nat_ports")]
     pub nat_ports: [u16; 2],
@@ -367,6 +432,33 @@ impl Config {
                 "balancer.nat_ports = [{lo}, {hi}]: need 1 <= first <= last"
             ));
         }
+        let max = proxy_common::ports::MAX_SNAT_ADDRS;
+        for (key, list) in [
+            (
+                "snat_v4",
+                b.snat_v4.iter().map(|a| IpAddr::V4(*a)).collect::<Vec<_>>(),
+            ),
+            (
+                "snat_v6",
+                b.snat_v6.iter().map(|a| IpAddr::V6(*a)).collect(),
+            ),
+        ] {
+            if list.len() > max {
+                p.push(format!(
+                    "balancer.{key}: at most {max} addresses ({} given)",
+                    list.len()
+                ));
+            }
+            let mut seen = HashSet::new();
+            for a in &list {
+                if !seen.insert(a) {
+                    p.push(format!("balancer.{key}: {a} is listed twice"));
+                }
+                if a.is_unspecified() || a.is_multicast() {
+                    p.push(format!("balancer.{key}: {a} cannot be a source address"));
+                }
+            }
+        }
         if b.max_flows < 1024 {
             p.push(format!(
                 "balancer.max_flows = {}: at least 1024",
@@ -451,10 +543,10 @@ impl Config {
             }
             if l.mode == ListenerMode::L4 {
                 let family_v4 = l.address.is_ipv4();
-                if family_v4 && b.snat_v4.is_none() {
+                if family_v4 && b.snat_v4.is_empty() {
                     p.push(format!("{at}: an IPv4 l4 listener needs balancer.snat_v4"));
                 }
-                if !family_v4 && b.snat_v6.is_none() {
+                if !family_v4 && b.snat_v6.is_empty() {
                     p.push(format!("{at}: an IPv6 l4 listener needs balancer.snat_v6"));
                 }
                 for be in &pool.backends {
@@ -664,7 +756,35 @@ backends = [
          "line 19, column 1: pools.eu.health.interval_ms = 10: at least 100"),
         ("empty backend name", "\"node-a\"", "\"\"",
          "line 14, column 5: pools.eu.backends[0].name: 1 to 64 characters"),
+        ("too many snat addresses", "snat_v4 = \"192.0.2.254\"",
+         "snat_v4 = [\"192.0.2.250\", \"192.0.2.251\", \"192.0.2.252\", \"192.0.2.253\", \"192.0.2.254\"]",
+         "line 4, column 1: balancer.snat_v4: at most 4 addresses (5 given)"),
+        ("snat address twice", "snat_v4 = \"192.0.2.254\"",
+         "snat_v4 = [\"192.0.2.254\", \"192.0.2.254\"]",
+         "line 4, column 1: balancer.snat_v4: 192.0.2.254 is listed twice"),
     ];
+
+    #[test]
+    fn snat_takes_one_address_or_a_list() {
+        let one: Config = toml::from_str(GOOD).unwrap();
+        assert_eq!(one.balancer.snat_v4.0, vec![Ipv4Addr::new(192, 0, 2, 254)]);
+        let text = GOOD.replace(
+            "snat_v4 = \"192.0.2.254\"",
+            "snat_v4 = [\"192.0.2.254\", \"192.0.2.253\"]\nsnat_v6 = \"2001:db8::1\"",
+        );
+        let two: Config = toml::from_str(&text).unwrap();
+        assert_eq!(two.balancer.snat_v4.len(), 2);
+        assert!(two.problems().is_empty(), "{:?}", two.problems());
+        let s = crate::balancer::settings_from(&two.balancer, 4_000_000);
+        assert_eq!((s.snat_v4_count, s.snat_v6_count), (2, 1));
+        assert_eq!(s.snat_v4[1], u32::from_ne_bytes([192, 0, 2, 253]));
+        let bad = GOOD.replace("192.0.2.254", "192.0.2.300");
+        let err = toml::from_str::<Config>(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("`192.0.2.300`") && err.contains("invalid IPv4 address syntax"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn bad_configs_get_exact_messages() {

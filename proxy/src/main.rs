@@ -91,12 +91,8 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoChoice>) -
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = Config::load(path)?;
     let b = &config.balancer;
-    let dp = DataPlane::load(&LoadOptions {
-        pin_dir: b.pin_dir.clone(),
-        ring_size: b.ring_size,
-        max_flows: b.max_flows,
-    })
-    .context("loading the XDP data plane (needs root and a kernel with BPF/XDP)")?;
+    let dp = DataPlane::load(&LoadOptions::from_config(b))
+        .context("loading the XDP data plane (needs root and a kernel with BPF/XDP)")?;
     let options = PlaneOptions {
         io: io_flag.unwrap_or(config.terminator.io),
         stats_interval_secs: stats_interval,

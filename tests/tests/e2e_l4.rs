@@ -145,12 +145,7 @@ fn l4_balancing_add_and_drain_without_breaking_connections() {
     let ifaces = lab.lb_interfaces();
     let (mut dp, mut balancer) = netns::run_in(&lab.lb, move || {
         let b = &config.balancer;
-        let mut dp = DataPlane::load(&LoadOptions {
-            pin_dir: b.pin_dir.clone(),
-            ring_size: b.ring_size,
-            max_flows: b.max_flows,
-        })
-        .expect("load XDP");
+        let mut dp = DataPlane::load(&LoadOptions::from_config(b)).expect("load XDP");
         let balancer = Balancer::from_config(&config, &mut dp).expect("initial maps");
         for iface in &ifaces {
             let mode = dp.attach(iface).expect("attach");

@@ -64,13 +64,12 @@ fn configure(dp: &mut DataPlane) {
     let tick = kernel_tick_ns();
     let ticks = |ns: u64| ticks_from_ns(ns, tick);
     dp.set_settings(&Settings {
-        snat_v4: u32::from_ne_bytes([198, 51, 100, 1]),
         nat_port_min: 20_000,
         nat_port_max: 29_999,
         tcp_idle_timeout_ticks: ticks(300_000_000_000),
         udp_idle_timeout_ticks: ticks(30_000_000_000),
         closing_timeout_ticks: ticks(10_000_000_000),
-        ..Settings::default()
+        ..Settings::default().with_snat_v4(u32::from_ne_bytes([198, 51, 100, 1]))
     })
     .expect("settings");
     dp.set_backend(
@@ -375,25 +374,290 @@ fn tables_stay_consistent_under_writers_on_two_cpus() {
         }
         let key = proxy_common::NatKey4 {
             backend_addr,
-            snat_addr: settings.snat_v4,
+            snat_addr: settings.snat_v4[0],
             backend_port: 8080u16.to_be(),
             nat_port: f.state.nat_port,
             proto: PROTO_TCP,
             pad: [0; 3],
         };
         let h = proxy_common::hash::nat_hash4(&key, settings.table_seed);
-        let mask = proxy_common::nat_slots4(nat.len() as u32 / 2) - 1;
-        let slot = &nat[(h & mask) as usize];
-        assert!(
-            slot.tag == proxy_common::slot_tag(h) && slot.key == key,
-            "flow {:?}: its NAT entry is missing",
-            f.key
-        );
+        let buckets = nat.len() as u32 / proxy_common::NAT_WAYS;
+        let base = ((h & (buckets - 1)) * proxy_common::NAT_WAYS) as usize;
+        let slot = nat[base..base + proxy_common::NAT_WAYS as usize]
+            .iter()
+            .find(|slot| slot.tag == proxy_common::slot_tag(h) && slot.key == key)
+            .unwrap_or_else(|| panic!("flow {:?}: its NAT entry is missing", f.key));
         assert_eq!(
             (slot.state.client_addr[0], slot.state.client_port),
             (f.key.src, f.key.sport),
             "flow {:?}: its NAT entry belongs to another client",
             f.key
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// NAT port spaces (`proxy_common::ports`, `NAT_PORTS`): per backend, per SNAT address, a
+// port whenever one is free, ports back at RST and at the second FIN.
+// ---------------------------------------------------------------------------------------
+
+const SNAT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const SNAT2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+
+/// A SYN from client port `cport` to `vip`: the NAT source address and port it was
+/// translated to, or None if the program dropped it (counted as NAT ports exhausted).
+fn open_to(dp: &DataPlane, vip: Ipv4Addr, cport: u16) -> Option<(Ipv4Addr, u16)> {
+    let frame = PacketBuilder::tcp(Ip::v4(CLIENT, vip), cport, VIP_PORT, tcp_flags::SYN).build();
+    let before = dp.reasons().expect("reasons")[&proxy_common::Reason::DropNatPortsExhausted];
+    let out = run_xdp(dp.program_fd().expect("fd"), &frame, 1, 1).expect("test run");
+    let after = dp.reasons().expect("reasons")[&proxy_common::Reason::DropNatPortsExhausted];
+    if out.action == proxy_tests::fixture::xdp::DROP {
+        assert_eq!(
+            after,
+            before + 1,
+            "a dropped SYN is counted as NAT ports exhausted"
+        );
+        return None;
+    }
+    assert_eq!(after, before, "forwarded, not counted as a drop");
+    let p = proxy_tests::packet::parse(&out.packet).expect("translated frame parses");
+    let std::net::IpAddr::V4(src) = p.src else {
+        panic!("IPv4 in, IPv4 out")
+    };
+    Some((src, p.sport.expect("TCP")))
+}
+
+fn open(dp: &DataPlane, cport: u16) -> Option<(Ipv4Addr, u16)> {
+    open_to(dp, VIP, cport)
+}
+
+/// The backend's reply to a flow's NAT address and port (what the node sends back).
+fn reply(dp: &DataPlane, nat: (Ipv4Addr, u16), flags: u8) -> proxy::ebpf::test_run::TestRunOutput {
+    let frame =
+        PacketBuilder::tcp(Ip::v4(BACKEND, nat.0), 8080, nat.1, flags | tcp_flags::ACK).build();
+    run_xdp(dp.program_fd().expect("fd"), &frame, 1, 1).expect("test run")
+}
+
+fn occupancy(dp: &DataPlane, id: u32) -> proxy::ebpf::NatOccupancy {
+    dp.nat_occupancy(id)
+        .expect("read")
+        .expect("backend has a port space")
+}
+
+/// Fills a 1,000-port range, frees all but `keep` flows at random (RST), and checks that
+/// every freed port is found again by new flows, none handed out twice or while held, then
+/// that the full range drops the next SYN while live flows keep being forwarded. At 0 %,
+/// 50 %, 90 % and 99.9 % occupancy.
+#[test]
+fn every_free_port_is_found_at_any_occupancy() {
+    // A flow table big enough that no bucket overflows (an evicted flow gives its port back).
+    let Some((_pins, mut dp)) = lab("natfill", 1 << 16) else {
+        return;
+    };
+    const RANGE: u16 = 1000;
+    nat_ports(&mut dp, 20_000, 20_000 + RANGE - 1);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next_cport = 10_000u16;
+    for keep in [0usize, 500, 900, 999] {
+        // Fill the range.
+        let mut live: Vec<(u16, u16)> = Vec::new();
+        for _ in 0..RANGE {
+            next_cport += 1;
+            let (src, port) = open(&dp, next_cport).unwrap_or_else(|| {
+                let w = dp.nat_space_words(1).unwrap();
+                panic!(
+                    "keep {keep}: flow {} of the fill found no port ({:?}) head {:x?} words {:x?}",
+                    live.len(),
+                    occupancy(&dp, 1),
+                    &w[..5],
+                    &w[67..84]
+                )
+            });
+            assert_eq!(src, SNAT);
+            assert!(
+                (20_000..20_000 + RANGE).contains(&port),
+                "port {port} in range"
+            );
+            live.push((next_cport, port));
+        }
+        let mut ports: Vec<u16> = live.iter().map(|l| l.1).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), RANGE as usize, "no port handed out twice");
+        assert_eq!(occupancy(&dp, 1).taken, RANGE as u32);
+        assert_eq!(
+            open(&dp, next_cport + 1),
+            None,
+            "full: the next SYN is dropped"
+        );
+
+        // Free all but `keep`, chosen at random.
+        for i in (1..live.len()).rev() {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            live.swap(i, (rng % (i as u64 + 1)) as usize);
+        }
+        let freed: Vec<(u16, u16)> = live.split_off(keep);
+        for (cport, _) in &freed {
+            send(&dp, *cport, tcp_flags::RST | tcp_flags::ACK);
+        }
+        assert_eq!(occupancy(&dp, 1).taken, keep as u32, "occupancy after RSTs");
+
+        // Every freed port is found, each once, never one a live flow holds.
+        let held: std::collections::HashSet<u16> = live.iter().map(|l| l.1).collect();
+        let mut got = std::collections::HashSet::new();
+        for _ in 0..freed.len() {
+            next_cport += 1;
+            let (_, port) = open(&dp, next_cport)
+                .unwrap_or_else(|| panic!("at {keep} live flows a free port was not found"));
+            assert!(!held.contains(&port), "port {port} is held by a live flow");
+            assert!(got.insert(port), "port {port} handed out twice");
+            live.push((next_cport, port));
+        }
+        assert_eq!(open(&dp, next_cport + 1), None, "full again");
+        // Exhaustion does not touch live flows: their packets are still forwarded.
+        for (cport, _) in live.iter().take(20) {
+            let c = send(&dp, *cport, tcp_flags::ACK);
+            assert_eq!(
+                (c.packets, c.new_flows),
+                (1, 0),
+                "live flow {cport} forwarded"
+            );
+        }
+        // Reset for the next level.
+        for (cport, _) in &live {
+            send(&dp, *cport, tcp_flags::RST | tcp_flags::ACK);
+        }
+        assert_eq!(occupancy(&dp, 1).taken, 0);
+    }
+}
+
+/// A one-port range: the second FIN gives the port back at once (the flow's entry lingers
+/// for the last ACKs, 10 s here), and a client that reuses its 5-tuple after the close
+/// (SYN on a closed flow) starts a new flow, counted as one.
+#[test]
+fn fin_both_ways_gives_the_port_back_and_a_reused_tuple_is_a_new_flow() {
+    let Some((_pins, mut dp)) = lab("natfin", 4096) else {
+        return;
+    };
+    nat_ports(&mut dp, 20_000, 20_000);
+    let a = open(&dp, 41_000).expect("first flow");
+    assert_eq!(open(&dp, 41_001), None, "one port, taken");
+    send(&dp, 41_000, tcp_flags::FIN | tcp_flags::ACK);
+    assert_eq!(occupancy(&dp, 1).taken, 1, "one FIN: still open");
+    let r = reply(&dp, a, tcp_flags::FIN);
+    assert_ne!(r.action, proxy_tests::fixture::xdp::DROP);
+    assert_eq!(occupancy(&dp, 1).taken, 0, "second FIN: the port is back");
+    // The last ACK of the closed flow still goes through (its entry lingers).
+    let c = send(&dp, 41_000, tcp_flags::ACK);
+    assert_eq!((c.packets, c.new_flows), (1, 0), "last ACK forwarded");
+
+    // Another client takes the port now.
+    assert_eq!(open(&dp, 41_001), Some(a), "the freed port is reused");
+    // The first client reuses its 5-tuple: a new flow, counted, which needs a port of its
+    // own; none is free, so it is dropped and counted. Once the other flow resets, it gets it.
+    assert_eq!(
+        open(&dp, 41_000),
+        None,
+        "a new connection on the closed tuple needs a port"
+    );
+    send(&dp, 41_001, tcp_flags::RST | tcp_flags::ACK);
+    let before = dp.counters(0).unwrap().new_flows;
+    assert_eq!(
+        open(&dp, 41_000),
+        Some(a),
+        "SYN on the closed tuple: a new flow"
+    );
+    assert_eq!(
+        dp.counters(0).unwrap().new_flows,
+        before + 1,
+        "counted as a new flow"
+    );
+}
+
+/// Each backend has its own port space: the same two NAT ports serve two flows towards
+/// each of two backends; a second SNAT address doubles every space.
+#[test]
+fn ports_are_per_backend_and_per_snat_address() {
+    let Some((_pins, mut dp)) = lab("natspaces", 4096) else {
+        return;
+    };
+    nat_ports(&mut dp, 20_000, 20_001);
+    // VIP 1 -> backend 2 only.
+    let vip2 = Ipv4Addr::new(198, 51, 100, 20);
+    dp.set_backend(
+        2,
+        &Backend {
+            addr: v4_words(Ipv4Addr::new(203, 0, 113, 20).octets()),
+            port: 8080u16.to_be(),
+            family: FAMILY_V4,
+            flags: BACKEND_PRESENT,
+        },
+    )
+    .expect("backend 2");
+    dp.set_vip(
+        &VipKey {
+            addr: v4_words(vip2.octets()),
+            port: VIP_PORT.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+        },
+        &VipMeta {
+            vip_num: 1,
+            ..VipMeta::default()
+        },
+    )
+    .expect("vip 2");
+    let mut ring = MaglevRing::new(RING_SIZE).expect("ring");
+    let delta = ring
+        .rebuild(&[RingMember::new(2, "backend-2", 1)])
+        .expect("rebuild");
+    dp.write_ring_delta(1, &delta).expect("ring write");
+
+    let to_1: Vec<_> = (0..2)
+        .map(|i| open(&dp, 42_000 + i).expect("backend 1"))
+        .collect();
+    let to_2: Vec<_> = (0..2)
+        .map(|i| open_to(&dp, vip2, 42_100 + i).expect("backend 2"))
+        .collect();
+    assert_eq!(to_1, to_2, "the same NAT ports towards each backend");
+    assert_eq!(open(&dp, 42_002), None, "backend 1's space is full");
+    assert_eq!(open_to(&dp, vip2, 42_102), None, "so is backend 2's");
+    assert_eq!(
+        occupancy(&dp, 1),
+        proxy::ebpf::NatOccupancy {
+            taken: 2,
+            capacity: 2
+        }
+    );
+
+    // A second SNAT address: two more ports per backend, from the new address.
+    let mut s = dp.settings().expect("settings");
+    s.snat_v4[1] = u32::from_ne_bytes(SNAT2.octets());
+    s.snat_v4_count = 2;
+    dp.set_settings(&s).expect("settings");
+    // The spaces were rebuilt for the new geometry; the live flows' reverse entries keep
+    // their ports from being handed out again.
+    let more: Vec<_> = (0..2)
+        .map(|i| open(&dp, 42_010 + i).expect("room on the second address"))
+        .collect();
+    assert!(more.iter().all(|(src, _)| *src == SNAT2), "{more:?}");
+    assert_eq!(
+        open(&dp, 42_012),
+        None,
+        "two addresses x two ports, all taken"
+    );
+    // Replies to the second address find their client.
+    let r = reply(&dp, more[0], 0);
+    let p = proxy_tests::packet::parse(&r.packet).expect("parses");
+    assert_eq!(
+        (p.src, p.dport),
+        (std::net::IpAddr::V4(VIP), Some(42_010)),
+        "reply to {more:?} translated back to the client"
+    );
+    // Live flows of the first address keep their ports: still forwarded as known flows.
+    for i in 0..2 {
+        assert_eq!(send(&dp, 42_000 + i, tcp_flags::ACK).new_flows, 0);
     }
 }

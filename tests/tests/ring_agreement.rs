@@ -87,9 +87,8 @@ fn terminator_and_kernel_choose_the_same_node() {
     let mismatches = run_in(&ns, move || {
         let b = &config.balancer;
         let mut dp = DataPlane::load(&LoadOptions {
-            pin_dir: b.pin_dir.clone(),
-            ring_size: b.ring_size,
             max_flows: 65_536,
+            ..LoadOptions::from_config(b)
         })
         .expect("load");
         let balancer = Balancer::from_config(&config, &mut dp).expect("maps");

@@ -3,7 +3,7 @@
 //! Each case feeds one exact Ethernet frame to the loaded program and compares the verdict and
 //! the whole output frame byte for byte with an expected frame. Expected frames are built with
 //! `PacketBuilder` from the header values the program must produce (backend chosen from the
-//! Maglev ring the test wrote, NAT port from the documented probe sequence, MACs from the
+//! Maglev ring the test wrote, NAT port from the backend's port space in rotating order, MACs from the
 //! permanent neighbour entries below); nothing is copied from the program's output. Every
 //! rewritten frame must also pass `verify_checksums`. Per case the test also checks that
 //! exactly one `REASONS` slot moved (the expected one) and the exact change of the
@@ -59,9 +59,6 @@ use proxy_tests::{
 const RING_SIZE: u32 = 251;
 const NAT_PORT_MIN: u16 = 20_000;
 const NAT_PORT_MAX: u16 = 29_999;
-/// The program's probe stride and count (`allocate_nat_port`).
-const NAT_PORT_STRIDE: u32 = 7919;
-const NAT_PORT_PROBES: u32 = 8;
 
 const CLI_DEV: &str = "cli0";
 const CLI_PEER: &str = "cli0p";
@@ -288,8 +285,6 @@ fn settings() -> Settings {
     let tick = proxy::ebpf::kernel_tick_ns();
     let ticks = |ns: u64| proxy_common::ticks_from_ns(ns, tick);
     Settings {
-        snat_v4: u32::from_ne_bytes(SNAT4.octets()),
-        snat_v6: v6_words(SNAT6.octets()),
         nat_port_min: NAT_PORT_MIN,
         nat_port_max: NAT_PORT_MAX,
         tcp_idle_timeout_ticks: ticks(300_000_000_000),
@@ -298,6 +293,8 @@ fn settings() -> Settings {
         next_hop_ttl_ticks: ticks(proxy_common::NEXT_HOP_TTL_NS) as u32,
         last_seen_refresh_ticks: ticks(proxy_common::LAST_SEEN_REFRESH_NS) as u32,
         ..Settings::default()
+            .with_snat_v4(u32::from_ne_bytes(SNAT4.octets()))
+            .with_snat_v6(v6_words(SNAT6.octets()))
     }
 }
 
@@ -477,8 +474,8 @@ struct Model {
     initial_rings: HashMap<u32, MaglevRing>,
     /// The rings as of the case being built.
     rings: HashMap<u32, MaglevRing>,
-    /// (backend addr, backend port, proto, NAT port) with a live reverse entry.
-    claimed: HashSet<(IpAddr, u16, u8, u16)>,
+    /// Per backend id: the NAT ports its flows hold, and where the next search starts.
+    spaces: HashMap<u32, (HashSet<u16>, u32)>,
     live_flows: HashSet<(IpAddr, u16, u32)>,
     cases: Vec<Case>,
     pending: Vec<Control>,
@@ -495,7 +492,7 @@ impl Model {
         Model {
             initial_rings: rings.clone(),
             rings,
-            claimed: HashSet::new(),
+            spaces: HashMap::new(),
             live_flows: HashSet::new(),
             cases: Vec::new(),
             pending: Vec::new(),
@@ -512,20 +509,19 @@ impl Model {
         backend(id)
     }
 
-    /// Pins a new flow: ring pick and the first free NAT port of the probe sequence.
+    /// Pins a new flow: ring pick, then the backend's first free NAT port at or after its
+    /// cursor (the program's port spaces hand ports out in rotating order, per backend).
     fn pin(&mut self, flow: &Flow) -> Pin {
         let b = self.ring_pick(flow);
-        let start = hash::five_tuple_hash(&flow.key());
         let range = u32::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;
-        let port = (0..NAT_PORT_PROBES)
-            .map(|i| {
-                (u32::from(NAT_PORT_MIN)
-                    + start.wrapping_add(i.wrapping_mul(NAT_PORT_STRIDE)) % range)
-                    as u16
-            })
-            .find(|p| !self.claimed.contains(&(b.addr, b.port, flow.vip.proto, *p)))
-            .expect("test bug: all probed NAT ports taken");
-        self.claimed.insert((b.addr, b.port, flow.vip.proto, port));
+        let (taken, cursor) = self.spaces.entry(b.id).or_default();
+        let v = (0..range)
+            .map(|i| (*cursor + i) % range)
+            .find(|v| !taken.contains(&(NAT_PORT_MIN + *v as u16)))
+            .expect("test bug: every NAT port taken");
+        let port = NAT_PORT_MIN + v as u16;
+        taken.insert(port);
+        *cursor = (v + 1) % range;
         self.live_flows
             .insert((flow.client, flow.cport, flow.vip.num));
         Pin {
@@ -534,14 +530,11 @@ impl Model {
         }
     }
 
-    /// The flow and its reverse entry are gone (RST, re-pin).
+    /// The flow is over (RST, FIN both ways, re-pin): its NAT port is free again.
     fn unpin(&mut self, flow: &Flow, pin: &Pin) {
-        self.claimed.remove(&(
-            pin.backend.addr,
-            pin.backend.port,
-            flow.vip.proto,
-            pin.nat_port,
-        ));
+        if let Some((taken, _)) = self.spaces.get_mut(&pin.backend.id) {
+            taken.remove(&pin.nat_port);
+        }
         self.live_flows
             .remove(&(flow.client, flow.cport, flow.vip.num));
     }
@@ -967,12 +960,10 @@ fn stateful_cases(m: &mut Model) {
     );
     let mut stray = Model::reply_packet(&a, &pin_a, ACK);
     stray = stray.ports(pin_a.backend.port, pin_a.nat_port.wrapping_add(1));
-    if m.claimed.contains(&(
-        pin_a.backend.addr,
-        pin_a.backend.port,
-        PROTO_TCP,
-        pin_a.nat_port.wrapping_add(1),
-    )) {
+    if m.spaces[&pin_a.backend.id]
+        .0
+        .contains(&pin_a.nat_port.wrapping_add(1))
+    {
         panic!("test bug: stray reply port is in use");
     }
     m.reply_untouched(
@@ -1212,15 +1203,9 @@ fn stateful_cases(m: &mut Model) {
     );
     m.clear_backend(40);
     m.set_ring(&REMOVAL, &[41]);
+    // The re-pin gives the old port back to backend 40's space (its reverse entry cannot
+    // be found once the backend's address is gone; it stays behind, harmlessly).
     m.unpin(&r, &pin_r);
-    // The old reverse entry cannot be found once the backend is gone (its address is
-    // unknown); it stays behind, so keep it claimed.
-    m.claimed.insert((
-        pin_r.backend.addr,
-        pin_r.backend.port,
-        PROTO_TCP,
-        pin_r.nat_port,
-    ));
     let pin_r2 = m.pin(&r);
     assert_eq!(pin_r2.backend.id, 41);
     m.forward(

@@ -144,7 +144,6 @@ fn settings(idle_ns: u64) -> Settings {
     let tick = kernel_tick_ns();
     let ticks = |ns: u64| ticks_from_ns(ns, tick);
     Settings {
-        snat_v4: u32::from_ne_bytes(CLIENT.octets()),
         nat_port_min: CLIENT_PORT,
         nat_port_max: CLIENT_PORT,
         tcp_idle_timeout_ticks: ticks(idle_ns),
@@ -152,7 +151,7 @@ fn settings(idle_ns: u64) -> Settings {
         closing_timeout_ticks: ticks(10_000_000_000),
         next_hop_ttl_ticks: ticks(NEXT_HOP_TTL_NS) as u32,
         last_seen_refresh_ticks: ticks(LAST_SEEN_REFRESH_NS) as u32,
-        ..Settings::default()
+        ..Settings::default().with_snat_v4(u32::from_ne_bytes(CLIENT.octets()))
     }
 }
 

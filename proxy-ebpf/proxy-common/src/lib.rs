@@ -7,6 +7,7 @@
 
 pub mod csum;
 pub mod hash;
+pub mod ports;
 
 /// Map names, shared so the loader and the program cannot drift apart.
 pub mod map_names {
@@ -21,6 +22,7 @@ pub mod map_names {
     pub const REASONS: &str = "REASONS";
     pub const HOPS_BY_BACKEND: &str = "HOPS_BY_BACKEND";
     pub const HOPS_BY_CLIENT: &str = "HOPS_BY_CLIENT";
+    pub const NAT_PORTS: &str = "NAT_PORTS";
     pub const VIP_KEYS: &str = "VIP_KEYS";
     pub const VIP_METAS: &str = "VIP_METAS";
     pub const VIP_INDEX: &str = "VIP_INDEX";
@@ -201,10 +203,10 @@ pub const fn flow_slots4(max_flows: u32) -> u32 {
     n.next_power_of_two()
 }
 
-/// Slots of the IPv4 reverse NAT table: twice the flow table's. Live NAT entries never
-/// outnumber live flows, so at most half the slots are live and a new flow's 8 port probes
-/// all hit live entries with probability at most 2^-8, and only with a full flow table
-/// (entries of gone flows are reclaimed when a probe finds them).
+/// Slots of the IPv4 reverse NAT table: twice the flow table's, in buckets of `NAT_WAYS`.
+/// Live NAT entries never outnumber live flows, so at most half the slots are live; a port
+/// the allocator hands out (`ports`) is unusable only while all the slots of its bucket hold
+/// live entries of other tuples (the allocator then takes the next port).
 pub const fn nat_slots4(flow_slots: u32) -> u32 {
     2 * flow_slots
 }
@@ -218,7 +220,12 @@ pub const FLOW_FIN_BACKEND: u8 = 1 << 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
-    pub backend: u32,
+    /// Backend id (< `MAX_BACKENDS`).
+    pub backend: u16,
+    /// Which of the family's SNAT addresses the flow uses (index into `Settings::snat_v4`
+    /// or `snat_v6`).
+    pub snat: u8,
+    pub pad: u8,
     /// Source port on the balancer side (network byte order).
     pub nat_port: u16,
     pub fin: u8,
@@ -270,10 +277,12 @@ impl NatKey4 {
     }
 }
 
-/// One slot of the IPv4 reverse NAT table: direct-mapped (one slot per key, so claiming a
-/// NAT port is one compare-and-swap on the slot's tag, atomic against other CPUs), same
-/// slot protocol as `FlowSlot4`. A key whose slot holds a live entry of another key counts
-/// as a taken port; the allocator tries the next one.
+/// Slots per bucket of the IPv4 reverse NAT table.
+pub const NAT_WAYS: u32 = 4;
+
+/// One slot of the IPv4 reverse NAT table: set-associative, `NAT_WAYS` slots per bucket
+/// (claiming a NAT port is one compare-and-swap on a slot's tag, atomic against other
+/// CPUs), same slot protocol as `FlowSlot4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatSlot4 {
@@ -291,7 +300,11 @@ pub struct NatState {
     pub client_port: u16,
     pub vip_port: u16,
     pub backend: u32,
-    pub vip_num: u32,
+    pub vip_num: u8,
+    /// The SNAT address index and NAT port (network order) of the entry's own key, so a
+    /// writer that replaces a stale entry of another key can give that key's port back.
+    pub snat: u8,
+    pub nat_port: u16,
     /// Jiffies (low 32 bits) when the entry was claimed. A new flow claims its NAT port a
     /// moment before its flow entry exists; a holder whose flow is missing counts as stale
     /// only once it is older than that moment (`NAT_CLAIM_GRACE_TICKS`).
@@ -301,6 +314,10 @@ pub struct NatState {
 /// See `NatState::claimed`.
 pub const NAT_CLAIM_GRACE_TICKS: u32 = 2;
 
+/// NAT ports taken by a backend: `Settings::nat_space_stride` u64 words per backend id (see
+/// `ports`).
+pub const NAT_SPACES: u32 = MAX_BACKENDS;
+
 /// The single entry of the `SETTINGS` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -308,25 +325,30 @@ pub struct Settings {
     /// Slots per VIP ring (prime); ring of VIP n starts at n * ring_size.
     pub ring_size: u32,
     pub flags: u32,
-    /// Source address for full NAT towards IPv4 backends (raw word).
-    pub snat_v4: u32,
     /// A flow's `last_seen` is rewritten at most this often (ticks), so the entries of busy
     /// flows stay mostly read-only across CPUs.
     pub last_seen_refresh_ticks: u32,
-    /// Source address for full NAT towards IPv6 backends.
-    pub snat_v6: [u32; 4],
-    /// NAT source port range, host byte order, inclusive.
-    pub nat_port_min: u16,
-    pub nat_port_max: u16,
     /// How long a cached next hop is used before the FIB is asked again, in ticks. 0 asks
     /// the FIB for every packet.
     pub next_hop_ttl_ticks: u32,
+    /// Source addresses for full NAT towards IPv4 backends (raw words); the first
+    /// `snat_v4_count` are used. Each one adds a port range to every backend's port space.
+    pub snat_v4: [u32; ports::MAX_SNAT_ADDRS],
+    /// The same towards IPv6 backends.
+    pub snat_v6: [[u32; 4]; ports::MAX_SNAT_ADDRS],
+    pub snat_v4_count: u8,
+    pub snat_v6_count: u8,
+    pub pad: u16,
+    /// NAT source port range, host byte order, inclusive.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
     /// Timeouts in kernel ticks (jiffies): the data plane reads the clock with
     /// `bpf_jiffies64`, which the verifier inlines into one load. Userspace converts from
     /// seconds with the tick length the kernel reports (`ticks_from_ns`).
     pub tcp_idle_timeout_ticks: u64,
     pub udp_idle_timeout_ticks: u64,
-    /// How long a flow lingers after FIN both ways, so the last ACKs still find it.
+    /// How long a flow's entry lingers after FIN both ways, so the last ACKs still find it.
+    /// Its NAT port is given back at the second FIN already (`ports`).
     pub closing_timeout_ticks: u64,
     /// Buckets of the IPv4 flow table minus one (a power of two minus one). Written by the
     /// loader from the table it created, whatever the caller of `set_settings` passes.
@@ -334,6 +356,64 @@ pub struct Settings {
     /// Secret seed of the IPv4 flow table's bucket hash, drawn once when the table is
     /// created and kept with the pinned maps.
     pub table_seed: u32,
+    /// u64 words per backend in `NAT_PORTS` (`ports::nat_space_stride`). Written by the
+    /// loader from the map it created.
+    pub nat_space_stride: u32,
+    pub pad2: u32,
+}
+
+impl Settings {
+    /// The NAT address `i` of a family (`i` is taken modulo `MAX_SNAT_ADDRS`).
+    #[inline(always)]
+    pub fn snat_addr(&self, family: u8, i: u8) -> [u32; 4] {
+        let i = i as usize & (ports::MAX_SNAT_ADDRS - 1);
+        if family == FAMILY_V4 {
+            [self.snat_v4[i], 0, 0, 0]
+        } else {
+            let a = &self.snat_v6[i];
+            [a[0], a[1], a[2], a[3]]
+        }
+    }
+
+    /// How many NAT addresses a family has.
+    #[inline(always)]
+    pub fn snat_count(&self, family: u8) -> u32 {
+        if family == FAMILY_V4 {
+            self.snat_v4_count as u32
+        } else {
+            self.snat_v6_count as u32
+        }
+    }
+
+    /// Ports per NAT address (0 for an empty range).
+    #[inline(always)]
+    pub fn nat_port_range(&self) -> u32 {
+        ports::nat_positions(self.nat_port_min, self.nat_port_max, 1)
+    }
+
+    /// Positions of a backend's port space for a family (`ports`).
+    #[inline(always)]
+    pub fn nat_positions(&self, family: u8) -> u32 {
+        ports::nat_positions(
+            self.nat_port_min,
+            self.nat_port_max,
+            self.snat_count(family),
+        )
+    }
+
+    /// Sets a single IPv4 NAT address (tests and benchmarks).
+    pub fn with_snat_v4(mut self, addr: u32) -> Self {
+        self.snat_v4 = [addr, 0, 0, 0];
+        self.snat_v4_count = 1;
+        self
+    }
+
+    /// Sets a single IPv6 NAT address (tests and benchmarks).
+    pub fn with_snat_v6(mut self, addr: [u32; 4]) -> Self {
+        self.snat_v6 = [addr, [0; 4], [0; 4], [0; 4]];
+        self.snat_v6_count = 1;
+        self
+    }
 }
 
 /// `ns` rounded up to whole ticks of `tick_ns` (a timeout never shrinks by rounding).
@@ -494,13 +574,15 @@ const _: () = {
     assert!(core::mem::size_of::<FlowState>() == 16);
     assert!(core::mem::size_of::<NatKey>() == 40);
     assert!(core::mem::size_of::<NatState>() == 48);
-    assert!(core::mem::size_of::<Settings>() == 72);
+    assert!(core::mem::size_of::<Settings>() == 144);
     assert!(core::mem::size_of::<FlowKey4>() == 16);
     assert!(core::mem::size_of::<FlowSlot4>() == 40);
     assert!(core::mem::size_of::<NatKey4>() == 16);
     assert!(core::mem::size_of::<NatSlot4>() == 72);
-    // The data plane reads backend, NAT port, FIN bits and VIP number as one word.
+    // The data plane reads backend, SNAT index, NAT port, FIN bits and VIP number as one
+    // word.
     assert!(core::mem::align_of::<FlowState>() == 8);
+    assert!(core::mem::offset_of!(FlowState, snat) == 2);
     assert!(core::mem::offset_of!(FlowState, nat_port) == 4);
     assert!(core::mem::offset_of!(FlowState, fin) == 6);
     assert!(core::mem::offset_of!(FlowState, vip_num) == 7);

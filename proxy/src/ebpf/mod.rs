@@ -135,7 +135,14 @@ pub struct LoadOptions {
     pub pin_dir: PathBuf,
     pub ring_size: u32,
     pub max_flows: u32,
+    /// Positions of the largest backend NAT port space: ports per SNAT address × SNAT
+    /// addresses of the family that has more (`proxy_common::ports::nat_positions`). Sizes
+    /// `NAT_PORTS`.
+    pub nat_positions: u32,
 }
+
+/// Ports in the default NAT range (`balancer.nat_ports`), one SNAT address.
+const DEFAULT_NAT_POSITIONS: u32 = proxy_common::ports::nat_positions(10_000, 32_767, 1);
 
 impl LoadOptions {
     pub fn new(pin_dir: impl Into<PathBuf>, ring_size: u32) -> Self {
@@ -143,6 +150,42 @@ impl LoadOptions {
             pin_dir: pin_dir.into(),
             ring_size,
             max_flows: DEFAULT_MAX_FLOWS,
+            nat_positions: DEFAULT_NAT_POSITIONS,
+        }
+    }
+
+    /// What a `[balancer]` section asks for.
+    pub fn from_config(b: &crate::config::BalancerConfig) -> Self {
+        let snats = b.snat_v4.len().max(b.snat_v6.len()).max(1) as u32;
+        Self {
+            pin_dir: b.pin_dir.clone(),
+            ring_size: b.ring_size,
+            max_flows: b.max_flows,
+            nat_positions: proxy_common::ports::nat_positions(
+                b.nat_ports[0],
+                b.nat_ports[1],
+                snats,
+            ),
+        }
+    }
+}
+
+/// How many of a backend's NAT ports are taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NatOccupancy {
+    /// Ports held by flows (including flows that timed out and were not reclaimed yet).
+    pub taken: u32,
+    /// Ports per SNAT address × SNAT addresses of the backend's family.
+    pub capacity: u32,
+}
+
+impl NatOccupancy {
+    /// Taken share, 0.0 to 1.0 (0 for an empty space).
+    pub fn ratio(&self) -> f64 {
+        if self.capacity == 0 {
+            0.0
+        } else {
+            self.taken as f64 / self.capacity as f64
         }
     }
 }
@@ -171,6 +214,10 @@ pub struct DataPlane {
     /// Slots of the IPv4 flow table, and the secret seed of its bucket hash.
     flow_slots: u32,
     table_seed: u32,
+    /// Words per backend in `NAT_PORTS`, and whether every present backend's space must be
+    /// written afresh (the map is new, or its geometry changed) at the next settings write.
+    nat_stride: u32,
+    nat_spaces_stale: bool,
     attached: Vec<(String, XdpLinkId)>,
 }
 
@@ -187,7 +234,7 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Da
 }
 
 /// Key and value sizes of every pinned map, as this build defines them.
-fn pinned_layout() -> [(&'static str, usize, usize); 12] {
+fn pinned_layout() -> [(&'static str, usize, usize); 13] {
     use proxy_common::*;
     use std::mem::size_of;
     [
@@ -211,6 +258,7 @@ fn pinned_layout() -> [(&'static str, usize, usize); 12] {
         ),
         (map_names::COUNTERS, 4, size_of::<Counters>()),
         (map_names::REASONS, 4, 8),
+        (map_names::NAT_PORTS, 4, 8),
     ]
 }
 
@@ -317,8 +365,34 @@ impl DataPlane {
                     index: opts.ring_size,
                     max: u32::MAX / (2 * MAX_VIPS),
                 })?;
+        // NAT port spaces are soft state (the reverse NAT table decides who holds a port):
+        // a pinned map of another geometry is replaced, and the spaces rebuilt empty.
+        let nat_positions = opts
+            .nat_positions
+            .clamp(1, proxy_common::ports::NAT_MAX_POSITIONS);
+        let nat_stride = proxy_common::ports::nat_space_stride(nat_positions);
+        let nat_entries = proxy_common::NAT_SPACES * nat_stride;
+        let nat_pin = opts.pin_dir.join(map_names::NAT_PORTS);
+        let mut nat_spaces_stale = !nat_pin.exists();
+        if !nat_spaces_stale {
+            let info = aya::maps::MapInfo::from_pin(&nat_pin)
+                .map_err(map_err(map_names::NAT_PORTS, "open pinned"))?;
+            if info.max_entries() != nat_entries {
+                info!(
+                    pinned = info.max_entries(),
+                    wanted = nat_entries,
+                    "NAT port range or SNAT addresses changed: rebuilding the NAT port spaces"
+                );
+                std::fs::remove_file(&nat_pin).map_err(|io_error| DataPlaneError::PinDir {
+                    path: nat_pin.clone(),
+                    io_error,
+                })?;
+                nat_spaces_stale = true;
+            }
+        }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
+            .map_max_entries(map_names::NAT_PORTS, nat_entries)
             .map_max_entries(map_names::RING, ring_entries)
             .map_max_entries(map_names::FLOWS, opts.max_flows)
             .map_max_entries(map_names::FLOW_SLOTS4, flow_slots)
@@ -337,6 +411,8 @@ impl DataPlane {
             ring_size: opts.ring_size,
             flow_slots,
             table_seed: 0,
+            nat_stride,
+            nat_spaces_stale,
             attached: Vec::new(),
         };
         let current = dp.settings()?;
@@ -461,15 +537,117 @@ impl DataPlane {
             .map_err(map_err(map_names::SETTINGS, "read"))
     }
 
-    /// Writes the settings; ring size and flow-table geometry are the loaded maps' own.
+    /// Writes the settings; ring size, flow-table and NAT port-space geometry are the loaded
+    /// maps' own. When the NAT port range or SNAT addresses change, every present backend's
+    /// port space is rebuilt empty (ports of live flows are then protected by the reverse NAT
+    /// table, which the data plane checks before handing a port out).
     pub fn set_settings(&mut self, settings: &Settings) -> Result<(), DataPlaneError> {
+        let old = self.settings()?;
         let mut s = *settings;
         s.ring_size = self.ring_size;
         s.flow_bucket_mask = self.flow_slots / proxy_common::FLOW_WAYS - 1;
         s.table_seed = self.table_seed;
+        s.nat_space_stride = self.nat_stride;
+        let geometry = |s: &Settings| {
+            (
+                s.nat_port_min,
+                s.nat_port_max,
+                s.snat_v4_count,
+                s.snat_v6_count,
+                s.nat_space_stride,
+            )
+        };
+        let rebuild = self.nat_spaces_stale || geometry(&old) != geometry(&s);
+        if rebuild {
+            // Spaces first, so no packet sees the new geometry over old bits.
+            let present: Vec<(u32, u8)> = self
+                .array_values::<Backend>(map_names::BACKENDS)?
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.flags & proxy_common::BACKEND_PRESENT != 0)
+                .map(|(id, b)| (id as u32, b.family))
+                .collect();
+            for (id, family) in present {
+                self.init_nat_space(id, s.nat_positions(family))?;
+            }
+            self.nat_spaces_stale = false;
+        }
         self.array::<Settings>(map_names::SETTINGS)?
             .set(0, s, 0)
             .map_err(map_err(map_names::SETTINGS, "write"))
+    }
+
+    /// Writes backend `id`'s NAT port space empty, for `positions` positions.
+    fn init_nat_space(&mut self, id: u32, positions: u32) -> Result<(), DataPlaneError> {
+        let stride = self.nat_stride;
+        let mut words = vec![0u64; stride as usize];
+        proxy_common::ports::init_space(positions, stride, &mut words);
+        let mut map = self.array::<u64>(map_names::NAT_PORTS)?;
+        for (i, w) in words.into_iter().enumerate() {
+            map.set(id * stride + i as u32, w, 0)
+                .map_err(map_err(map_names::NAT_PORTS, "write"))?;
+        }
+        Ok(())
+    }
+
+    /// The raw words of backend `id`'s NAT port space (diagnostics and tests).
+    pub fn nat_space_words(&self, id: u32) -> Result<Vec<u64>, DataPlaneError> {
+        let map = self
+            .ebpf
+            .map(map_names::NAT_PORTS)
+            .ok_or(DataPlaneError::MapMissing {
+                name: map_names::NAT_PORTS,
+            })?;
+        let words: Array<_, u64> =
+            Array::try_from(map).map_err(map_err(map_names::NAT_PORTS, "open"))?;
+        let stride = self.nat_stride;
+        (0..stride)
+            .map(|i| words.get(&(id * stride + i), 0))
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(map_err(map_names::NAT_PORTS, "read"))
+    }
+
+    /// How many of backend `id`'s NAT ports are taken; None if it has no port space (not
+    /// present, or no SNAT address for its family).
+    pub fn nat_occupancy(&self, id: u32) -> Result<Option<NatOccupancy>, DataPlaneError> {
+        if id >= MAX_BACKENDS {
+            return Ok(None);
+        }
+        let get = |name: &'static str| {
+            let map = self
+                .ebpf
+                .map(name)
+                .ok_or(DataPlaneError::MapMissing { name })?;
+            Ok::<_, DataPlaneError>(map)
+        };
+        let backends: Array<_, Backend> = Array::try_from(get(map_names::BACKENDS)?)
+            .map_err(map_err(map_names::BACKENDS, "open"))?;
+        let b = backends
+            .get(&id, 0)
+            .map_err(map_err(map_names::BACKENDS, "read"))?;
+        if b.flags & proxy_common::BACKEND_PRESENT == 0 {
+            return Ok(None);
+        }
+        let settings: Array<_, Settings> = Array::try_from(get(map_names::SETTINGS)?)
+            .map_err(map_err(map_names::SETTINGS, "open"))?;
+        let s = settings
+            .get(&0, 0)
+            .map_err(map_err(map_names::SETTINGS, "read"))?;
+        let positions = s.nat_positions(b.family);
+        if positions == 0 {
+            return Ok(None);
+        }
+        let words: Array<_, u64> = Array::try_from(get(map_names::NAT_PORTS)?)
+            .map_err(map_err(map_names::NAT_PORTS, "open"))?;
+        let stride = self.nat_stride;
+        let space = (0..stride)
+            .map(|i| words.get(&(id * stride + i), 0))
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(map_err(map_names::NAT_PORTS, "read"))?;
+        Ok(Some(NatOccupancy {
+            taken: proxy_common::ports::taken_count(positions, &space),
+            capacity: positions,
+        }))
     }
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataPlaneError> {
@@ -479,6 +657,19 @@ impl DataPlane {
                 index: id,
                 max: MAX_BACKENDS - 1,
             });
+        }
+        let old = self
+            .array::<Backend>(map_names::BACKENDS)?
+            .get(&id, 0)
+            .map_err(map_err(map_names::BACKENDS, "read"))?;
+        let present = |b: &Backend| b.flags & proxy_common::BACKEND_PRESENT != 0;
+        let same_node = present(&old)
+            && (old.addr, old.port, old.family) == (backend.addr, backend.port, backend.family);
+        if present(backend) && !same_node {
+            // A new node under this id: its flows start from an empty port space, written
+            // before the data plane can pin a flow to it.
+            let positions = self.settings()?.nat_positions(backend.family);
+            self.init_nat_space(id, positions)?;
         }
         self.array::<Backend>(map_names::BACKENDS)?
             .set(id, *backend, 0)
