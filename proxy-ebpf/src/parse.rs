@@ -19,58 +19,103 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for u16 {}
+    impl Sealed for u32 {}
+}
+
+/// A header field type: a plain integer, valid for any bit pattern the packet holds. Sealed:
+/// `Header` reads and writes nothing else.
+///
+/// Every 16- and 32-bit field of the headers parsed here sits at an even offset from the
+/// start of the frame (VLAN tags and IPv4 options are multiples of 4 bytes), and frames
+/// start at an even address: drivers place them after a 256-byte headroom or at an skb's
+/// data, plus NET_IP_ALIGN (0 or 2), which is the layout the verifier itself assumes when
+/// it checks packet-access alignment on strict-alignment machines. So fields are accessed in
+/// aligned 16-bit halves: one BPF load or store per half, where an unaligned access compiles
+/// to one per byte (and on x86-64 and arm64 even an odd frame start would only make these
+/// accesses unaligned, which those CPUs and the verifier allow).
+pub trait Field: sealed::Sealed + Copy {
+    /// Reads the field at `p`.
+    ///
+    /// # Safety
+    /// `p` must be valid for reads of `size_of::<Self>()` bytes and 2-byte aligned when the
+    /// field is wider than a byte.
+    unsafe fn read_at(p: *const u8) -> Self;
+    /// Writes the field at `p`.
+    ///
+    /// # Safety
+    /// As for `read_at`, for writes.
+    unsafe fn write_at(self, p: *mut u8);
+}
+
+impl Field for u8 {
+    #[inline(always)]
+    unsafe fn read_at(p: *const u8) -> u8 {
+        // SAFETY: the caller's contract.
+        unsafe { p.read() }
+    }
+    #[inline(always)]
+    unsafe fn write_at(self, p: *mut u8) {
+        // SAFETY: the caller's contract.
+        unsafe { p.write(self) }
+    }
+}
+
+impl Field for u16 {
+    #[inline(always)]
+    unsafe fn read_at(p: *const u8) -> u16 {
+        // SAFETY: the caller's contract (2 bytes, 2-byte aligned).
+        unsafe { (p as *const u16).read() }
+    }
+    #[inline(always)]
+    unsafe fn write_at(self, p: *mut u8) {
+        // SAFETY: the caller's contract (2 bytes, 2-byte aligned).
+        unsafe { (p as *mut u16).write(self) }
+    }
+}
+
+impl Field for u32 {
+    #[inline(always)]
+    unsafe fn read_at(p: *const u8) -> u32 {
+        // SAFETY: the caller's contract (4 bytes, 2-byte aligned): two aligned halves.
+        let (lo, hi) = unsafe { (u16::read_at(p) as u32, u16::read_at(p.add(2)) as u32) };
+        // Little-endian target: the first half is the low one in memory order.
+        lo | hi << 16
+    }
+    #[inline(always)]
+    unsafe fn write_at(self, p: *mut u8) {
+        // SAFETY: as in `read_at`.
+        unsafe {
+            (self as u16).write_at(p);
+            ((self >> 16) as u16).write_at(p.add(2));
+        }
+    }
+}
+
 /// A checked pointer to `N` bytes at `off` into the packet.
 #[derive(Clone, Copy)]
 pub struct Header<const N: usize>(*mut u8);
 
 impl<const N: usize> Header<N> {
-    /// Reads a scalar at a constant offset inside the header. Only scalars: copying an
-    /// aggregate makes LLVM call a byte-by-byte `memcpy` the verifier walks per byte.
-    ///
-    /// Every 16- and 32-bit field of the headers parsed here sits at an even offset from the
-    /// start of the frame (VLAN tags and IPv4 options are multiples of 4 bytes), and frames
-    /// start at an even address: drivers place them after a 256-byte headroom or at an skb's
-    /// data, plus NET_IP_ALIGN (0 or 2), which is the layout the verifier itself assumes when
-    /// it checks packet-access alignment on strict-alignment machines. So fields are read in
-    /// aligned 16-bit halves: one BPF load per half, where an unaligned access compiles to a
-    /// load per byte (and on x86-64 and arm64 even an odd frame start would only make these
-    /// loads unaligned, which those CPUs and the verifier allow).
+    /// Reads an integer field at a constant offset inside the header. Only scalars: copying
+    /// an aggregate makes LLVM call a byte-by-byte `memcpy` the verifier walks per byte.
     #[inline(always)]
-    pub fn get<T: Copy>(self, off: usize) -> T {
+    pub fn get<T: Field>(self, off: usize) -> T {
         debug_assert!(off + core::mem::size_of::<T>() <= N);
-        // SAFETY: `header` checked that N bytes are inside the packet; 16-bit alignment as
-        // explained above.
-        unsafe {
-            let p = self.0.add(off);
-            match core::mem::size_of::<T>() {
-                2 => core::mem::transmute_copy(&(p as *const u16).read()),
-                4 => {
-                    let lo = (p as *const u16).read() as u32;
-                    let hi = (p.add(2) as *const u16).read() as u32;
-                    // Little-endian target: the first half is the low one in memory order.
-                    core::mem::transmute_copy(&(lo | hi << 16))
-                }
-                _ => (p as *const T).read_unaligned(),
-            }
-        }
+        // SAFETY: `header` checked that N bytes are inside the packet; alignment as explained
+        // at `Field`.
+        unsafe { T::read_at(self.0.add(off)) }
     }
 
+    /// Writes an integer field at a constant offset inside the header.
     #[inline(always)]
-    pub fn set<T: Copy>(self, off: usize, v: T) {
+    pub fn set<T: Field>(self, off: usize, v: T) {
         debug_assert!(off + core::mem::size_of::<T>() <= N);
         // SAFETY: as in `get`; XDP packet memory is writable.
-        unsafe {
-            let p = self.0.add(off);
-            match core::mem::size_of::<T>() {
-                2 => (p as *mut u16).write(core::mem::transmute_copy(&v)),
-                4 => {
-                    let w: u32 = core::mem::transmute_copy(&v);
-                    (p as *mut u16).write(w as u16);
-                    (p.add(2) as *mut u16).write((w >> 16) as u16);
-                }
-                _ => (p as *mut T).write_unaligned(v),
-            }
-        }
+        unsafe { v.write_at(self.0.add(off)) }
     }
 
     #[inline(always)]
