@@ -3,6 +3,22 @@
 //! inlined array reads, with no kernel hash-map call on the per-packet path. IPv6 flows live
 //! in the kernel LRU hash map `FLOWS`. Callers hold a `FlowKey`; these functions pick the
 //! table.
+//!
+//! Memory ordering. Other CPUs write the slots while they are read, so readers never hold a
+//! reference to a slot: they read its fields through raw pointers, with volatile loads, which
+//! the compiler keeps in program order. A reader checks a slot like a seqlock (tag, then key
+//! and state, then the tag again: `Found::still_ours`); writers claim and publish the tag
+//! with BPF atomics that every JIT makes fully ordered (`atomic`). The reader side has no
+//! barrier: BPF has no standalone fence instruction, its ordered instructions are atomic
+//! read-modify-writes (two per lookup would make every CPU write the same cache lines on the
+//! fast path) and the load-acquire of cpu v4 (Linux 6.15+; this program is built for v3).
+//! The JIT turns BPF loads into plain CPU loads, so the re-check is sound where the CPU keeps
+//! loads in order: x86-64 (TSO). On a weakly ordered CPU (arm64 and others) loads may be
+//! satisfied out of order and a reader could pair a tag with another flow's state. The data
+//! plane therefore targets x86-64 only; the loader refuses to build elsewhere
+//! (`proxy/src/ebpf/mod.rs`).
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile};
 
 use aya_ebpf::bindings::BPF_ANY;
 use proxy_common::{
@@ -28,8 +44,8 @@ impl Found {
     /// racing with a writer that replaces the slot drops what it read.
     #[inline(always)]
     pub fn still_ours(&self) -> bool {
-        // SAFETY: a map value pointer, valid for this program run.
-        self.tag_at.is_null() || unsafe { core::ptr::read_volatile(self.tag_at) } == self.tag
+        // SAFETY: a map value pointer, valid for this program run; 8-byte aligned.
+        self.tag_at.is_null() || unsafe { read_volatile(self.tag_at) } == self.tag
     }
 }
 
@@ -37,18 +53,46 @@ impl Found {
 #[inline(always)]
 fn tag_of(slot: *mut FlowSlot4) -> *mut u64 {
     // SAFETY: only computes the field address of a valid map value pointer.
-    unsafe { core::ptr::addr_of_mut!((*slot).tag) }
+    unsafe { addr_of_mut!((*slot).tag) }
 }
 
-/// Whether a slot's key is the IPv4 flow `b` (compared in place: no key copy on the stack).
+/// The slot's state (its flow's entry).
 #[inline(always)]
-fn same_key(a: &FlowKey4, b: &FlowKey) -> bool {
-    (a.src ^ b.src[0])
-        | (a.dst ^ b.dst[0])
-        | (a.sport ^ b.sport) as u32
-        | (a.dport ^ b.dport) as u32
-        == 0
-        && a.proto == b.proto
+fn state_of(slot: *mut FlowSlot4) -> *mut FlowState {
+    // SAFETY: only computes the field address of a valid map value pointer.
+    unsafe { addr_of_mut!((*slot).state) }
+}
+
+/// The slot's tag as it is now.
+///
+/// # Safety
+/// `slot` must be a map value pointer valid for this program run.
+#[inline(always)]
+unsafe fn tag_now(slot: *mut FlowSlot4) -> u64 {
+    // SAFETY: the caller's contract; the tag is 8-byte aligned map memory.
+    unsafe { read_volatile(tag_of(slot)) }
+}
+
+/// Whether a slot's key is the IPv4 flow `b`, read field by field in place (no key copy on
+/// the stack, no reference to memory other CPUs write).
+///
+/// # Safety
+/// `slot` must be a map value pointer valid for this program run.
+#[inline(always)]
+unsafe fn same_key(slot: *mut FlowSlot4, b: &FlowKey) -> bool {
+    // SAFETY: the caller's contract; field addresses of an aligned struct.
+    let (src, dst, sport, dport) = unsafe {
+        let a = addr_of!((*slot).key);
+        (
+            read_volatile(addr_of!((*a).src)),
+            read_volatile(addr_of!((*a).dst)),
+            read_volatile(addr_of!((*a).sport)),
+            read_volatile(addr_of!((*a).dport)),
+        )
+    };
+    (src ^ b.src[0]) | (dst ^ b.dst[0]) | (sport ^ b.sport) as u32 | (dport ^ b.dport) as u32 == 0
+        // SAFETY: as above.
+        && unsafe { read_volatile(addr_of!((*slot).key.proto)) } == b.proto
 }
 
 /// First slot index of the IPv4 flow's bucket and the tag its slot carries.
@@ -63,13 +107,11 @@ fn get4(k: &FlowKey, s: &Settings) -> Option<Found> {
     let (base, tag) = bucket(k, s);
     for i in 0..FLOW_WAYS {
         let slot = FLOW_SLOTS4.get_ptr_mut(base + i)?;
-        // SAFETY: map value pointer valid for this run; plain data.
-        let sl = unsafe { &mut *slot };
-        // SAFETY: as above.
-        if unsafe { core::ptr::read_volatile(&sl.tag) } == tag && same_key(&sl.key, k) {
+        // SAFETY: map value pointer valid for this run.
+        if unsafe { tag_now(slot) } == tag && unsafe { same_key(slot, k) } {
             return Some(Found {
-                state: &mut sl.state,
-                tag_at: &mut sl.tag,
+                state: state_of(slot),
+                tag_at: tag_of(slot),
                 tag,
             });
         }
@@ -116,11 +158,10 @@ pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<u64, ()> {
             let Some(slot) = FLOW_SLOTS4.get_ptr_mut(base + i) else {
                 return Err(());
             };
-            // SAFETY: map value pointer valid for this run; plain data.
-            let sl = unsafe { &*slot };
+            // SAFETY: map value pointer valid for this run.
+            let t = unsafe { tag_now(slot) };
             // SAFETY: as above.
-            let t = unsafe { core::ptr::read_volatile(&sl.tag) };
-            if t == tag && same_key(&sl.key, k) {
+            if t == tag && unsafe { same_key(slot, k) } {
                 victim = i;
                 victim_tag = t;
                 same = true;
@@ -129,7 +170,8 @@ pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<u64, ()> {
             let age = match t {
                 SLOT_BUSY => continue,
                 SLOT_EMPTY => 0,
-                _ => sl.state.last_seen.saturating_add(1),
+                // SAFETY: as above; a racing writer only skews the choice of victim.
+                _ => unsafe { read_volatile(addr_of!((*slot).state.last_seen)) }.saturating_add(1),
             };
             if age < oldest {
                 oldest = age;
@@ -151,8 +193,7 @@ pub fn insert(k: &FlowKey, state: &FlowState, s: &Settings) -> Result<u64, ()> {
         // whatever the case and masked (a conditional read leaves LLVM free to use an
         // undefined register the verifier refuses).
         // SAFETY: the slot is ours; FlowState is 8-byte aligned and starts with the word.
-        let old =
-            unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*slot).state) as *const u64) };
+        let old = unsafe { read_volatile(state_of(slot) as *const u64) };
         let evicted = if same || victim_tag == SLOT_EMPTY {
             0
         } else {
@@ -184,10 +225,8 @@ pub fn remove(k: &FlowKey, s: &Settings) {
         let Some(slot) = FLOW_SLOTS4.get_ptr_mut(base + i) else {
             return;
         };
-        // SAFETY: map value pointer valid for this run; plain data.
-        if unsafe { core::ptr::read_volatile(&(*slot).tag) } == tag
-            && same_key(unsafe { &(*slot).key }, k)
-        {
+        // SAFETY: map value pointer valid for this run.
+        if unsafe { tag_now(slot) } == tag && unsafe { same_key(slot, k) } {
             // SAFETY: as above. Fails harmlessly if a writer took the slot meanwhile.
             unsafe { cas_u64(tag_of(slot), tag, SLOT_EMPTY) };
         }

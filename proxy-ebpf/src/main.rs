@@ -184,11 +184,12 @@ impl Seen {
     #[inline(always)]
     pub(crate) fn read(found: &flows::Found) -> Option<Seen> {
         // SAFETY: map value pointer valid for this run; FlowState is 8-byte aligned and
-        // starts with the packed word.
+        // starts with the packed word. Volatile field reads: other CPUs write the entry, and
+        // the reads must stay between the tag read and its re-check (see `flows`).
         let seen = unsafe {
             Seen {
                 word: core::ptr::read_volatile(found.state as *const u64),
-                last_seen: (*found.state).last_seen,
+                last_seen: core::ptr::read_volatile(core::ptr::addr_of!((*found.state).last_seen)),
             }
         };
         found.still_ours().then_some(seen)

@@ -3,6 +3,12 @@
 //! array map (`NAT_WAYS` slots per bucket, see `proxy_common::NatSlot4`): claiming a port is
 //! one compare-and-swap and a reply finds its client with inlined array reads. IPv6 entries live in the kernel LRU hash map
 //! `NAT_REVERSE`. Callers hold a `NatKey`; these functions pick the table.
+//!
+//! Slots are read like `flows` reads its slots (volatile field reads through raw pointers,
+//! tag re-checked after the state is copied), with the same memory-ordering argument and the
+//! same x86-64-only target (see `flows`).
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile};
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use proxy_common::{
@@ -36,10 +42,8 @@ fn find(k: &NatKey, s: &Settings) -> Option<(*mut NatSlot4, u64)> {
     let (base, tag) = bucket_of(k, s);
     for i in 0..NAT_WAYS {
         let slot = NAT_SLOTS4.get_ptr_mut(base + i)?;
-        // SAFETY: map value pointer valid for this run; plain data.
-        if unsafe { core::ptr::read_volatile(&(*slot).tag) } == tag
-            && same_key(unsafe { &(*slot).key }, k)
-        {
+        // SAFETY: map value pointer valid for this run.
+        if unsafe { tag_now(slot) } == tag && unsafe { same_key(slot, k) } {
             return Some((slot, tag));
         }
     }
@@ -49,52 +53,95 @@ fn find(k: &NatKey, s: &Settings) -> Option<(*mut NatSlot4, u64)> {
 #[inline(always)]
 fn tag_of(slot: *mut NatSlot4) -> *mut u64 {
     // SAFETY: only computes the field address of a valid map value pointer.
-    unsafe { core::ptr::addr_of_mut!((*slot).tag) }
+    unsafe { addr_of_mut!((*slot).tag) }
 }
 
-/// Whether a slot's key is the IPv4 key `b` (compared in place: no key copy on the stack).
+/// The slot's tag as it is now.
+///
+/// # Safety
+/// `slot` must be a map value pointer valid for this program run.
 #[inline(always)]
-fn same_key(a: &NatKey4, b: &NatKey) -> bool {
-    (a.backend_addr ^ b.backend_addr[0])
-        | (a.snat_addr ^ b.snat_addr[0])
-        | (a.backend_port ^ b.backend_port) as u32
-        | (a.nat_port ^ b.nat_port) as u32
+unsafe fn tag_now(slot: *mut NatSlot4) -> u64 {
+    // SAFETY: the caller's contract; the tag is 8-byte aligned map memory.
+    unsafe { read_volatile(tag_of(slot)) }
+}
+
+/// Whether a slot's key is the IPv4 key `b`, read field by field in place (no key copy on the
+/// stack, no reference to memory other CPUs write).
+///
+/// # Safety
+/// `slot` must be a map value pointer valid for this program run.
+#[inline(always)]
+unsafe fn same_key(slot: *mut NatSlot4, b: &NatKey) -> bool {
+    // SAFETY: the caller's contract; field addresses of an aligned struct.
+    let (backend_addr, snat_addr, backend_port, nat_port) = unsafe {
+        let a = addr_of!((*slot).key);
+        (
+            read_volatile(addr_of!((*a).backend_addr)),
+            read_volatile(addr_of!((*a).snat_addr)),
+            read_volatile(addr_of!((*a).backend_port)),
+            read_volatile(addr_of!((*a).nat_port)),
+        )
+    };
+    (backend_addr ^ b.backend_addr[0])
+        | (snat_addr ^ b.snat_addr[0])
+        | (backend_port ^ b.backend_port) as u32
+        | (nat_port ^ b.nat_port) as u32
         == 0
-        && a.proto == b.proto
+        // SAFETY: as above.
+        && unsafe { read_volatile(addr_of!((*slot).key.proto)) } == b.proto
 }
 
-/// Field by field: a whole-struct copy becomes a byte-wise memcpy call.
+/// Copies a state field by field (a whole-struct copy becomes a byte-wise memcpy call), with
+/// volatile reads: `from` may be a slot other CPUs write.
+///
+/// # Safety
+/// `from` must point to a `NatState` in map memory valid for this program run.
 #[inline(always)]
-fn copy_state(from: &NatState, to: &mut NatState) {
-    to.client_addr = [
-        from.client_addr[0],
-        from.client_addr[1],
-        from.client_addr[2],
-        from.client_addr[3],
-    ];
-    to.vip_addr = [
-        from.vip_addr[0],
-        from.vip_addr[1],
-        from.vip_addr[2],
-        from.vip_addr[3],
-    ];
-    to.client_port = from.client_port;
-    to.vip_port = from.vip_port;
-    to.backend = from.backend;
-    to.vip_num = from.vip_num;
-    to.snat = from.snat;
-    to.nat_port = from.nat_port;
-    to.claimed = from.claimed;
+unsafe fn copy_state(from: *const NatState, to: &mut NatState) {
+    // SAFETY: the caller's contract; field addresses of an aligned struct.
+    unsafe {
+        let ca = addr_of!((*from).client_addr);
+        let va = addr_of!((*from).vip_addr);
+        to.client_addr = [
+            read_volatile(addr_of!((*ca)[0])),
+            read_volatile(addr_of!((*ca)[1])),
+            read_volatile(addr_of!((*ca)[2])),
+            read_volatile(addr_of!((*ca)[3])),
+        ];
+        to.vip_addr = [
+            read_volatile(addr_of!((*va)[0])),
+            read_volatile(addr_of!((*va)[1])),
+            read_volatile(addr_of!((*va)[2])),
+            read_volatile(addr_of!((*va)[3])),
+        ];
+        to.client_port = read_volatile(addr_of!((*from).client_port));
+        to.vip_port = read_volatile(addr_of!((*from).vip_port));
+        to.backend = read_volatile(addr_of!((*from).backend));
+        to.vip_num = read_volatile(addr_of!((*from).vip_num));
+        to.snat = read_volatile(addr_of!((*from).snat));
+        to.nat_port = read_volatile(addr_of!((*from).nat_port));
+        to.claimed = read_volatile(addr_of!((*from).claimed));
+    }
+}
+
+/// The slot's state.
+#[inline(always)]
+fn state_of(slot: *mut NatSlot4) -> *mut NatState {
+    // SAFETY: only computes the field address of a valid map value pointer.
+    unsafe { addr_of_mut!((*slot).state) }
 }
 
 /// Copies the key's entry into `out`; false if there is none.
 #[inline(always)]
 pub fn read(k: &NatKey, s: &Settings, out: &mut NatState) -> bool {
     if k.family != FAMILY_V4 {
-        // SAFETY: plain data read of a map value valid for this run.
+        // SAFETY: a map value valid for this run (the kernel replaces hash-map values whole,
+        // never in place).
         return match unsafe { NAT_REVERSE.get(k) } {
             Some(v) => {
-                copy_state(v, out);
+                // SAFETY: as above.
+                unsafe { copy_state(v, out) };
                 true
             }
             None => false,
@@ -103,12 +150,11 @@ pub fn read(k: &NatKey, s: &Settings, out: &mut NatState) -> bool {
     let Some((slot, tag)) = find(k, s) else {
         return false;
     };
-    // SAFETY: map value pointer valid for this run; plain data.
-    let sl = unsafe { &*slot };
-    copy_state(&sl.state, out);
+    // SAFETY: map value pointer valid for this run.
+    unsafe { copy_state(state_of(slot), out) };
     // The slot may have been handed to another key while it was copied.
     // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(&sl.tag) == tag }
+    unsafe { tag_now(slot) == tag }
 }
 
 /// Removes the key's entry, if it is there.
@@ -128,17 +174,21 @@ pub fn remove(k: &NatKey, s: &Settings) {
 /// a port given back at a flow's close may already map another client's flow.
 #[inline(always)]
 pub fn remove_for_client(k: &NatKey, s: &Settings, addr: &[u32; 4], port: u16) {
-    let mine = |st: &NatState| {
-        st.client_port == port
-            && (st.client_addr[0] ^ addr[0])
-                | (st.client_addr[1] ^ addr[1])
-                | (st.client_addr[2] ^ addr[2])
-                | (st.client_addr[3] ^ addr[3])
-                == 0
+    // Volatile field reads: `st` may be a slot other CPUs write.
+    let mine = |st: *const NatState| {
+        // SAFETY: `st` is a map value valid for this run (both callers below).
+        unsafe {
+            read_volatile(addr_of!((*st).client_port)) == port
+                && (read_volatile(addr_of!((*st).client_addr[0])) ^ addr[0])
+                    | (read_volatile(addr_of!((*st).client_addr[1])) ^ addr[1])
+                    | (read_volatile(addr_of!((*st).client_addr[2])) ^ addr[2])
+                    | (read_volatile(addr_of!((*st).client_addr[3])) ^ addr[3])
+                    == 0
+        }
     };
     if k.family != FAMILY_V4 {
-        // SAFETY: plain data read of a map value valid for this run.
-        if unsafe { NAT_REVERSE.get(k) }.is_some_and(mine) {
+        // SAFETY: a map value valid for this run.
+        if unsafe { NAT_REVERSE.get(k) }.is_some_and(|v| mine(v)) {
             let _ = NAT_REVERSE.remove(k);
         }
         return;
@@ -146,8 +196,7 @@ pub fn remove_for_client(k: &NatKey, s: &Settings, addr: &[u32; 4], port: u16) {
     let Some((slot, tag)) = find(k, s) else {
         return;
     };
-    // SAFETY: map value pointer valid for this run; plain data.
-    if mine(unsafe { &(*slot).state }) {
+    if mine(state_of(slot)) {
         // SAFETY: aligned map memory. Fails harmlessly if a writer took the slot meanwhile.
         unsafe { cas_u64(tag_of(slot), tag, SLOT_EMPTY) };
     }
@@ -195,9 +244,10 @@ pub fn claim(k: &NatKey, state: &NatState, s: &Settings, holder: &mut NatState) 
         let Some(slot) = NAT_SLOTS4.get_ptr_mut(base + i) else {
             return Claim::Busy;
         };
-        // SAFETY: map value pointer valid for this run; plain data.
-        let t = unsafe { core::ptr::read_volatile(&(*slot).tag) };
-        if t == tag && same_key(unsafe { &(*slot).key }, k) {
+        // SAFETY: map value pointer valid for this run.
+        let t = unsafe { tag_now(slot) };
+        // SAFETY: as above.
+        if t == tag && unsafe { same_key(slot, k) } {
             return held(slot, t, true, i, holder);
         }
     }
@@ -206,7 +256,7 @@ pub fn claim(k: &NatKey, state: &NatState, s: &Settings, holder: &mut NatState) 
             return Claim::Busy;
         };
         // SAFETY: as above.
-        if unsafe { core::ptr::read_volatile(&(*slot).tag) } == SLOT_EMPTY {
+        if unsafe { tag_now(slot) } == SLOT_EMPTY {
             return if write(slot, SLOT_EMPTY, tag, k, state) {
                 Claim::Claimed
             } else {
@@ -220,7 +270,7 @@ pub fn claim(k: &NatKey, state: &NatState, s: &Settings, holder: &mut NatState) 
         return Claim::Busy;
     };
     // SAFETY: as above.
-    let t = unsafe { core::ptr::read_volatile(&(*slot).tag) };
+    let t = unsafe { tag_now(slot) };
     held(slot, t, false, way, holder)
 }
 
@@ -230,10 +280,10 @@ fn held(slot: *mut NatSlot4, t: u64, same_key: bool, way: u32, holder: &mut NatS
     if t == SLOT_EMPTY || t == SLOT_BUSY {
         return Claim::Busy;
     }
-    // SAFETY: map value pointer valid for this run; plain data.
-    copy_state(unsafe { &(*slot).state }, holder);
+    // SAFETY: map value pointer valid for this run.
+    unsafe { copy_state(state_of(slot), holder) };
     // SAFETY: as above.
-    if unsafe { core::ptr::read_volatile(&(*slot).tag) } != t {
+    if unsafe { tag_now(slot) } != t {
         return Claim::Busy;
     }
     Claim::Held {
@@ -267,7 +317,7 @@ fn write(slot: *mut NatSlot4, from: u64, tag: u64, k: &NatKey, state: &NatState)
     // SAFETY: the slot is ours until the tag is published.
     unsafe {
         (*slot).key = NatKey4::of(k);
-        copy_state(state, &mut (*slot).state);
+        copy_state(state, &mut *state_of(slot));
         // Readers that see the tag see key and state (a full barrier).
         publish_u64(tag_of(slot), tag);
     }

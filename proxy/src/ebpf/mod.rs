@@ -29,6 +29,16 @@ use crate::maglev::RingDelta;
 /// The compiled XDP object, built by `proxy/build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf.o"));
 
+// The XDP program's flow and NAT tables are read like a seqlock with plain loads, which is
+// sound only where the CPU keeps loads in order (x86-64); BPF gives the reader no cheap
+// barrier (see proxy-ebpf/src/flows.rs). The kernel JITs the program for the CPU this
+// loader runs on, so the loader's target is the data plane's.
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!(
+    "the XDP data plane targets x86-64 only: its table readers rely on x86's load ordering \
+     (see proxy-ebpf/src/flows.rs)"
+);
+
 /// Root of all pin directories.
 pub const BPFFS: &str = "/sys/fs/bpf";
 
