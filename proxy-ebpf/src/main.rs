@@ -587,8 +587,8 @@ fn to_backend(
 ) -> Result<(&'static Backend, Hop), u32> {
     let pinned = pin_flow(pkt, sc, vip, s, now);
     if pinned != PINNED {
-        // SAFETY: pin_flow returns PINNED or a valid Reason discriminant.
-        reason(unsafe { core::mem::transmute::<u32, Reason>(pinned) });
+        // pin_flow returns PINNED or a Reason's discriminant; the fallback never happens.
+        reason(Reason::from_u32(pinned).unwrap_or(Reason::DropNoBackend));
         return Err(xdp_action::XDP_DROP);
     }
     if !insert_flow(pkt, sc, s) {

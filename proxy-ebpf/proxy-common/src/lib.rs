@@ -509,6 +509,29 @@ impl Reason {
         Reason::ReplyTranslated,
     ];
 
+    /// The reason with this discriminant (its `REASONS` index), if there is one. A `match`,
+    /// not an index into `ALL`: LLVM turns it into one range check, where a table would be
+    /// a `.rodata` load in the BPF program.
+    pub const fn from_u32(v: u32) -> Option<Reason> {
+        let r = match v {
+            0 => Reason::PassNotIp,
+            1 => Reason::PassFragment,
+            2 => Reason::PassOtherProto,
+            3 => Reason::PassNotVip,
+            4 => Reason::PassTerminator,
+            5 => Reason::PassNoRoute,
+            6 => Reason::DropMalformed,
+            7 => Reason::DropNoBackend,
+            8 => Reason::DropNatPortsExhausted,
+            9 => Reason::DropFamilyMismatch,
+            10 => Reason::DropRedirectFailed,
+            11 => Reason::Forwarded,
+            12 => Reason::ReplyTranslated,
+            _ => return None,
+        };
+        Some(r)
+    }
+
     /// Stable metric label.
     pub const fn label(self) -> &'static str {
         match self {
@@ -590,3 +613,18 @@ const _: () = {
     assert!(core::mem::size_of::<NextHop>() == 24);
     assert!(core::mem::size_of::<HopKey>() == 20);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn reason_from_u32_inverts_the_discriminant() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "ALL is in discriminant order");
+            assert_eq!(Reason::from_u32(i as u32), Some(*r));
+        }
+        assert_eq!(Reason::from_u32(Reason::COUNT), None);
+        assert_eq!(Reason::from_u32(u32::MAX), None);
+    }
+}
