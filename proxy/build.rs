@@ -82,6 +82,9 @@ fn main() -> Result<()> {
     }
     cmd.current_dir(&root)
         .args(["build", "--package", "proxy-ebpf", "--release"])
+        // The benchmark programs go into the same object: one object to build and embed;
+        // the loader loads `proxy_xdp` only, and the bench programs only for benches.
+        .args(["--features", "bench"])
         .args(["--target", "bpfel-unknown-none"])
         .arg("--target-dir")
         .arg(&target_dir)

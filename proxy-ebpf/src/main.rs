@@ -8,6 +8,8 @@
 #![allow(internal_features)]
 
 mod atomic;
+#[cfg(feature = "bench")]
+mod bench;
 mod counters;
 mod flows;
 mod forward;
@@ -28,9 +30,9 @@ use aya_ebpf::{
 };
 use proxy_common::{
     hash, ports::MAX_SNAT_ADDRS, ring_index, Backend, FlowKey, FlowState, NatKey, NatState, Reason,
-    Settings, VipKey, VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FLOW_FIN_BACKEND,
-    FLOW_FIN_CLIENT, PROTO_TCP, VIP_HASH_SOURCE_ONLY, VIP_INDEX_EMPTY, VIP_INDEX_PROBES,
-    VIP_INDEX_REMOVED, VIP_PASS_TO_STACK,
+    Settings, VipKey, VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
+    PROTO_TCP, VIP_HASH_SOURCE_ONLY, VIP_INDEX_EMPTY, VIP_INDEX_PROBES, VIP_INDEX_REMOVED,
+    VIP_PASS_TO_STACK,
 };
 
 use counters::{flow_packet, reason};
@@ -44,39 +46,6 @@ pub fn proxy_xdp(ctx: XdpContext) -> u32 {
     match try_proxy(&ctx) {
         Ok(action) => action,
         Err(()) => xdp_action::XDP_ABORTED,
-    }
-}
-
-/// Baseline for `cargo xtask bench xdp`: the cheapest possible XDP program. Never attached.
-#[xdp]
-pub fn xdp_pass_baseline(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// Floor for `cargo xtask bench xdp`: what one packet costs when all it does is the
-/// flow-table lookup of the fast path (an IPv4 TCP/UDP header without options is assumed;
-/// the bench sends one). XDP_PASS when the flow is found, XDP_DROP when not. Never attached.
-#[xdp]
-pub fn xdp_lookup_floor(ctx: XdpContext) -> u32 {
-    const L4_PORTS_END: usize = parse::ETH_LEN + parse::IPV4_LEN + 4;
-    let Some(h) = parse::header::<L4_PORTS_END>(&ctx, 0) else {
-        return xdp_action::XDP_DROP;
-    };
-    let Some(s) = SETTINGS.get(0) else {
-        return xdp_action::XDP_DROP;
-    };
-    let key = FlowKey {
-        src: [h.get(parse::ETH_LEN + 12), 0, 0, 0],
-        dst: [h.get(parse::ETH_LEN + 16), 0, 0, 0],
-        sport: h.get(parse::ETH_LEN + parse::IPV4_LEN),
-        dport: h.get(parse::ETH_LEN + parse::IPV4_LEN + 2),
-        proto: h.get(parse::ETH_LEN + 9),
-        family: FAMILY_V4,
-        pad: [0; 2],
-    };
-    match flows::get(&key, s) {
-        Some(_) => xdp_action::XDP_PASS,
-        None => xdp_action::XDP_DROP,
     }
 }
 
