@@ -7,7 +7,10 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::SocketAddr,
-    os::unix::{fs::PermissionsExt, net::UnixStream},
+    os::unix::{
+        fs::{DirBuilderExt, PermissionsExt},
+        net::UnixStream,
+    },
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -95,15 +98,37 @@ impl Response {
 /// A request waiting for the main loop, with where to send the answer.
 pub type Pending = (Request, oneshot::Sender<Response>);
 
+/// Binds a listening socket at `path` (replacing a stale one) that has mode 0600 from the
+/// moment it exists there: root only, since the API changes what the balancer does. A chmod
+/// after binding at `path` would leave a window in which anyone could connect; so the socket
+/// is bound and chmodded in a fresh 0700 directory beside `path`, then renamed into place.
+fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let staging = dir.join(format!(".admin-{}", std::process::id()));
+    // Left by an earlier run that died with the same pid.
+    let _ = std::fs::remove_dir_all(&staging);
+    // The umask can only narrow 0700.
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let bound = (|| {
+        let tmp = staging.join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
+}
+
 /// Listens on `path` (replacing a stale socket), forwarding requests to `tx`.
 pub async fn serve(path: PathBuf, tx: mpsc::Sender<Pending>) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    // Root only: the API changes what the balancer does.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = bind_private(&path)?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     info!(socket = %path.display(), "admin API listening");
     loop {
         let (stream, _) = listener.accept().await?;
@@ -311,6 +336,87 @@ mod tests {
         )
         .is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+    }
+
+    /// The socket's name appears in its directory only by a rename, after which its mode
+    /// never changes: so it is 0600 from the first moment anyone can reach it. (Bound at its
+    /// path and chmodded after, the name would appear by IN_CREATE and change by IN_ATTRIB.)
+    #[test]
+    fn admin_socket_appears_with_its_final_mode() {
+        let dir = std::env::temp_dir().join(format!("pxt-admin-mode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admin.sock");
+        // A stale socket to replace, as after a crash.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        // SAFETY: plain syscall, no pointers.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(
+            fd >= 0,
+            "inotify_init1: {}",
+            std::io::Error::last_os_error()
+        );
+        let cdir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_ATTRIB;
+        // SAFETY: `cdir` is a valid NUL-terminated path for the call's duration.
+        let wd = unsafe { libc::inotify_add_watch(fd, cdir.as_ptr(), mask) };
+        assert!(
+            wd >= 0,
+            "inotify_add_watch: {}",
+            std::io::Error::last_os_error()
+        );
+
+        let listener = bind_private(&path).unwrap();
+
+        let mut buf = [0u8; 4096];
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(
+            n > 0,
+            "no inotify events: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: we own `fd`.
+        unsafe { libc::close(fd) };
+        let (mut events, mut off) = (Vec::new(), 0usize);
+        let head = std::mem::size_of::<libc::inotify_event>();
+        while off + head <= n as usize {
+            // SAFETY: the kernel wrote a whole event header at `off`; read unaligned.
+            let ev: libc::inotify_event =
+                unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
+            let name = &buf[off + head..off + head + ev.len as usize];
+            let name = String::from_utf8_lossy(name)
+                .trim_end_matches('\0')
+                .to_string();
+            events.push((name, ev.mask));
+            off += head + ev.len as usize;
+        }
+        let ours: Vec<u32> = events
+            .iter()
+            .filter(|(name, _)| name == "admin.sock")
+            .map(|(_, m)| *m)
+            .collect();
+        assert!(
+            ours.iter().any(|m| m & libc::IN_MOVED_TO != 0),
+            "the socket was not renamed into place: {events:?}"
+        );
+        assert!(
+            ours.iter()
+                .all(|m| m & (libc::IN_CREATE | libc::IN_ATTRIB) == 0),
+            "the socket appeared or changed mode at its path: {events:?}"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // It is the listener's socket, and the staging directory is gone.
+        let client = UnixStream::connect(&path).unwrap();
+        let (_server_side, _) = listener.accept().unwrap();
+        drop(client);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("admin.sock")]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
