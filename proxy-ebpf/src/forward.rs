@@ -40,6 +40,9 @@ pub const CLIENT_HOP: u32 = u32::MAX;
 /// Asks the FIB for the next hop towards `t.dst` and caches the answer for `hop_slot` until
 /// `expires`. False when the FIB has no complete answer.
 // Not inlined: this runs about once a second per destination, not per packet.
+// Key and value by reference: by value they would be copied from the per-CPU scratch onto
+// the 512-byte stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(never)]
 fn refresh(ctx: &XdpContext, pkt: &Packet, t: &Translation, hop_slot: u32, expires: u64) -> bool {
     let Some(fs) = FIB_SCRATCH.get_ptr_mut(0) else {
@@ -109,6 +112,8 @@ fn hop_key(pkt: &Packet, t: &Translation) -> HopKey {
 }
 
 /// The cache entry of the next hop towards `hop_slot`.
+// The key by reference, as the helper takes it: no move of the key into the call.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn cached(pkt: &Packet, t: &Translation, hop_slot: u32) -> Option<*mut NextHop> {
     if hop_slot == CLIENT_HOP {
@@ -132,7 +137,7 @@ pub fn send(
     s: &Settings,
 ) -> u32 {
     let mut entry = cached(pkt, t, hop_slot);
-    // SAFETY (all derefs of `entry`): map value pointers stay valid for this run.
+    // SAFETY: map value pointers stay valid for this run.
     let fresh = entry.is_some_and(|h| unsafe { (*h).expires } > now);
     if !fresh {
         if !refresh(ctx, pkt, t, hop_slot, now + s.next_hop_ttl_ticks as u64) {

@@ -1474,8 +1474,9 @@ fn configure(dp: &mut DataPlane, model: &Model) {
 #[test]
 fn xdp_fixture_table() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
+        euid,
         0,
         "the XDP fixture test needs root (namespaces, bpffs, BPF_PROG_TEST_RUN); CI runs it as root"
     );

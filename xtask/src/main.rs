@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",               // rustc for bpfel-unknown-none (TOOLCHAIN.md)
     "libstd-rust-web-dev-bpf", // prebuilt core for BPF targets
+    "rust-web-clippy",         // clippy matching rustc-web: lints the eBPF crate (`test`)
     "llvm-22-dev",             // bpf-linker links against it
     "iproute2",                // ip netns / ip link for tests and demo
     "ethtool",                 // GRO on veth peers (XDP_REDIRECT delivery)
@@ -27,6 +28,11 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux", // nsenter: the demo runs the proxy in the balancer namespace
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian's compiler and its prebuilt `core` for BPF (as in proxy/build.rs), and the clippy
+/// built with that compiler.
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_BPF_CORE: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
+const DEBIAN_CARGO_CLIPPY: &str = "/usr/bin/cargo-clippy";
 
 #[derive(Parser)]
 struct Cli {
@@ -182,7 +188,7 @@ fn setup() -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"))?;
         } else {
             eprintln!(
-                "setup: not a Debian system; install a rustup nightly with rust-src, \
+                "setup: not a Debian system; install a rustup nightly with rust-src and clippy, \
                  bpf-linker, iproute2 and ethtool yourself (the build then uses -Z build-std=core)"
             );
         }
@@ -244,6 +250,46 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
+    clippy_bpf(root)?;
     cargo(root, &["test", "--locked", "--release"])?;
+    Ok(())
+}
+
+/// Clippy for the eBPF crate on its own target, `bpfel-unknown-none` (the workspace clippy
+/// above never compiles it: it is no_std, no_main and not a default member), without and
+/// with its `bench` programs. Same two routes as proxy/build.rs: Debian's clippy with
+/// Debian's rustc and prebuilt BPF `core`, or a rustup nightly with rust-src.
+fn clippy_bpf(root: &Path) -> Result<()> {
+    let debian = Path::new(DEBIAN_CARGO_CLIPPY).exists()
+        && Path::new(DEBIAN_RUSTC).exists()
+        && Path::new(DEBIAN_BPF_CORE).is_dir();
+    for features in [&[][..], &["--features", "bench"][..]] {
+        let mut cmd = if debian {
+            // cargo-clippy runs `cargo check` with the clippy-driver beside it, which must
+            // be built by the same rustc as the sysroot's `core`: hence Debian's rustc.
+            let mut c = Command::new(DEBIAN_CARGO_CLIPPY);
+            c.arg("clippy")
+                .env("RUSTC", DEBIAN_RUSTC)
+                .env("RUSTC_BOOTSTRAP", "aya_ebpf,proxy_ebpf");
+            c
+        } else {
+            let mut c = Command::new("rustup");
+            c.args(["run", "nightly", "cargo", "clippy", "-Z", "build-std=core"]);
+            c
+        };
+        for var in ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS"] {
+            cmd.env_remove(var);
+        }
+        cmd.current_dir(root)
+            .args(["--locked", "--release", "-p", "proxy-ebpf"])
+            .args(["--target", "bpfel-unknown-none"])
+            .args(features)
+            .args(["--", "-D", "warnings"]);
+        run(&mut cmd).context(if debian {
+            "clippy for the eBPF crate failed (Debian route)"
+        } else {
+            "clippy for the eBPF crate failed (nightly route: needs rust-src and clippy)"
+        })?;
+    }
     Ok(())
 }

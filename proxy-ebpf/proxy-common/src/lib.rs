@@ -572,19 +572,33 @@ mod pod {
     // SAFETY: all types are repr(C), Copy, contain only integers and have no implicit padding
     // (checked by the size assertions below).
     unsafe impl aya::Pod for super::VipKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::VipMeta {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKey4 {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowSlot4 {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::NatKey4 {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::NatSlot4 {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowState {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::NatKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::NatState {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::NextHop {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::HopKey {}
 }
 

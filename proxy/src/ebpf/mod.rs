@@ -329,8 +329,9 @@ pub fn kernel_tick_ns() -> u64 {
 pub fn ensure_bpffs() -> Result<(), DataPlaneError> {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     let path = std::ffi::CString::new(BPFFS).expect("no NUL");
-    // SAFETY: statfs into a zeroed struct with a valid C string path.
+    // SAFETY: statfs is plain integers; all zero is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string path and a valid out-pointer for the call.
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
