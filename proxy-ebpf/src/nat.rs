@@ -93,35 +93,36 @@ unsafe fn same_key(slot: *mut NatSlot4, b: &NatKey) -> bool {
 }
 
 /// Copies a state field by field (a whole-struct copy becomes a byte-wise memcpy call), with
-/// volatile reads: `from` may be a slot other CPUs write.
+/// volatile reads and through raw pointers: either side may be a slot other CPUs use.
 ///
 /// # Safety
-/// `from` must point to a `NatState` in map memory valid for this program run.
+/// `from` and `to` must point to `NatState`s in map memory valid for this program run, `to`
+/// writable and not read by another CPU unless its slot is marked busy.
 #[inline(always)]
-unsafe fn copy_state(from: *const NatState, to: &mut NatState) {
-    // SAFETY: the caller's contract; field addresses of an aligned struct.
+unsafe fn copy_state(from: *const NatState, to: *mut NatState) {
+    // SAFETY: the caller's contract; field addresses of aligned structs.
     unsafe {
         let ca = addr_of!((*from).client_addr);
         let va = addr_of!((*from).vip_addr);
-        to.client_addr = [
+        (*to).client_addr = [
             read_volatile(addr_of!((*ca)[0])),
             read_volatile(addr_of!((*ca)[1])),
             read_volatile(addr_of!((*ca)[2])),
             read_volatile(addr_of!((*ca)[3])),
         ];
-        to.vip_addr = [
+        (*to).vip_addr = [
             read_volatile(addr_of!((*va)[0])),
             read_volatile(addr_of!((*va)[1])),
             read_volatile(addr_of!((*va)[2])),
             read_volatile(addr_of!((*va)[3])),
         ];
-        to.client_port = read_volatile(addr_of!((*from).client_port));
-        to.vip_port = read_volatile(addr_of!((*from).vip_port));
-        to.backend = read_volatile(addr_of!((*from).backend));
-        to.vip_num = read_volatile(addr_of!((*from).vip_num));
-        to.snat = read_volatile(addr_of!((*from).snat));
-        to.nat_port = read_volatile(addr_of!((*from).nat_port));
-        to.claimed = read_volatile(addr_of!((*from).claimed));
+        (*to).client_port = read_volatile(addr_of!((*from).client_port));
+        (*to).vip_port = read_volatile(addr_of!((*from).vip_port));
+        (*to).backend = read_volatile(addr_of!((*from).backend));
+        (*to).vip_num = read_volatile(addr_of!((*from).vip_num));
+        (*to).snat = read_volatile(addr_of!((*from).snat));
+        (*to).nat_port = read_volatile(addr_of!((*from).nat_port));
+        (*to).claimed = read_volatile(addr_of!((*from).claimed));
     }
 }
 
@@ -317,7 +318,7 @@ fn write(slot: *mut NatSlot4, from: u64, tag: u64, k: &NatKey, state: &NatState)
     // SAFETY: the slot is ours until the tag is published.
     unsafe {
         (*slot).key = NatKey4::of(k);
-        copy_state(state, &mut *state_of(slot));
+        copy_state(state, state_of(slot));
         // Readers that see the tag see key and state (a full barrier).
         publish_u64(tag_of(slot), tag);
     }
