@@ -255,7 +255,12 @@ impl<M: DataPath> ControlPlane<M> {
 
 #[cfg(test)]
 mod tests {
-    use super::Every;
+    use super::{ControlPlane, Every, PlaneOptions};
+    use crate::{
+        balancer::MemoryMaps,
+        config::{Config, IoChoice},
+        ebpf::NatOccupancy,
+    };
 
     #[test]
     fn periodic_jobs_run_on_the_ticks_they_are_due() {
@@ -264,5 +269,52 @@ mod tests {
         assert_eq!(due, [100, 105, 110]);
         let mut never = Every::new(0, 0);
         assert!(!(0..100).any(|t| never.due(t)));
+    }
+
+    /// The NAT check runs on ticks at its cadence even without `/metrics`.
+    #[test]
+    fn ticks_check_nat_occupancy_every_two_seconds() {
+        let config = Config::parse(
+            r#"
+[balancer]
+interfaces = ["eth0"]
+snat_v4 = "192.0.2.254"
+ring_size = 1009
+
+[[listener]]
+name = "rpc"
+address = "203.0.113.10:8090"
+mode = "l4"
+pool = "eu"
+
+[pools.eu]
+backends = [{ name = "a", address = "192.0.2.11:8090" }]
+"#,
+            "t",
+        )
+        .unwrap();
+        assert!(config.admin.metrics.is_none());
+        let options = PlaneOptions {
+            io: IoChoice::Epoll,
+            stats_interval_secs: 0,
+        };
+        let (mut plane, _inputs) =
+            ControlPlane::new(&config, MemoryMaps::default(), options, 100).unwrap();
+        let id = plane.balancer().backends("eu").unwrap()[0].id;
+        let set = |plane: &mut ControlPlane<MemoryMaps>, taken| {
+            let nat = NatOccupancy {
+                taken,
+                capacity: 1000,
+            };
+            plane.maps_mut().nat.insert(id, nat);
+        };
+        set(&mut plane, 900);
+        plane.on_tick(100);
+        assert!(plane.nat_alarms.warned("eu", "a"));
+        set(&mut plane, 100);
+        plane.on_tick(101);
+        assert!(plane.nat_alarms.warned("eu", "a"), "not due at 101");
+        plane.on_tick(102);
+        assert!(!plane.nat_alarms.warned("eu", "a"), "re-armed at 102");
     }
 }

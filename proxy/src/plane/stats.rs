@@ -198,6 +198,14 @@ impl NatAlarms {
         self.0 = next;
         crossed
     }
+
+    /// Whether a backend was warned about and has not fallen below the re-arm level since.
+    #[cfg(test)]
+    pub fn warned(&self, pool: &str, backend: &str) -> bool {
+        self.0
+            .get(&(pool.to_string(), backend.to_string()))
+            .is_some_and(|a| a.warned)
+    }
 }
 
 /// Logs the counters of every VIP and backend and the packets by reason.
