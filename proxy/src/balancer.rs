@@ -830,7 +830,7 @@ backends = [
             bal.ring("rpc").unwrap().slots(),
             bal.ring("wss").unwrap().slots()
         );
-        assert_eq!(m.settings.nat_port_min, 10_000);
+        assert_eq!(m.settings.nat_port_min, 1_024);
     }
 
     #[test]
