@@ -224,7 +224,12 @@ pub fn allocate(sc: &mut Scratch, pkt: &Packet, id: u32, s: &Settings, now: u64)
         NonZeroU32::new(s.snat_count(family)),
     ) {
         if cport >= s.nat_port_min && cport <= s.nat_port_max {
-            let snat = hash::source_hash(&pkt.key.src, family) % n;
+            // One address (the common case) needs no hash.
+            let snat = if n.get() == 1 {
+                0
+            } else {
+                hash::source_hash(&pkt.key.src, family) % n
+            };
             sc.preferred = snat * range.get() + (cport - s.nat_port_min) as u32;
         }
     }
