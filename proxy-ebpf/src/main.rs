@@ -282,6 +282,9 @@ pub struct Scratch {
     pub reverse: NatState,
     /// The current holder of a NAT key being claimed.
     pub holder: NatState,
+    /// The port-space position a new flow tries first (`nat_ports::allocate`), or
+    /// `nat_ports::NO_PORT`.
+    pub preferred: u32,
 }
 
 /// Per-CPU working memory of one program run: the parsed packet and the scratch structs.

@@ -17,6 +17,7 @@
 use core::num::NonZeroU32;
 
 use proxy_common::{
+    hash,
     ports::{self, Space, Words},
     FlowKey, NatKey, Settings, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, NAT_CLAIM_GRACE_TICKS,
 };
@@ -210,6 +211,28 @@ pub fn allocate(sc: &mut Scratch, pkt: &Packet, id: u32, s: &Settings, now: u64)
         // a call of its own: nested under this one the frames would not fit the stack).
         return PORTS_FULL;
     }
+    // First choice: the client's own source port (on one of the SNAT addresses, picked by
+    // the client's address). A node then sees a client that reuses its port for a new
+    // connection on the tuple it saw before, with that client's own increasing sequence
+    // numbers and timestamps, as with plain DNAT: a node that closed first holds the tuple in
+    // TIME_WAIT for a minute and refuses a SYN from another client whose timestamps are older
+    // (PAWS), which is what reusing ports across clients runs into under a storm.
+    sc.preferred = NO_PORT;
+    let cport = u16::from_be(pkt.key.sport);
+    if let (Some(range), Some(n)) = (
+        NonZeroU32::new(s.nat_port_range()),
+        NonZeroU32::new(s.snat_count(family)),
+    ) {
+        if cport >= s.nat_port_min && cport <= s.nat_port_max {
+            // One address (the common case) needs no hash.
+            let snat = if n.get() == 1 {
+                0
+            } else {
+                hash::source_hash(&pkt.key.src, family) % n
+            };
+            sc.preferred = snat * range.get() + (cport - s.nat_port_min) as u32;
+        }
+    }
     for _ in 0..CLAIM_TRIES {
         let got = try_port(sc, pkt, id, s, now);
         if got != RETRY {
@@ -235,7 +258,8 @@ fn try_port(sc: &mut Scratch, pkt: &Packet, id: u32, s: &Settings, now: u64) -> 
     let Some(sp) = space(id, family, s) else {
         return NO_PORT;
     };
-    let v = take_port(sp.base, sp.positions);
+    let v = take_port(sp.base, sp.positions, sc.preferred);
+    sc.preferred = NO_PORT;
     if v == NO_PORT {
         return NO_PORT;
     }
@@ -273,10 +297,15 @@ fn try_port(sc: &mut Scratch, pkt: &Packet, id: u32, s: &Settings, now: u64) -> 
     RETRY
 }
 
-/// `ports::take` in a frame of its own, so the verifier walks it with scalar arguments.
+/// Takes position `preferred` if it is free, else the next free one (`ports::take`). In a
+/// frame of its own, so the verifier walks it with scalar arguments.
 #[inline(never)]
-fn take_port(base: u32, positions: u32) -> u32 {
-    ports::take(&MapWords, Space { base, positions }).unwrap_or(NO_PORT)
+fn take_port(base: u32, positions: u32, preferred: u32) -> u32 {
+    let sp = Space { base, positions };
+    if preferred != NO_PORT && ports::take_at(&MapWords, sp, preferred) {
+        return preferred;
+    }
+    ports::take(&MapWords, sp).unwrap_or(NO_PORT)
 }
 
 /// A full space: checks `RECLAIM_PROBES` taken positions from the reclaim cursor and gives

@@ -22,6 +22,8 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use crate::ebpf::NatOccupancy;
+
 /// Default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/xdp-proxy/admin.sock";
 /// Longest request line accepted.
@@ -66,6 +68,11 @@ pub struct BackendRow {
     pub why: String,
     pub packets: u64,
     pub new_flows: u64,
+    /// NAT ports taken and available; None when the backend has no port space (only
+    /// `tls`/`ws` listeners use it, or no SNAT address for its family). Absent in answers
+    /// of older proxies.
+    #[serde(default)]
+    pub nat_ports: Option<NatOccupancy>,
 }
 
 /// The answer to any request.
@@ -274,12 +281,25 @@ impl Command {
 /// A fixed-width table of backends for the terminal.
 pub fn render_table(rows: &[BackendRow]) -> String {
     let mut out = format!(
-        "{:<10} {:<16} {:>4} {:<40} {:>7} {:<8} {:>12} {:>10}  {}\n",
-        "POOL", "NAME", "ID", "ADDRESS", "WEIGHT", "STATE", "PACKETS", "NEW FLOWS", "WHY"
+        "{:<10} {:<16} {:>4} {:<40} {:>7} {:<8} {:>12} {:>10} {:>20}  {}\n",
+        "POOL",
+        "NAME",
+        "ID",
+        "ADDRESS",
+        "WEIGHT",
+        "STATE",
+        "PACKETS",
+        "NEW FLOWS",
+        "NAT PORTS",
+        "WHY"
     );
     for r in rows {
+        let nat = r
+            .nat_ports
+            .as_ref()
+            .map_or_else(|| "-".into(), nat_ports_text);
         out += &format!(
-            "{:<10} {:<16} {:>4} {:<40} {:>7} {:<8} {:>12} {:>10}  {}\n",
+            "{:<10} {:<16} {:>4} {:<40} {:>7} {:<8} {:>12} {:>10} {:>20}  {}\n",
             r.pool,
             r.name,
             r.id,
@@ -288,10 +308,19 @@ pub fn render_table(rows: &[BackendRow]) -> String {
             r.state,
             r.packets,
             r.new_flows,
+            nat,
             r.why
         );
     }
     out
+}
+
+/// `taken/capacity (P%)`, the percentage rounded down so that 100% means full.
+pub fn nat_ports_text(o: &NatOccupancy) -> String {
+    let percent = (o.taken as u64 * 100)
+        .checked_div(o.capacity as u64)
+        .unwrap_or(0);
+    format!("{}/{} ({percent}%)", o.taken, o.capacity)
 }
 
 /// Logs a refused admin request (the caller sees the message too).
@@ -417,6 +446,90 @@ mod tests {
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("admin.sock")]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn row(name: &str, nat_ports: Option<NatOccupancy>) -> BackendRow {
+        BackendRow {
+            pool: "eu".into(),
+            name: name.into(),
+            id: 3,
+            address: "192.0.2.11:8090".parse().unwrap(),
+            weight: 100,
+            state: "active".into(),
+            why: "in the ring".into(),
+            packets: 42,
+            new_flows: 7,
+            nat_ports,
+        }
+    }
+
+    #[test]
+    fn table_shows_nat_ports_or_a_dash() {
+        let rows = [
+            row(
+                "n1",
+                Some(NatOccupancy {
+                    taken: 1234,
+                    capacity: 22768,
+                }),
+            ),
+            row(
+                "n2",
+                Some(NatOccupancy {
+                    taken: 22767,
+                    capacity: 22768,
+                }),
+            ),
+            row("n3", None),
+        ];
+        let table = render_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[0].contains("NAT PORTS"), "{table}");
+        assert!(
+            lines[1].contains(" 1234/22768 (5%)  in the ring"),
+            "{table}"
+        );
+        // Rounded down: 100% only when none is left.
+        assert!(
+            lines[2].contains(" 22767/22768 (99%)  in the ring"),
+            "{table}"
+        );
+        assert!(lines[3].contains(" -  in the ring"), "{table}");
+        // The columns line up whatever the cell holds.
+        let at = |l: &str| l.find("  in the ring").unwrap();
+        assert_eq!(at(lines[1]), at(lines[3]));
+        assert_eq!(lines[0].find("  WHY").unwrap(), at(lines[1]));
+    }
+
+    #[test]
+    fn nat_ports_text_survives_an_empty_space() {
+        let empty = NatOccupancy {
+            taken: 0,
+            capacity: 0,
+        };
+        assert_eq!(nat_ports_text(&empty), "0/0 (0%)");
+    }
+
+    #[test]
+    fn rows_without_nat_ports_from_older_proxies_still_parse() {
+        let new = row(
+            "n1",
+            Some(NatOccupancy {
+                taken: 9,
+                capacity: 10,
+            }),
+        );
+        let text = serde_json::to_string(&new).unwrap();
+        assert!(
+            text.contains(r#""nat_ports":{"taken":9,"capacity":10}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<BackendRow>(&text).unwrap(), new);
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        old.as_object_mut().unwrap().remove("nat_ports");
+        let parsed: BackendRow = serde_json::from_value(old).unwrap();
+        assert_eq!(parsed.nat_ports, None);
     }
 
     #[tokio::test]

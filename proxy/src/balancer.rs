@@ -715,6 +715,9 @@ pub struct MemoryMaps {
     pub rings: std::collections::HashMap<u32, std::collections::HashMap<u32, u32>>,
     /// Every write in order, to check ordering rules.
     pub log: Vec<String>,
+    /// NAT port occupancy per backend id, as tests set it (the kernel counts it; nothing
+    /// here does).
+    pub nat: std::collections::HashMap<u32, crate::ebpf::NatOccupancy>,
 }
 
 impl MapWriter for MemoryMaps {
@@ -827,7 +830,7 @@ backends = [
             bal.ring("rpc").unwrap().slots(),
             bal.ring("wss").unwrap().slots()
         );
-        assert_eq!(m.settings.nat_port_min, 10_000);
+        assert_eq!(m.settings.nat_port_min, 1_024);
     }
 
     #[test]

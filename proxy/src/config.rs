@@ -38,9 +38,11 @@ fn default_max_flows() -> u32 {
     proxy_common::DEFAULT_MAX_FLOWS
 }
 fn default_nat_ports() -> [u16; 2] {
-    // Below Linux's default ephemeral range (32768-60999), so the balancer's own outgoing
-    // connections from the NAT address can never collide with NAT mappings.
-    [10_000, 32_767]
+    // Every unprivileged port, so a client's own source port can be kept (`nat_ports` in
+    // the XDP program): clients' ephemeral ranges (Linux 32768-60999, others 49152-65535)
+    // are inside it. The NAT address is dedicated to NAT, so the balancer's own
+    // connections never take ports from it.
+    [1_024, 65_535]
 }
 fn default_tcp_idle() -> u64 {
     900
@@ -804,7 +806,7 @@ backends = [
     fn parses_with_defaults() {
         let c = Config::parse(GOOD, "good.toml").unwrap();
         assert_eq!(c.balancer.ring_size, 65_537);
-        assert_eq!(c.balancer.nat_ports, [10_000, 32_767]);
+        assert_eq!(c.balancer.nat_ports, [1_024, 65_535]);
         assert_eq!(c.listeners[0].protocol, Protocol::Tcp);
         assert_eq!(c.listeners[0].hash, HashKey::FiveTuple);
         assert_eq!(c.pools["eu"].backends[1].weight, 100);

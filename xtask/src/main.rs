@@ -26,6 +26,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "procps",     // sysctl in the test namespaces (forwarding, accept_local)
     "util-linux", // nsenter: the demo runs the proxy in the balancer namespace
+    "nftables",   // the DNAT peer of `cargo xtask bench storm`
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian's compiler and its prebuilt `core` for BPF (as in proxy/build.rs), and the clippy
@@ -52,7 +53,7 @@ enum Task {
         #[arg(long)]
         duration: Option<u64>,
     },
-    /// Setup, then a benchmark scenario: `xdp` or `proxy`.
+    /// Setup, then a benchmark scenario: `xdp`, `proxy` or `storm`.
     Bench {
         scenario: String,
         #[arg(last = true)]
@@ -132,7 +133,22 @@ fn main() -> Result<()> {
                     a.extend(args.iter().map(String::as_str));
                     cargo(&root, &a)
                 }
-                other => bail!("unknown bench scenario `{other}` (known: xdp, proxy)"),
+                "storm" => {
+                    // New connections/s: XDP full NAT vs nftables DNAT on the same lab.
+                    let mut a = vec![
+                        "run",
+                        "--release",
+                        "--locked",
+                        "-p",
+                        "proxy-perf",
+                        "--bin",
+                        "storm-bench",
+                        "--",
+                    ];
+                    a.extend(args.iter().map(String::as_str));
+                    cargo(&root, &a)
+                }
+                other => bail!("unknown bench scenario `{other}` (known: xdp, proxy, storm)"),
             }
         }
     }

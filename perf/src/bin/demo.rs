@@ -171,12 +171,33 @@ fn main() -> Result<()> {
         .spawn()
         .context("starting the proxy")?;
     let mut proxy = ProxyProcess(child);
-    thread::sleep(Duration::from_millis(1500));
-    if let Some(status) = proxy.0.try_wait()? {
-        bail!(
-            "the proxy exited with {status}; its log:\n{}",
-            std::fs::read_to_string(&log)?
-        );
+    // Ready once its admin socket answers: that is after XDP is attached (loading and
+    // verifying the program takes a few seconds).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = proxy.0.try_wait()? {
+            bail!(
+                "the proxy exited with {status}; its log:\n{}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        let ready = Command::new(&proxy_bin)
+            .args(["backends", "--socket"])
+            .arg(&config.admin.socket)
+            .arg("list")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the proxy did not answer on {} within a minute; its log:\n{}",
+                config.admin.socket.display(),
+                std::fs::read_to_string(&log)?
+            );
+        }
+        thread::sleep(Duration::from_millis(250));
     }
 
     println!("checking: 12 JSON-RPC calls to each listener through XDP ...");

@@ -244,6 +244,24 @@ pub fn take<W: Words>(w: &W, sp: Space) -> Option<u32> {
     None
 }
 
+/// Takes position `v` if it is free (the first choice of a new flow, see `nat_ports`).
+#[inline(always)]
+pub fn take_at<W: Words>(w: &W, sp: Space, v: u32) -> bool {
+    if v >= sp.positions {
+        return false;
+    }
+    let i = v / 64;
+    let bit = 1u64 << (v % 64);
+    let old = w.load(sp.base + BITMAP + i);
+    if old & bit != 0 || !w.compare_swap(sp.base + BITMAP + i, old, old | bit) {
+        return false;
+    }
+    if old | bit == u64::MAX {
+        mark_full(w, sp, i);
+    }
+    true
+}
+
 /// Gives position `v` back.
 #[inline(always)]
 pub fn release<W: Words>(w: &W, sp: Space, v: u32) {

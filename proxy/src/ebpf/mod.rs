@@ -152,7 +152,7 @@ pub struct LoadOptions {
 }
 
 /// Ports in the default NAT range (`balancer.nat_ports`), one SNAT address.
-const DEFAULT_NAT_POSITIONS: u32 = proxy_common::ports::nat_positions(10_000, 32_767, 1);
+const DEFAULT_NAT_POSITIONS: u32 = proxy_common::ports::nat_positions(1_024, 65_535, 1);
 
 impl LoadOptions {
     pub fn new(pin_dir: impl Into<PathBuf>, ring_size: u32) -> Self {

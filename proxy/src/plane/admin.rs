@@ -93,8 +93,65 @@ fn backend_rows<M: DataPath>(balancer: &Balancer, maps: &M, board: &Board) -> Ve
                 why,
                 packets: c.packets,
                 new_flows: c.new_flows,
+                // Unreadable counts as unknown: the list still answers.
+                nat_ports: maps.nat_occupancy(be.id).ok().flatten(),
             });
         }
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        admin::Request,
+        balancer::MemoryMaps,
+        config::{Config, IoChoice},
+        ebpf::NatOccupancy,
+        plane::{ControlPlane, PlaneOptions},
+    };
+
+    /// `l4` listeners only: the plane runs on in-memory maps.
+    const CONF: &str = r#"
+[balancer]
+interfaces = ["eth0"]
+snat_v4 = "192.0.2.254"
+ring_size = 1009
+
+[[listener]]
+name = "rpc"
+address = "203.0.113.10:8090"
+mode = "l4"
+pool = "eu"
+
+[pools.eu]
+backends = [
+  { name = "a", address = "192.0.2.11:8090" },
+  { name = "b", address = "192.0.2.12:8090" },
+]
+"#;
+
+    #[test]
+    fn list_shows_each_backends_nat_ports() {
+        let config = Config::parse(CONF, "t").unwrap();
+        let options = PlaneOptions {
+            io: IoChoice::Epoll,
+            stats_interval_secs: 0,
+        };
+        let (mut plane, _inputs) =
+            ControlPlane::new(&config, MemoryMaps::default(), options, 0).unwrap();
+        let a = plane.balancer().backends("eu").unwrap()[0].clone();
+        assert_eq!(a.name, "a");
+        let taken = NatOccupancy {
+            taken: 1234,
+            capacity: 22768,
+        };
+        plane.maps_mut().nat.insert(a.id, taken);
+        let rows = plane.on_admin(Request::List, 0).backends;
+        let nat: Vec<(&str, Option<NatOccupancy>)> = rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.nat_ports))
+            .collect();
+        assert_eq!(nat, [("a", Some(taken)), ("b", None)]);
+    }
 }

@@ -15,7 +15,7 @@ mod stats;
 use std::net::SocketAddr;
 
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use reload::{
     diff_listeners, ListenerChange, ListenerChangeKind, ListenerError, ListenerFailure,
@@ -117,7 +117,8 @@ impl Every {
 
 /// Seconds between certificate file checks (certbot renews in place).
 const CERT_POLL_SECS: u64 = 5;
-/// Seconds between Prometheus exports of the kernel counters.
+/// Seconds between NAT occupancy checks (the log warning) and, if `/metrics` is served,
+/// Prometheus exports of the kernel counters.
 const METRICS_SECS: u64 = 2;
 
 /// The control plane: see the module documentation.
@@ -127,7 +128,10 @@ pub struct ControlPlane<M: DataPath> {
     board: Board,
     supervisor: Supervisor,
     listeners: listeners::Listeners,
-    metrics: Option<Every>,
+    /// Whether `/metrics` is served (the export runs with the NAT check).
+    export_metrics: bool,
+    metrics: Every,
+    nat_alarms: stats::NatAlarms,
     stats_log: Every,
     cert_poll: Every,
 }
@@ -157,7 +161,9 @@ impl<M: DataPath> ControlPlane<M> {
             board,
             supervisor,
             listeners,
-            metrics: config.admin.metrics.map(|_| Every::new(METRICS_SECS, now)),
+            export_metrics: config.admin.metrics.is_some(),
+            metrics: Every::new(METRICS_SECS, now),
+            nat_alarms: stats::NatAlarms::default(),
             stats_log: Every::new(
                 options.stats_interval_secs,
                 now + options.stats_interval_secs as i64,
@@ -193,8 +199,15 @@ impl<M: DataPath> ControlPlane<M> {
     /// Slow-start ramps and ejection ends, then whatever periodic job is due.
     pub fn on_tick(&mut self, now: i64) {
         self.tick_ramps(now);
-        if self.metrics.as_mut().is_some_and(|m| m.due(now)) {
-            stats::export_metrics(&self.maps, &self.balancer);
+        if self.metrics.due(now) {
+            // One read of the NAT port spaces serves both the warning and the gauges.
+            let nat = stats::read_nat(&self.maps, &self.balancer);
+            for r in self.nat_alarms.update(&nat) {
+                warn!("{}", r.warning());
+            }
+            if self.export_metrics {
+                stats::export_metrics(&self.maps, &self.balancer, &nat);
+            }
         }
         if self.stats_log.due(now) {
             stats::log_stats(&self.maps, &self.balancer);
@@ -242,7 +255,12 @@ impl<M: DataPath> ControlPlane<M> {
 
 #[cfg(test)]
 mod tests {
-    use super::Every;
+    use super::{ControlPlane, Every, PlaneOptions};
+    use crate::{
+        balancer::MemoryMaps,
+        config::{Config, IoChoice},
+        ebpf::NatOccupancy,
+    };
 
     #[test]
     fn periodic_jobs_run_on_the_ticks_they_are_due() {
@@ -251,5 +269,52 @@ mod tests {
         assert_eq!(due, [100, 105, 110]);
         let mut never = Every::new(0, 0);
         assert!(!(0..100).any(|t| never.due(t)));
+    }
+
+    /// The NAT check runs on ticks at its cadence even without `/metrics`.
+    #[test]
+    fn ticks_check_nat_occupancy_every_two_seconds() {
+        let config = Config::parse(
+            r#"
+[balancer]
+interfaces = ["eth0"]
+snat_v4 = "192.0.2.254"
+ring_size = 1009
+
+[[listener]]
+name = "rpc"
+address = "203.0.113.10:8090"
+mode = "l4"
+pool = "eu"
+
+[pools.eu]
+backends = [{ name = "a", address = "192.0.2.11:8090" }]
+"#,
+            "t",
+        )
+        .unwrap();
+        assert!(config.admin.metrics.is_none());
+        let options = PlaneOptions {
+            io: IoChoice::Epoll,
+            stats_interval_secs: 0,
+        };
+        let (mut plane, _inputs) =
+            ControlPlane::new(&config, MemoryMaps::default(), options, 100).unwrap();
+        let id = plane.balancer().backends("eu").unwrap()[0].id;
+        let set = |plane: &mut ControlPlane<MemoryMaps>, taken| {
+            let nat = NatOccupancy {
+                taken,
+                capacity: 1000,
+            };
+            plane.maps_mut().nat.insert(id, nat);
+        };
+        set(&mut plane, 900);
+        plane.on_tick(100);
+        assert!(plane.nat_alarms.warned("eu", "a"));
+        set(&mut plane, 100);
+        plane.on_tick(101);
+        assert!(plane.nat_alarms.warned("eu", "a"), "not due at 101");
+        plane.on_tick(102);
+        assert!(!plane.nat_alarms.warned("eu", "a"), "re-armed at 102");
     }
 }
