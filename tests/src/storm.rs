@@ -19,7 +19,44 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::netns::{self, NetNs};
+use crate::{
+    netns::{self, NetNs},
+    topology::{self, Lab},
+};
+
+/// The VIP's port and the node's port in a storm lab.
+pub const VIP_PORT: u16 = 80;
+pub const NODE_PORT: u16 = 8080;
+
+/// The proxy's configuration for a storm through one `l4` VIP to the lab's nodes, with
+/// defaults for everything else (NAT ports, timeouts, table sizes): only interfaces, NAT
+/// address, listener and pool are given.
+pub fn l4_config(lab: &Lab, pin_dir: &str) -> String {
+    let ifaces: Vec<String> = lab
+        .lb_interfaces()
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    let backends: Vec<String> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "{{ name = \"node-{}\", address = \"{}:{NODE_PORT}\" }}",
+                n.index, n.addr
+            )
+        })
+        .collect();
+    format!(
+        "[balancer]\ninterfaces = [{}]\nsnat_v4 = \"{}\"\npin_dir = \"{pin_dir}\"\n\n\
+         [[listener]]\nname = \"rpc\"\naddress = \"{}:{VIP_PORT}\"\nmode = \"l4\"\npool = \"storm\"\n\n\
+         [pools.storm]\nbackends = [ {} ]\n",
+        ifaces.join(", "),
+        topology::SNAT_ADDR,
+        topology::VIP,
+        backends.join(", "),
+    )
+}
 
 /// A node server in a namespace: answers each connection's first line with a short response
 /// and closes its side first. Counts the connections it accepted.

@@ -23,12 +23,10 @@ use proxy::{
 use proxy_common::{backend_counter_index, Reason};
 use proxy_tests::{
     netns,
-    storm::{storm, StormServer},
+    storm::{l4_config, storm, StormServer, NODE_PORT, VIP_PORT as PORT},
     topology::{self, Lab},
 };
 
-const PORT: u16 = 80;
-const NODE_PORT: u16 = 8080;
 const STORM: Duration = Duration::from_secs(20);
 /// Client threads: enough to keep both CPUs busy with connections in every state.
 const WORKERS: usize = 48;
@@ -41,43 +39,13 @@ impl Drop for PinGuard {
     }
 }
 
-/// The default configuration: only what has no default is given.
-fn config_text(lab: &Lab, pin_dir: &str) -> String {
-    let ifaces: Vec<String> = lab
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    format!(
-        r#"
-[balancer]
-interfaces = [{}]
-snat_v4 = "{}"
-pin_dir = "{pin_dir}"
-
-[[listener]]
-name = "rpc"
-address = "{}:{PORT}"
-mode = "l4"
-pool = "storm"
-
-[pools.storm]
-backends = [ {{ name = "node-1", address = "{}:{NODE_PORT}" }} ]
-"#,
-        ifaces.join(", "),
-        topology::SNAT_ADDR,
-        topology::VIP,
-        topology::node_addr(1),
-    )
-}
-
 #[test]
 fn a_connection_storm_never_runs_out_of_nat_ports_or_stalls() {
     let tag = format!("{}s", netns::unique_prefix());
     let lab = Lab::new(&tag, 1).expect("lab");
     let pin_dir = format!("/sys/fs/bpf/{tag}");
     let _pins = PinGuard(pin_dir.clone());
-    let config = Config::parse(&config_text(&lab, &pin_dir), "storm").expect("config");
+    let config = Config::parse(&l4_config(&lab, &pin_dir), "storm").expect("config");
     let server =
         StormServer::start(&lab.nodes[0].ns, lab.nodes[0].addr, NODE_PORT, 4).expect("node server");
 

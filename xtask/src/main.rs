@@ -103,56 +103,50 @@ fn main() -> Result<()> {
         }
         Task::Bench { scenario, args } => {
             setup()?;
-            match scenario.as_str() {
-                "xdp" => {
-                    let mut a = vec![
-                        "run",
-                        "--release",
-                        "--locked",
-                        "-p",
-                        "proxy-perf",
-                        "--bin",
-                        "xdp-bench",
-                        "--",
-                    ];
-                    a.extend(args.iter().map(String::as_str));
-                    cargo(&root, &a)
-                }
-                "proxy" => {
-                    // Terminator, io_uring vs epoll: TLS handshakes, messages, idle memory.
-                    let mut a = vec![
-                        "run",
-                        "--release",
-                        "--locked",
-                        "-p",
-                        "proxy-perf",
-                        "--bin",
-                        "proxy-bench",
-                        "--",
-                    ];
-                    a.extend(args.iter().map(String::as_str));
-                    cargo(&root, &a)
-                }
-                "storm" => {
-                    // New connections/s: XDP full NAT vs nftables DNAT on the same lab.
-                    let mut a = vec![
-                        "run",
-                        "--release",
-                        "--locked",
-                        "-p",
-                        "proxy-perf",
-                        "--bin",
-                        "storm-bench",
-                        "--",
-                    ];
-                    a.extend(args.iter().map(String::as_str));
-                    cargo(&root, &a)
-                }
-                other => bail!("unknown bench scenario `{other}` (known: xdp, proxy, storm)"),
-            }
+            let Some((_, bin, _)) = BENCHES.iter().find(|(name, _, _)| *name == scenario) else {
+                let known: Vec<String> = BENCHES
+                    .iter()
+                    .map(|(name, _, what)| format!("{name}: {what}"))
+                    .collect();
+                bail!(
+                    "unknown bench scenario `{scenario}`; known:\n  {}",
+                    known.join("\n  ")
+                );
+            };
+            let mut a = vec![
+                "run",
+                "--release",
+                "--locked",
+                "-p",
+                "proxy-perf",
+                "--bin",
+                bin,
+                "--",
+            ];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&root, &a)
         }
     }
 }
+
+/// Bench scenarios: name, binary in `perf/`, what it measures.
+const BENCHES: &[(&str, &str, &str)] = &[
+    (
+        "xdp",
+        "xdp-bench",
+        "ns/packet of the XDP paths against XDP_PASS (BPF_PROG_TEST_RUN)",
+    ),
+    (
+        "proxy",
+        "proxy-bench",
+        "terminator, io_uring vs epoll: TLS handshakes, messages, idle memory",
+    ),
+    (
+        "storm",
+        "storm-bench",
+        "new connections/s: XDP full NAT vs nftables DNAT on the same lab",
+    ),
+];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

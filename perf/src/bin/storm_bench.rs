@@ -26,7 +26,7 @@ use proxy::{
 use proxy_common::Reason;
 use proxy_tests::{
     netns::{self, unique_prefix},
-    storm::{storm, StormReport, StormServer},
+    storm::{l4_config, storm, StormReport, StormServer, NODE_PORT, VIP_PORT as PORT},
     topology::{self, Lab},
 };
 use serde::Serialize;
@@ -47,9 +47,6 @@ struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/storm.json"))]
     out: PathBuf,
 }
-
-const PORT: u16 = 80;
-const NODE_PORT: u16 = 8080;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -87,23 +84,6 @@ fn cpu_times() -> Result<(u64, u64, u64)> {
     Ok((total - idle, v.get(6).copied().unwrap_or(0), total))
 }
 
-fn config_text(lab: &Lab, pin_dir: &str) -> String {
-    let ifaces: Vec<String> = lab
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    format!(
-        "[balancer]\ninterfaces = [{}]\nsnat_v4 = \"{}\"\npin_dir = \"{pin_dir}\"\n\n\
-         [[listener]]\nname = \"rpc\"\naddress = \"{}:{PORT}\"\nmode = \"l4\"\npool = \"storm\"\n\n\
-         [pools.storm]\nbackends = [ {{ name = \"node-1\", address = \"{}:{NODE_PORT}\" }} ]\n",
-        ifaces.join(", "),
-        topology::SNAT_ADDR,
-        topology::VIP,
-        topology::node_addr(1),
-    )
-}
-
 fn run_round(peer: Peer, n: usize, args: &Args) -> Result<Round> {
     let tag = format!("{}b{n}", unique_prefix());
     let lab = Lab::new(&tag, 1)?;
@@ -112,7 +92,7 @@ fn run_round(peer: Peer, n: usize, args: &Args) -> Result<Round> {
     let target = SocketAddr::from((topology::VIP, PORT));
     let dp = match peer {
         Peer::Xdp => {
-            let config = Config::parse(&config_text(&lab, &pin_dir), "storm-bench")?;
+            let config = Config::parse(&l4_config(&lab, &pin_dir), "storm-bench")?;
             let ifaces = lab.lb_interfaces();
             let dp = netns::run_in(&lab.lb, move || -> Result<DataPlane> {
                 let mut dp = DataPlane::load(&LoadOptions::from_config(&config.balancer))?;
