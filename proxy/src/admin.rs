@@ -24,8 +24,8 @@ use tracing::{info, warn};
 
 use crate::ebpf::NatOccupancy;
 
-/// Default socket path.
-pub const DEFAULT_SOCKET: &str = "/run/xdp-proxy/admin.sock";
+/// Default socket path (the config owns it: `[admin] socket`).
+pub use crate::config::DEFAULT_SOCKET;
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 16 * 1024;
 

@@ -808,6 +808,18 @@ backends = [
     }
 
     #[test]
+    fn snat_lists_reach_the_settings() {
+        let text = crate::config::tests::GOOD.replace(
+            "snat_v4 = \"192.0.2.254\"",
+            "snat_v4 = [\"192.0.2.254\", \"192.0.2.253\"]\nsnat_v6 = \"2001:db8::1\"",
+        );
+        let two = Config::parse(&text, "t").unwrap();
+        let s = settings_from(&two.balancer, 4_000_000);
+        assert_eq!((s.snat_v4_count, s.snat_v6_count), (2, 1));
+        assert_eq!(s.snat_v4[1], u32::from_ne_bytes([192, 0, 2, 253]));
+    }
+
+    #[test]
     fn initial_state_is_written_ring_before_vip() {
         let config = Config::parse(CONF, "t").unwrap();
         let mut m = MemoryMaps::default();

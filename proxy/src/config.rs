@@ -2,6 +2,10 @@
 //!
 //! Parsing is strict (unknown keys are errors, with line and column from the TOML parser);
 //! `validate` then checks what TOML cannot: names, families, ranges, references.
+//!
+//! A leaf: it imports nothing but `maglev`, so every other module can depend on it. Checks
+//! that read the files a config names (certificates) live with the code that reads them and
+//! are handed to `Config::load`.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -11,7 +15,16 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod health;
+
+pub use health::HealthConfig;
+
 use crate::maglev::{is_prime, MAX_RING_SIZE};
+
+/// Root of all pin directories (bpffs).
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Default path of the admin API's Unix socket.
+pub const DEFAULT_SOCKET: &str = "/run/xdp-proxy/admin.sock";
 
 /// Everything that can be wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -299,7 +312,7 @@ pub struct BackendConfig {
 pub struct PoolConfig {
     pub backends: Vec<BackendConfig>,
     /// Active checks; without them every backend counts as healthy.
-    pub health: Option<crate::health::HealthConfig>,
+    pub health: Option<HealthConfig>,
 }
 
 /// `[admin]`: the operator's side.
@@ -315,7 +328,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            socket: PathBuf::from(crate::admin::DEFAULT_SOCKET),
+            socket: PathBuf::from(DEFAULT_SOCKET),
             metrics: None,
         }
     }
@@ -337,15 +350,21 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads, parses and validates a file, including the files it names (certificates).
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads, parses and validates a file, then checks the files it names with
+    /// `file_checks` (certificates: `terminator::tls::check_certificates`). Those checks are
+    /// passed in so the config does not depend on the code that reads the files; their
+    /// problems name keys like the others and get the same line and column.
+    pub fn load(
+        path: &Path,
+        file_checks: impl FnOnce(&Config) -> Vec<String>,
+    ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let origin = path.display().to_string();
         let config = Self::parse(&text, &origin)?;
-        let problems = config.file_problems();
+        let problems = file_checks(&config);
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -354,42 +373,6 @@ impl Config {
                 problems: locate_all(&text, problems),
             })
         }
-    }
-
-    /// Problems with the files the config points at: certificates that do not load or do
-    /// not match their server name.
-    pub fn file_problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        for (i, l) in self.listeners.iter().enumerate() {
-            let Some(tls) = &l.tls else { continue };
-            for (j, c) in tls.certificates.iter().enumerate() {
-                let at = format!("listener[{i}].tls.certificates[{j}]");
-                match crate::terminator::tls::load_certified_key(&c.dir) {
-                    Err(e) => p.push(format!(
-                        "{at}.dir: {e} (certbot layout: fullchain.pem + privkey.pem)"
-                    )),
-                    Ok(key) => {
-                        let Some(leaf) = key.cert.first() else {
-                            continue;
-                        };
-                        let valid = webpki::EndEntityCert::try_from(leaf)
-                            .ok()
-                            .is_some_and(|ee| {
-                                rustls::pki_types::ServerName::try_from(c.server_name.as_str())
-                                    .is_ok_and(|n| ee.verify_is_valid_for_subject_name(&n).is_ok())
-                            });
-                        if !valid {
-                            p.push(format!(
-                                "{at}.server_name: the certificate in {} is not valid for `{}` (hint: wrong directory, or the certificate lacks this name)",
-                                c.dir.display(),
-                                c.server_name
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        p
     }
 
     /// Parses and validates; `origin` names the source in error messages.
@@ -470,11 +453,10 @@ impl Config {
         if b.tcp_idle_timeout_secs == 0 || b.udp_idle_timeout_secs == 0 {
             p.push("balancer.*_idle_timeout_secs: must be > 0".into());
         }
-        if !b.pin_dir.starts_with(crate::ebpf::BPFFS) {
+        if !b.pin_dir.starts_with(BPFFS) {
             p.push(format!(
                 "balancer.pin_dir = {:?}: must be under {}",
-                b.pin_dir,
-                crate::ebpf::BPFFS
+                b.pin_dir, BPFFS
             ));
         }
         let t = &self.terminator;
@@ -703,10 +685,11 @@ fn family(ip: IpAddr) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A small valid config; other modules' tests build on it too.
+    pub(crate) const GOOD: &str = r#"
 [balancer]
 interfaces = ["eth0"]
 snat_v4 = "192.0.2.254"
@@ -777,9 +760,6 @@ backends = [
         let two: Config = toml::from_str(&text).unwrap();
         assert_eq!(two.balancer.snat_v4.len(), 2);
         assert!(two.problems().is_empty(), "{:?}", two.problems());
-        let s = crate::balancer::settings_from(&two.balancer, 4_000_000);
-        assert_eq!((s.snat_v4_count, s.snat_v6_count), (2, 1));
-        assert_eq!(s.snat_v4[1], u32::from_ne_bytes([192, 0, 2, 253]));
         let bad = GOOD.replace("192.0.2.254", "192.0.2.300");
         let err = toml::from_str::<Config>(&bad).unwrap_err().to_string();
         assert!(
@@ -844,37 +824,6 @@ backends = [
         );
         assert!(err.contains("ring_size = 65536"), "{err}");
         assert!(err.contains("no pool named `us`"), "{err}");
-    }
-
-    #[test]
-    fn certificates_are_checked_against_their_server_name() {
-        let dir = std::env::temp_dir().join(format!("pxt-cfgcert-{}", std::process::id()));
-        let cert_dir = dir.join("eu");
-        std::fs::create_dir_all(&cert_dir).unwrap();
-        let ck = rcgen::generate_simple_self_signed(vec!["eu.example.test".to_string()]).unwrap();
-        std::fs::write(cert_dir.join("fullchain.pem"), ck.cert.pem()).unwrap();
-        std::fs::write(cert_dir.join("privkey.pem"), ck.key_pair.serialize_pem()).unwrap();
-        let listener = |name: &str| {
-            format!(
-                "\n[[listener]]\nname = \"wss\"\naddress = \"203.0.113.10:443\"\nmode = \"tls\"\npool = \"eu\"\n[listener.tls]\ncertificates = [ {{ server_name = \"{name}\", dir = \"{}\" }} ]\n",
-                cert_dir.display()
-            )
-        };
-        let file = dir.join("proxy.toml");
-        std::fs::write(&file, format!("{GOOD}{}", listener("eu.example.test"))).unwrap();
-        Config::load(&file).expect("matching certificate");
-        std::fs::write(&file, format!("{GOOD}{}", listener("us.example.test"))).unwrap();
-        let err = Config::load(&file).unwrap_err().to_string();
-        assert!(err.contains("is not valid for `us.example.test`"), "{err}");
-        assert!(
-            err.contains("line 24, column 20: listener[1].tls.certificates[0].server_name"),
-            "located at the key: {err}"
-        );
-        std::fs::write(cert_dir.join("privkey.pem"), b"junk").unwrap();
-        std::fs::write(&file, format!("{GOOD}{}", listener("eu.example.test"))).unwrap();
-        let err = Config::load(&file).unwrap_err().to_string();
-        assert!(err.contains("no private key"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use proxy::{
     ebpf::{DataPlane, LoadOptions},
     health::checks::unix_now,
     plane::{install_metrics_exporter, ControlPlane, Event, Outcome, PlaneOptions},
+    terminator::tls::check_certificates,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
@@ -75,7 +76,7 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path) -> Result<()> {
-    let config = Config::load(file)?;
+    let config = Config::load(file, check_certificates)?;
     let backends: usize = config.pools.values().map(|p| p.backends.len()).sum();
     println!(
         "{}: ok ({} listeners, {} pools, {} backends)",
@@ -89,7 +90,7 @@ fn check_config(file: &std::path::Path) -> Result<()> {
 
 fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoChoice>) -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let config = Config::load(path)?;
+    let config = Config::load(path, check_certificates)?;
     let b = &config.balancer;
     let dp = DataPlane::load(&LoadOptions::from_config(b))
         .context("loading the XDP data plane (needs root and a kernel with BPF/XDP)")?;
@@ -141,7 +142,7 @@ async fn serve(
         let (event, reply) = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match Config::load(path) {
+            _ = hup.recv() => match Config::load(path, check_certificates) {
                 Ok(new) => (Event::Reload(Box::new(new)), None),
                 Err(e) => {
                     error!("reload rejected, keeping the running config: {e}");

@@ -139,7 +139,8 @@ impl Drop for ProxyProcess {
 fn main() -> Result<()> {
     let args = Args::parse();
     let config_path = root().join("config/demo.toml");
-    let config = proxy::config::Config::load(&config_path)?;
+    let config =
+        proxy::config::Config::load(&config_path, proxy::terminator::tls::check_certificates)?;
     let proxy_bin = root().join("target/release/proxy");
     if !proxy_bin.exists() {
         bail!("{} not built: run `cargo xtask demo`", proxy_bin.display());

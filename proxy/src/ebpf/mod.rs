@@ -39,8 +39,8 @@ compile_error!(
      (see proxy-ebpf/src/flows.rs)"
 );
 
-/// Root of all pin directories.
-pub const BPFFS: &str = "/sys/fs/bpf";
+/// Root of all pin directories (the config checks `pin_dir` against it).
+pub use crate::config::BPFFS;
 
 /// Errors of the kernel data plane.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,6 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -18,15 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::rules::{ChainParams, HeadSample};
 
-/// Which probe a pool runs.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProbeKind {
-    Tcp,
-    Ws,
-    BitsharesHttp,
-    BitsharesWs,
-}
+pub use crate::config::health::ProbeKind;
 
 /// What a successful probe learned.
 #[derive(Debug, Clone, PartialEq)]

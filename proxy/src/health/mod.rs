@@ -12,10 +12,9 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use checks::{AgentReport, Answer, ProbeKind};
+use checks::{AgentReport, Answer};
 use rules::{
     judge, BackendState, ChainParams, EjectorConfig, HeadSample, HealthState, PassiveEjector,
     RuleConfig, Transition, Verdict,
@@ -23,109 +22,39 @@ use rules::{
 
 use crate::balancer::Balancer;
 
-fn default_interval() -> u64 {
-    2_000
-}
-fn default_timeout() -> u64 {
-    1_500
-}
-fn default_rise() -> u32 {
-    RuleConfig::DEFAULT_RISE
-}
-fn default_fall() -> u32 {
-    RuleConfig::DEFAULT_FALL
-}
-fn default_path() -> String {
-    "/".into()
+/// Settings from the config (`[pools.NAME.health]`); re-exported where the health code
+/// always found them.
+pub use crate::config::health::HealthConfig;
+
+/// Chain timing set in the config; `None` means read it from the node.
+fn chain_override(cfg: &HealthConfig) -> Option<ChainParams> {
+    let d = ChainParams::BITSHARES_MAINNET;
+    (cfg.block_interval_secs.is_some()
+        || cfg.maintenance_interval_secs.is_some()
+        || cfg.maintenance_skip_slots.is_some())
+    .then(|| ChainParams {
+        block_interval_secs: cfg.block_interval_secs.unwrap_or(d.block_interval_secs),
+        maintenance_interval_secs: cfg
+            .maintenance_interval_secs
+            .unwrap_or(d.maintenance_interval_secs),
+        maintenance_skip_slots: cfg
+            .maintenance_skip_slots
+            .unwrap_or(d.maintenance_skip_slots),
+    })
 }
 
-/// `[pools.NAME.health]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HealthConfig {
-    pub check: ProbeKind,
-    #[serde(default = "default_interval")]
-    pub interval_ms: u64,
-    #[serde(default = "default_timeout")]
-    pub timeout_ms: u64,
-    #[serde(default = "default_rise")]
-    pub rise: u32,
-    #[serde(default = "default_fall")]
-    pub fall: u32,
-    /// Request path of ws / HTTP probes.
-    #[serde(default = "default_path")]
-    pub path: String,
-    /// Seconds added to the head-age allowance.
-    pub margin_secs: Option<u32>,
-    /// A backend this many blocks behind the best healthy head is out.
-    pub max_lag_blocks: Option<u64>,
-    /// Chain parameters; read from the node (`get_global_properties`) unless set here.
-    pub block_interval_secs: Option<u32>,
-    pub maintenance_interval_secs: Option<u32>,
-    pub maintenance_skip_slots: Option<u32>,
-    /// Re-admitted backends ramp from 10% to 100% of their weight over this long.
-    #[serde(default)]
-    pub slow_start_secs: u64,
-    /// Agent feed: the node answers `GET /agent` on this port with up/down/drain/NN%.
-    pub agent_port: Option<u16>,
-}
-
-impl HealthConfig {
-    /// Problems for `check-config`, each naming its key under `at`.
-    pub fn problems(&self, at: &str) -> Vec<String> {
-        let mut p = Vec::new();
-        if self.interval_ms < 100 {
-            p.push(format!(
-                "{at}.interval_ms = {}: at least 100",
-                self.interval_ms
-            ));
-        }
-        if self.timeout_ms == 0 || self.timeout_ms > self.interval_ms.max(100) * 10 {
-            p.push(format!(
-                "{at}.timeout_ms = {}: between 1 and 10 intervals",
-                self.timeout_ms
-            ));
-        }
-        if self.rise == 0 || self.fall == 0 {
-            p.push(format!("{at}.rise/fall: at least 1"));
-        }
-        if !self.path.starts_with('/') {
-            p.push(format!("{at}.path: starts with `/`"));
-        }
-        if self.block_interval_secs == Some(0) {
-            p.push(format!("{at}.block_interval_secs: at least 1"));
-        }
-        p
+/// The rule parameters a pool's settings ask for, over the chain's defaults.
+fn rule_config(cfg: &HealthConfig, params: &ChainParams) -> RuleConfig {
+    let mut r = RuleConfig::for_chain(params);
+    r.rise = cfg.rise;
+    r.fall = cfg.fall;
+    if let Some(m) = cfg.margin_secs {
+        r.margin_secs = m;
     }
-
-    fn chain_override(&self) -> Option<ChainParams> {
-        let d = ChainParams::BITSHARES_MAINNET;
-        (self.block_interval_secs.is_some()
-            || self.maintenance_interval_secs.is_some()
-            || self.maintenance_skip_slots.is_some())
-        .then(|| ChainParams {
-            block_interval_secs: self.block_interval_secs.unwrap_or(d.block_interval_secs),
-            maintenance_interval_secs: self
-                .maintenance_interval_secs
-                .unwrap_or(d.maintenance_interval_secs),
-            maintenance_skip_slots: self
-                .maintenance_skip_slots
-                .unwrap_or(d.maintenance_skip_slots),
-        })
+    if let Some(l) = cfg.max_lag_blocks {
+        r.max_lag_blocks = l;
     }
-
-    fn rule_config(&self, params: &ChainParams) -> RuleConfig {
-        let mut r = RuleConfig::for_chain(params);
-        r.rise = self.rise;
-        r.fall = self.fall;
-        if let Some(m) = self.margin_secs {
-            r.margin_secs = m;
-        }
-        if let Some(l) = self.max_lag_blocks {
-            r.max_lag_blocks = l;
-        }
-        r
-    }
+    r
 }
 
 /// One probe round's result.
@@ -229,7 +158,7 @@ impl Board {
         now_unix: i64,
     ) -> Option<Transition> {
         let cfg = self.configs.get(pool)?.clone();
-        let override_params = cfg.chain_override();
+        let override_params = chain_override(&cfg);
         let best = self.best_head(pool, name);
         let t = self
             .tracked
@@ -237,7 +166,7 @@ impl Board {
             .or_insert_with(|| {
                 let params = override_params.unwrap_or_default();
                 Tracked {
-                    state: HealthState::new(&cfg.rule_config(&params)),
+                    state: HealthState::new(&rule_config(&cfg, &params)),
                     params,
                     last_sample: None,
                     agent: None,
@@ -263,7 +192,7 @@ impl Board {
                 match answer.sample {
                     Some(sample) => {
                         t.last_sample = Some(sample);
-                        judge(&t.params, &cfg.rule_config(&t.params), &sample, best)
+                        judge(&t.params, &rule_config(&cfg, &t.params), &sample, best)
                     }
                     None => Verdict::Healthy,
                 }
@@ -445,7 +374,7 @@ async fn probe_loop(
     let mut n = 0u64;
     loop {
         tick.tick().await;
-        let want_params = cfg.chain_override().is_none() && n.is_multiple_of(PARAMS_EVERY);
+        let want_params = chain_override(&cfg).is_none() && n.is_multiple_of(PARAMS_EVERY);
         let probe = checks::probe(cfg.check, addr, &cfg.path, timeout, want_params).await;
         if let Ok(a) = &probe {
             metrics::histogram!("proxy_health_check_seconds", "backend" => key.1.clone())

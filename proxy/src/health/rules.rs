@@ -320,9 +320,9 @@ impl RuleConfig {
     /// Default `max_lag_blocks`.
     pub const DEFAULT_MAX_LAG_BLOCKS: u64 = 10;
     /// Default `rise`.
-    pub const DEFAULT_RISE: u32 = 2;
+    pub const DEFAULT_RISE: u32 = crate::config::health::DEFAULT_RISE;
     /// Default `fall`.
-    pub const DEFAULT_FALL: u32 = 3;
+    pub const DEFAULT_FALL: u32 = crate::config::health::DEFAULT_FALL;
 
     /// The defaults, with the maintenance window derived from `params`.
     pub fn for_chain(params: &ChainParams) -> Self {

@@ -10,8 +10,8 @@ use tracing::{error, info};
 use super::{ControlPlane, DataPath};
 use crate::{
     balancer::BalancerError,
-    config::Config,
-    health::{ConnectEvent, HealthConfig, Report},
+    config::{Config, HealthConfig},
+    health::{ConnectEvent, Report},
 };
 
 /// The health settings of every checked pool.

@@ -25,6 +25,7 @@ use rustls::{
 use tracing::{info, warn};
 
 use super::io::{Io, SMALL_BUF};
+use crate::config::Config;
 
 /// Errors loading certificates.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,43 @@ pub fn load_certified_key(dir: &Path) -> Result<Arc<CertifiedKey>, CertError> {
         }
     })?;
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+/// `check-config`'s certificate checks, run when a config is loaded: every listener's
+/// certificates load and are valid for their server name. Each problem starts with the key
+/// it is about, so `Config::load` can give its line and column.
+pub fn check_certificates(config: &Config) -> Vec<String> {
+    let mut p = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        for (j, c) in tls.certificates.iter().enumerate() {
+            let at = format!("listener[{i}].tls.certificates[{j}]");
+            match load_certified_key(&c.dir) {
+                Err(e) => p.push(format!(
+                    "{at}.dir: {e} (certbot layout: fullchain.pem + privkey.pem)"
+                )),
+                Ok(key) => {
+                    let Some(leaf) = key.cert.first() else {
+                        continue;
+                    };
+                    let valid = webpki::EndEntityCert::try_from(leaf)
+                        .ok()
+                        .is_some_and(|ee| {
+                            rustls::pki_types::ServerName::try_from(c.server_name.as_str())
+                                .is_ok_and(|n| ee.verify_is_valid_for_subject_name(&n).is_ok())
+                        });
+                    if !valid {
+                        p.push(format!(
+                            "{at}.server_name: the certificate in {} is not valid for `{}` (hint: wrong directory, or the certificate lacks this name)",
+                            c.dir.display(),
+                            c.server_name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    p
 }
 
 fn mtimes(dir: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
@@ -451,5 +489,46 @@ impl<S: Io> Io for TlsIo<S> {
             }
         }
         self.io.shutdown(how)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::GOOD;
+
+    #[test]
+    fn certificates_are_checked_against_their_server_name() {
+        let dir = std::env::temp_dir().join(format!("pxt-cfgcert-{}", std::process::id()));
+        let cert_dir = dir.join("eu");
+        std::fs::create_dir_all(&cert_dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["eu.example.test".to_string()]).unwrap();
+        std::fs::write(cert_dir.join("fullchain.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(cert_dir.join("privkey.pem"), ck.key_pair.serialize_pem()).unwrap();
+        let listener = |name: &str| {
+            format!(
+                "\n[[listener]]\nname = \"wss\"\naddress = \"203.0.113.10:443\"\nmode = \"tls\"\npool = \"eu\"\n[listener.tls]\ncertificates = [ {{ server_name = \"{name}\", dir = \"{}\" }} ]\n",
+                cert_dir.display()
+            )
+        };
+        let file = dir.join("proxy.toml");
+        std::fs::write(&file, format!("{GOOD}{}", listener("eu.example.test"))).unwrap();
+        Config::load(&file, check_certificates).expect("matching certificate");
+        std::fs::write(&file, format!("{GOOD}{}", listener("us.example.test"))).unwrap();
+        let err = Config::load(&file, check_certificates)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not valid for `us.example.test`"), "{err}");
+        assert!(
+            err.contains("line 24, column 20: listener[1].tls.certificates[0].server_name"),
+            "located at the key: {err}"
+        );
+        std::fs::write(cert_dir.join("privkey.pem"), b"junk").unwrap();
+        std::fs::write(&file, format!("{GOOD}{}", listener("eu.example.test"))).unwrap();
+        let err = Config::load(&file, check_certificates)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no private key"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
