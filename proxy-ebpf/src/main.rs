@@ -17,6 +17,7 @@ mod maps;
 mod nat;
 mod nat_ports;
 mod parse;
+mod reply;
 mod rewrite;
 
 use core::num::NonZeroU32;
@@ -110,14 +111,14 @@ fn new_or_other(
     }
     // Replies are addressed to a NAT address; skip the reverse lookup for anything else.
     if is_snat_addr(pkt, settings) {
-        return Err(to_client(ctx, pkt, sc, settings, now));
+        return Err(reply::to_client(ctx, pkt, sc, settings, now));
     }
     reason(Reason::PassNotVip);
     Err(xdp_action::XDP_PASS)
 }
 
 #[inline(always)]
-fn frame_len(ctx: &XdpContext) -> u64 {
+pub(crate) fn frame_len(ctx: &XdpContext) -> u64 {
     let (start, end) = parse::bounds(ctx);
     (end - start) as u64
 }
@@ -189,7 +190,14 @@ impl Seen {
 /// The packet that closes the flow (the second FIN) gives its NAT port back: the entry
 /// lingers for the last ACKs, the port is free for the next flow.
 #[inline(always)]
-fn touch(found: &flows::Found, seen: &Seen, fin_bit: u8, pkt: &Packet, now: u64, s: &Settings) {
+pub(crate) fn touch(
+    found: &flows::Found,
+    seen: &Seen,
+    fin_bit: u8,
+    pkt: &Packet,
+    now: u64,
+    s: &Settings,
+) {
     if pkt.tcp_flags & TCP_FIN != 0 && seen.fin() & fin_bit == 0 && set_fin(found, seen, fin_bit) {
         nat_ports::give_back(
             seen.backend(),
@@ -311,7 +319,7 @@ fn is_snat_addr(pkt: &Packet, s: &Settings) -> bool {
 }
 
 #[inline(always)]
-fn copy4(a: &[u32; 4]) -> [u32; 4] {
+pub(crate) fn copy4(a: &[u32; 4]) -> [u32; 4] {
     [a[0], a[1], a[2], a[3]]
 }
 
@@ -622,89 +630,6 @@ fn nat_key_for(
         family: pkt.key.family,
         pad: [0; 2],
     };
-}
-
-/// Backend -> balancer NAT address: translate back to VIP -> client.
-#[inline(never)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, sc: &mut Scratch, s: &Settings, now: u64) -> u32 {
-    sc.nat = NatKey {
-        backend_addr: copy4(&pkt.key.src),
-        snat_addr: copy4(&pkt.key.dst),
-        backend_port: pkt.key.sport,
-        nat_port: pkt.key.dport,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
-        pad: [0; 2],
-    };
-    if !nat::read(&sc.nat, s, &mut sc.reverse) {
-        // Not a NAT flow of ours: the balancer's own traffic.
-        reason(Reason::PassNotVip);
-        return xdp_action::XDP_PASS;
-    }
-    sc.flow = FlowKey {
-        src: copy4(&sc.reverse.client_addr),
-        dst: copy4(&sc.reverse.vip_addr),
-        sport: sc.reverse.client_port,
-        dport: sc.reverse.vip_port,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
-        pad: [0; 2],
-    };
-    let Some(found) = flows::get(&sc.flow, s) else {
-        // The client side is gone (evicted): the stack answers the backend (with a RST).
-        nat::remove(&sc.nat, s);
-        reason(Reason::PassNotVip);
-        return xdp_action::XDP_PASS;
-    };
-    let Some(seen) = Seen::read(&found) else {
-        // Its slot is being given to another flow right now: as if evicted.
-        reason(Reason::PassNotVip);
-        return xdp_action::XDP_PASS;
-    };
-    // A reply from a backend the flow no longer uses (it was removed and the flow re-pinned,
-    // possibly to the same NAT port) must not reach the client either.
-    if seen.nat_port() != pkt.key.dport
-        || seen.backend() != sc.reverse.backend
-        || seen.snat() != sc.reverse.snat
-        || expired(seen.fin(), seen.last_seen, now, pkt.key.proto, s)
-    {
-        // The client's flow moved on to another mapping: this reply belongs to nobody.
-        nat::remove(&sc.nat, s);
-        reason(Reason::PassNotVip);
-        return xdp_action::XDP_PASS;
-    }
-    touch(&found, &seen, FLOW_FIN_BACKEND, pkt, now, s);
-    if pkt.tcp_flags & TCP_RST != 0 {
-        nat::remove(&sc.nat, s);
-        flows::remove(&sc.flow, s);
-        if seen.fin() != FIN_BOTH {
-            nat_ports::give_back(
-                seen.backend(),
-                seen.snat(),
-                seen.nat_port(),
-                pkt.key.family,
-                s,
-            );
-        }
-    }
-    flow_packet(
-        sc.reverse.vip_num as u32,
-        sc.reverse.backend,
-        frame_len(ctx),
-        false,
-        false,
-    );
-    sc.t = Translation {
-        src: copy4(&sc.reverse.vip_addr),
-        dst: copy4(&sc.reverse.client_addr),
-        sport: sc.reverse.vip_port,
-        dport: sc.reverse.client_port,
-    };
-    if !rewrite::apply(ctx, pkt, &sc.t) {
-        reason(Reason::DropMalformed);
-        return xdp_action::XDP_DROP;
-    }
-    forward::send(ctx, pkt, &sc.t, forward::CLIENT_HOP, now, s)
 }
 
 #[cfg(not(test))]
