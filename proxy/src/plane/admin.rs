@@ -106,34 +106,15 @@ mod tests {
     use crate::{
         admin::Request,
         balancer::MemoryMaps,
-        config::{Config, IoChoice},
+        config::IoChoice,
         ebpf::NatOccupancy,
         plane::{ControlPlane, PlaneOptions},
     };
 
-    /// `l4` listeners only: the plane runs on in-memory maps.
-    const CONF: &str = r#"
-[balancer]
-interfaces = ["eth0"]
-snat_v4 = "192.0.2.254"
-ring_size = 1009
-
-[[listener]]
-name = "rpc"
-address = "203.0.113.10:8090"
-mode = "l4"
-pool = "eu"
-
-[pools.eu]
-backends = [
-  { name = "a", address = "192.0.2.11:8090" },
-  { name = "b", address = "192.0.2.12:8090" },
-]
-"#;
-
     #[test]
     fn list_shows_each_backends_nat_ports() {
-        let config = Config::parse(CONF, "t").unwrap();
+        let config =
+            crate::plane::test_config::l4(&[("a", "192.0.2.11:8090"), ("b", "192.0.2.12:8090")]);
         let options = PlaneOptions {
             io: IoChoice::Epoll,
             stats_interval_secs: 0,

@@ -253,14 +253,32 @@ impl<M: DataPath> ControlPlane<M> {
     }
 }
 
+/// Configurations for tests of the plane on in-memory maps.
+#[cfg(test)]
+pub(crate) mod test_config {
+    use crate::config::Config;
+
+    /// One `l4` listener `rpc` on 203.0.113.10:8090 to pool `eu` of `backends` (name,
+    /// address).
+    pub fn l4(backends: &[(&str, &str)]) -> Config {
+        let list: Vec<String> = backends
+            .iter()
+            .map(|(name, addr)| format!("{{ name = \"{name}\", address = \"{addr}\" }}"))
+            .collect();
+        let text = format!(
+            "[balancer]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"192.0.2.254\"\nring_size = 1009\n\n\
+             [[listener]]\nname = \"rpc\"\naddress = \"203.0.113.10:8090\"\nmode = \"l4\"\npool = \"eu\"\n\n\
+             [pools.eu]\nbackends = [{}]\n",
+            list.join(", ")
+        );
+        Config::parse(&text, "test").expect("test config")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{ControlPlane, Every, PlaneOptions};
-    use crate::{
-        balancer::MemoryMaps,
-        config::{Config, IoChoice},
-        ebpf::NatOccupancy,
-    };
+    use crate::{balancer::MemoryMaps, config::IoChoice, ebpf::NatOccupancy};
 
     #[test]
     fn periodic_jobs_run_on_the_ticks_they_are_due() {
@@ -274,25 +292,7 @@ mod tests {
     /// The NAT check runs on ticks at its cadence even without `/metrics`.
     #[test]
     fn ticks_check_nat_occupancy_every_two_seconds() {
-        let config = Config::parse(
-            r#"
-[balancer]
-interfaces = ["eth0"]
-snat_v4 = "192.0.2.254"
-ring_size = 1009
-
-[[listener]]
-name = "rpc"
-address = "203.0.113.10:8090"
-mode = "l4"
-pool = "eu"
-
-[pools.eu]
-backends = [{ name = "a", address = "192.0.2.11:8090" }]
-"#,
-            "t",
-        )
-        .unwrap();
+        let config = super::test_config::l4(&[("a", "192.0.2.11:8090")]);
         assert!(config.admin.metrics.is_none());
         let options = PlaneOptions {
             io: IoChoice::Epoll,

@@ -245,7 +245,6 @@ pub(super) fn log_stats<M: DataPath>(maps: &M, balancer: &Balancer) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     fn occ(taken: u32, capacity: u32) -> NatOccupancy {
         NatOccupancy { taken, capacity }
@@ -286,29 +285,11 @@ mod tests {
         assert!(!NatAlarm::default().observe(occ(0, 0)));
     }
 
-    const CONF: &str = r#"
-[balancer]
-interfaces = ["eth0"]
-snat_v4 = "192.0.2.254"
-ring_size = 1009
-
-[[listener]]
-name = "rpc"
-address = "203.0.113.10:8090"
-mode = "l4"
-pool = "eu"
-
-[pools.eu]
-backends = [
-  { name = "a", address = "192.0.2.11:8090" },
-  { name = "b", address = "192.0.2.12:8090" },
-]
-"#;
-
     /// The balancer's backends with the NAT occupancy the in-memory maps report.
     #[test]
     fn readings_name_backends_and_alarms_follow_each_one() {
-        let config = Config::parse(CONF, "t").unwrap();
+        let config =
+            crate::plane::test_config::l4(&[("a", "192.0.2.11:8090"), ("b", "192.0.2.12:8090")]);
         let mut maps = MemoryMaps::default();
         let balancer = Balancer::from_config(&config, &mut maps).unwrap();
         let id = |name: &str| {
