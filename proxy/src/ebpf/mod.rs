@@ -601,21 +601,23 @@ impl DataPlane {
         Ok(())
     }
 
-    /// The raw words of backend `id`'s NAT port space (diagnostics and tests).
-    pub fn nat_space_words(&self, id: u32) -> Result<Vec<u64>, DataPlaneError> {
+    /// Entry `index` of array map `name`, read through a shared borrow (the readers below
+    /// run while the control plane holds the data plane immutably).
+    fn read_entry<V: aya::Pod>(&self, name: &'static str, index: u32) -> Result<V, DataPlaneError> {
         let map = self
             .ebpf
-            .map(map_names::NAT_PORTS)
-            .ok_or(DataPlaneError::MapMissing {
-                name: map_names::NAT_PORTS,
-            })?;
-        let words: Array<_, u64> =
-            Array::try_from(map).map_err(map_err(map_names::NAT_PORTS, "open"))?;
+            .map(name)
+            .ok_or(DataPlaneError::MapMissing { name })?;
+        let array: Array<_, V> = Array::try_from(map).map_err(map_err(name, "open"))?;
+        array.get(&index, 0).map_err(map_err(name, "read"))
+    }
+
+    /// The raw words of backend `id`'s NAT port space (diagnostics and tests).
+    pub fn nat_space_words(&self, id: u32) -> Result<Vec<u64>, DataPlaneError> {
         let stride = self.nat_stride;
         (0..stride)
-            .map(|i| words.get(&(id * stride + i), 0))
-            .collect::<Result<Vec<u64>, _>>()
-            .map_err(map_err(map_names::NAT_PORTS, "read"))
+            .map(|i| self.read_entry::<u64>(map_names::NAT_PORTS, id * stride + i))
+            .collect()
     }
 
     /// How many of backend `id`'s NAT ports are taken; None if it has no port space (not
@@ -624,39 +626,17 @@ impl DataPlane {
         if id >= MAX_BACKENDS {
             return Ok(None);
         }
-        let get = |name: &'static str| {
-            let map = self
-                .ebpf
-                .map(name)
-                .ok_or(DataPlaneError::MapMissing { name })?;
-            Ok::<_, DataPlaneError>(map)
-        };
-        let backends: Array<_, Backend> = Array::try_from(get(map_names::BACKENDS)?)
-            .map_err(map_err(map_names::BACKENDS, "open"))?;
-        let b = backends
-            .get(&id, 0)
-            .map_err(map_err(map_names::BACKENDS, "read"))?;
+        let b: Backend = self.read_entry(map_names::BACKENDS, id)?;
         if b.flags & proxy_common::BACKEND_PRESENT == 0 {
             return Ok(None);
         }
-        let settings: Array<_, Settings> = Array::try_from(get(map_names::SETTINGS)?)
-            .map_err(map_err(map_names::SETTINGS, "open"))?;
-        let s = settings
-            .get(&0, 0)
-            .map_err(map_err(map_names::SETTINGS, "read"))?;
+        let s: Settings = self.read_entry(map_names::SETTINGS, 0)?;
         let positions = s.nat_positions(b.family);
         if positions == 0 {
             return Ok(None);
         }
-        let words: Array<_, u64> = Array::try_from(get(map_names::NAT_PORTS)?)
-            .map_err(map_err(map_names::NAT_PORTS, "open"))?;
-        let stride = self.nat_stride;
-        let space = (0..stride)
-            .map(|i| words.get(&(id * stride + i), 0))
-            .collect::<Result<Vec<u64>, _>>()
-            .map_err(map_err(map_names::NAT_PORTS, "read"))?;
         Ok(Some(NatOccupancy {
-            taken: proxy_common::ports::taken_count(positions, &space),
+            taken: proxy_common::ports::taken_count(positions, &self.nat_space_words(id)?),
             capacity: positions,
         }))
     }
