@@ -17,8 +17,7 @@ use proxy::{
     balancer::MemoryMaps,
     config::{Config, IoChoice},
     health::{checks::unix_now, rules::BackendState},
-    plane::{ControlPlane, Event, Inputs, PlaneOptions},
-    terminator::upstream_set,
+    plane::{upstream_set, ControlPlane, Event, Inputs, PlaneOptions},
 };
 use proxy_perf::node_sim::{Control, NodeSim, NodeSimConfig};
 

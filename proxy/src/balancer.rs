@@ -24,6 +24,9 @@ use crate::{
 /// Where the control plane's decisions go.
 pub trait MapWriter {
     type Error: std::error::Error + Send + Sync + 'static;
+    /// Length of the data plane's clock tick in ns: timeouts are written to it in ticks.
+    /// The writer knows its clock; the balancer never reads one.
+    fn tick_ns(&self) -> u64;
     fn set_settings(&mut self, s: &Settings) -> Result<(), Self::Error>;
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), Self::Error>;
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), Self::Error>;
@@ -170,7 +173,7 @@ pub fn vip_key(address: SocketAddr, protocol: Protocol) -> VipKey {
 }
 
 /// Kernel settings from the `[balancer]` section, with times in kernel ticks of `tick_ns`
-/// nanoseconds (`crate::ebpf::kernel_tick_ns`).
+/// nanoseconds (`MapWriter::tick_ns`).
 pub fn settings_from(b: &BalancerConfig, tick_ns: u64) -> Settings {
     let ticks = |secs: u64| {
         proxy_common::ticks_from_ns(Duration::from_secs(secs).as_nanos() as u64, tick_ns)
@@ -287,11 +290,9 @@ impl Balancer {
     /// Builds the whole state from a validated config and writes it.
     pub fn from_config<W: MapWriter>(config: &Config, w: &mut W) -> Result<Self, BalancerError> {
         let mut bal = Self::new(config.balancer.ring_size);
-        w.set_settings(&settings_from(
-            &config.balancer,
-            crate::ebpf::kernel_tick_ns(),
-        ))
-        .map_err(maps)?;
+        let tick_ns = w.tick_ns();
+        w.set_settings(&settings_from(&config.balancer, tick_ns))
+            .map_err(maps)?;
         for (name, pool) in &config.pools {
             let mut members = Vec::new();
             // Ids in name order: replicas given the same pools write byte-identical rings,
@@ -669,30 +670,6 @@ impl Balancer {
     }
 }
 
-impl MapWriter for crate::ebpf::DataPlane {
-    type Error = crate::ebpf::DataPlaneError;
-    fn set_settings(&mut self, s: &Settings) -> Result<(), Self::Error> {
-        crate::ebpf::DataPlane::set_settings(self, s)
-    }
-    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), Self::Error> {
-        crate::ebpf::DataPlane::set_vip(self, key, meta)
-    }
-    fn remove_vip(&mut self, key: &VipKey) -> Result<(), Self::Error> {
-        crate::ebpf::DataPlane::remove_vip(self, key)
-    }
-    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), Self::Error> {
-        crate::ebpf::DataPlane::set_backend(self, id, b)
-    }
-    fn write_ring_copy(
-        &mut self,
-        vip_num: u32,
-        copy: u32,
-        delta: &[RingDelta],
-    ) -> Result<(), Self::Error> {
-        crate::ebpf::DataPlane::write_ring_copy(self, vip_num, copy, delta)
-    }
-}
-
 impl MemoryMaps {
     /// The ring copy packets of VIP `vip_num` use now.
     pub fn active_ring(&self, vip_num: u32) -> &std::collections::HashMap<u32, u32> {
@@ -706,6 +683,29 @@ impl MemoryMaps {
     }
 }
 
+/// How many of a backend's NAT ports are taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NatOccupancy {
+    /// Ports held by flows (including flows that timed out and were not reclaimed yet).
+    pub taken: u32,
+    /// Ports per SNAT address × SNAT addresses of the backend's family.
+    pub capacity: u32,
+}
+
+impl NatOccupancy {
+    /// Taken share, 0.0 to 1.0 (0 for an empty space).
+    pub fn ratio(&self) -> f64 {
+        if self.capacity == 0 {
+            0.0
+        } else {
+            self.taken as f64 / self.capacity as f64
+        }
+    }
+}
+
+/// The tick `MemoryMaps` claims: 4 ms, the common kernel default (HZ=250).
+pub const MEMORY_TICK_NS: u64 = 4_000_000;
+
 /// An in-memory copy of the maps: runs the control plane without a kernel.
 #[derive(Debug, Default)]
 pub struct MemoryMaps {
@@ -717,11 +717,14 @@ pub struct MemoryMaps {
     pub log: Vec<String>,
     /// NAT port occupancy per backend id, as tests set it (the kernel counts it; nothing
     /// here does).
-    pub nat: std::collections::HashMap<u32, crate::ebpf::NatOccupancy>,
+    pub nat: std::collections::HashMap<u32, NatOccupancy>,
 }
 
 impl MapWriter for MemoryMaps {
     type Error = std::convert::Infallible;
+    fn tick_ns(&self) -> u64 {
+        MEMORY_TICK_NS
+    }
     fn set_settings(&mut self, s: &Settings) -> Result<(), Self::Error> {
         self.settings = *s;
         self.log.push("settings".into());

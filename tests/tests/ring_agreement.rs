@@ -9,7 +9,7 @@ use proxy::{
     balancer::Balancer,
     config::Config,
     ebpf::{test_run::run_xdp, DataPlane, LoadOptions},
-    terminator::upstream_set,
+    plane::upstream_set,
 };
 use proxy_tests::{
     fixture::{xdp as action, PinDir},

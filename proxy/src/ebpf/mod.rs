@@ -24,7 +24,7 @@ use proxy_common::{
 };
 use tracing::{info, warn};
 
-use crate::maglev::RingDelta;
+use crate::{balancer::MapWriter, maglev::RingDelta};
 
 /// The compiled XDP object, built by `proxy/build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf.o"));
@@ -180,25 +180,7 @@ impl LoadOptions {
     }
 }
 
-/// How many of a backend's NAT ports are taken.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NatOccupancy {
-    /// Ports held by flows (including flows that timed out and were not reclaimed yet).
-    pub taken: u32,
-    /// Ports per SNAT address × SNAT addresses of the backend's family.
-    pub capacity: u32,
-}
-
-impl NatOccupancy {
-    /// Taken share, 0.0 to 1.0 (0 for an empty space).
-    pub fn ratio(&self) -> f64 {
-        if self.capacity == 0 {
-            0.0
-        } else {
-            self.taken as f64 / self.capacity as f64
-        }
-    }
-}
+pub use crate::balancer::NatOccupancy;
 
 /// Counters summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -906,6 +888,34 @@ impl DataPlane {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// The control plane writes the real maps through this (the balancer only knows the trait).
+impl MapWriter for DataPlane {
+    type Error = DataPlaneError;
+    fn tick_ns(&self) -> u64 {
+        kernel_tick_ns()
+    }
+    fn set_settings(&mut self, s: &Settings) -> Result<(), Self::Error> {
+        DataPlane::set_settings(self, s)
+    }
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), Self::Error> {
+        DataPlane::set_vip(self, key, meta)
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), Self::Error> {
+        DataPlane::remove_vip(self, key)
+    }
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), Self::Error> {
+        DataPlane::set_backend(self, id, b)
+    }
+    fn write_ring_copy(
+        &mut self,
+        vip_num: u32,
+        copy: u32,
+        delta: &[RingDelta],
+    ) -> Result<(), Self::Error> {
+        DataPlane::write_ring_copy(self, vip_num, copy, delta)
     }
 }
 

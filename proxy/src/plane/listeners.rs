@@ -3,7 +3,13 @@
 //! accepting and its live connections finish within the shutdown grace, while the other
 //! listeners keep running untouched.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, thread::JoinHandle, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use tokio::sync::mpsc;
 use tracing::{error, info};
@@ -16,9 +22,38 @@ use crate::{
         self,
         io::IoMode,
         server::{pick_mode, ConnLimits, ListenerSpec, Terminator},
+        upstream::{Upstream, UpstreamSet},
         SetupError,
     },
 };
+
+/// The terminator's view of a listener's pool (ring and members), from the balancer's
+/// current state: the plane hands it over, the terminator never reads the balancer.
+pub fn upstream_set(
+    balancer: &Balancer,
+    listener: &ListenerConfig,
+) -> Result<UpstreamSet, SetupError> {
+    let ring = balancer
+        .ring(&listener.name)
+        .ok_or_else(|| SetupError::NoRing(listener.name.clone()))?
+        .clone();
+    let backends: HashMap<u32, Upstream> = balancer
+        .backends(&listener.pool)
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            (
+                b.id,
+                Upstream {
+                    id: b.id,
+                    name: b.name.clone(),
+                    addr: b.address,
+                },
+            )
+        })
+        .collect();
+    Ok(UpstreamSet { ring, backends })
+}
 
 /// A listener as served now.
 struct Served {
@@ -76,8 +111,12 @@ impl Listeners {
                 terminated: None,
             });
         }
-        let spec =
-            terminator::listener_spec(l, &self.terminator, balancer, Some(self.events.clone()))?;
+        let spec = terminator::listener_spec(
+            l,
+            &self.terminator,
+            upstream_set(balancer, l)?,
+            Some(self.events.clone()),
+        )?;
         let requested = self.requested;
         let mode = *self
             .mode
@@ -152,7 +191,7 @@ impl Listeners {
             let Some((spec, _)) = &s.terminated else {
                 continue;
             };
-            match terminator::upstream_set(balancer, &s.config) {
+            match upstream_set(balancer, &s.config) {
                 Ok(set) => spec.ctx.upstreams.replace(set),
                 Err(e) => error!("listener {}: {e}", s.config.name),
             }

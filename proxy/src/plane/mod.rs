@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+pub use listeners::upstream_set;
 pub use reload::{
     diff_listeners, ListenerChange, ListenerChangeKind, ListenerError, ListenerFailure,
     ReloadChanges, ReloadError,

@@ -113,7 +113,7 @@ pub fn diff_listeners<'a>(
 impl<M: DataPath> ControlPlane<M> {
     /// Applies a new configuration: kernel settings, pools, health settings, listeners.
     pub fn on_reload(&mut self, config: &Config, _now: i64) -> Result<ReloadChanges, ReloadError> {
-        let settings = settings_from(&config.balancer, crate::ebpf::kernel_tick_ns());
+        let settings = settings_from(&config.balancer, self.maps.tick_ns());
         if let Err(e) = self.maps.set_settings(&settings) {
             let e = ReloadError::Settings(Box::new(e));
             error!("reload: {}", chain(&e));

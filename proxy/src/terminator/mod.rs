@@ -9,11 +9,10 @@ pub mod server;
 pub mod tls;
 pub mod upstream;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use crate::{
-    balancer::Balancer,
-    config::{Config, IoChoice, ListenerConfig, ListenerMode, TerminatorConfig},
+    config::{IoChoice, ListenerConfig, TerminatorConfig},
     handshake::Limits,
 };
 
@@ -45,65 +44,12 @@ pub fn requested_mode(choice: IoChoice) -> Option<io::IoMode> {
     }
 }
 
-/// The terminator's view of a listener's pool, from the control plane's current state.
-pub fn upstream_set(
-    balancer: &Balancer,
-    listener: &ListenerConfig,
-) -> Result<upstream::UpstreamSet, SetupError> {
-    let ring = balancer
-        .ring(&listener.name)
-        .ok_or_else(|| SetupError::NoRing(listener.name.clone()))?
-        .clone();
-    let backends: HashMap<u32, upstream::Upstream> = balancer
-        .backends(&listener.pool)
-        .unwrap_or_default()
-        .iter()
-        .map(|b| {
-            (
-                b.id,
-                upstream::Upstream {
-                    id: b.id,
-                    name: b.name.clone(),
-                    addr: b.address,
-                },
-            )
-        })
-        .collect();
-    Ok(upstream::UpstreamSet { ring, backends })
-}
-
-/// Terminator listeners (`tls`/`ws`) of a config, with their shared upstream tables.
-pub fn listener_specs(
-    config: &Config,
-    balancer: &Balancer,
-) -> Result<Vec<(ListenerConfig, server::ListenerSpec)>, SetupError> {
-    listener_specs_with_events(config, balancer, None)
-}
-
-/// As `listener_specs`, with connect results sent to `events` (passive health).
-pub fn listener_specs_with_events(
-    config: &Config,
-    balancer: &Balancer,
-    events: Option<tokio::sync::mpsc::Sender<crate::health::ConnectEvent>>,
-) -> Result<Vec<(ListenerConfig, server::ListenerSpec)>, SetupError> {
-    config
-        .listeners
-        .iter()
-        .filter(|l| l.mode != ListenerMode::L4)
-        .map(|l| {
-            Ok((
-                l.clone(),
-                listener_spec(l, &config.terminator, balancer, events.clone())?,
-            ))
-        })
-        .collect()
-}
-
-/// The terminator side of one `tls`/`ws` listener: certificates, limits and upstream table.
+/// The terminator side of one `tls`/`ws` listener: certificates, limits and the upstream
+/// table the control plane hands over (the terminator never reads the balancer).
 pub fn listener_spec(
     l: &ListenerConfig,
     t: &TerminatorConfig,
-    balancer: &Balancer,
+    upstreams: upstream::UpstreamSet,
     events: Option<tokio::sync::mpsc::Sender<crate::health::ConnectEvent>>,
 ) -> Result<server::ListenerSpec, SetupError> {
     let tls = match &l.tls {
@@ -146,7 +92,7 @@ pub fn listener_spec(
             ..Limits::default()
         },
         upstreams: {
-            let table = upstream::UpstreamTable::new(upstream_set(balancer, l)?);
+            let table = upstream::UpstreamTable::new(upstreams);
             match events {
                 Some(tx) => table.with_events(l.pool.clone(), tx),
                 None => table,
