@@ -32,8 +32,8 @@ use aya_ebpf::{
 use proxy_common::{
     hash, ports::MAX_SNAT_ADDRS, ring_index, Backend, FlowKey, FlowState, NatKey, NatState, Reason,
     Settings, VipKey, VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
-    PROTO_TCP, VIP_HASH_SOURCE_ONLY, VIP_INDEX_EMPTY, VIP_INDEX_PROBES, VIP_INDEX_REMOVED,
-    VIP_PASS_TO_STACK,
+    PROTO_TCP, VIP_DRAINING, VIP_HASH_SOURCE_ONLY, VIP_INDEX_EMPTY, VIP_INDEX_PROBES,
+    VIP_INDEX_REMOVED, VIP_PASS_TO_STACK,
 };
 
 use counters::{flow_packet, reason};
@@ -102,7 +102,8 @@ fn new_or_other(
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
-    if let Some(vip) = find_vip(&sc.vip) {
+    // A draining VIP takes no new flow: its address is no VIP for a first packet.
+    if let Some(vip) = find_vip(&sc.vip).filter(|v| v.flags & VIP_DRAINING == 0) {
         if vip.flags & VIP_PASS_TO_STACK != 0 {
             reason(Reason::PassTerminator);
             return Err(xdp_action::XDP_PASS);

@@ -13,7 +13,7 @@ use std::{
 
 use proxy_common::{
     Backend, Settings, VipKey, VipMeta, BACKEND_PRESENT, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
-    PROTO_TCP, PROTO_UDP, VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
+    PROTO_TCP, PROTO_UDP, VIP_DRAINING, VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
 };
 
 use crate::{
@@ -146,6 +146,9 @@ impl IdAllocator {
 pub struct Balancer {
     ring_size: u32,
     vips: Vec<Vip>,
+    /// Removed `l4` listeners whose flows still finish: the kernel keeps forwarding them
+    /// (flagged `VIP_DRAINING`) and takes no new ones, until `finish_drain`.
+    draining: Vec<Vip>,
     pools: BTreeMap<String, Vec<BackendState>>,
     ids: IdAllocator,
 }
@@ -282,6 +285,7 @@ impl Balancer {
         Self {
             ring_size,
             vips: Vec::new(),
+            draining: Vec::new(),
             pools: BTreeMap::new(),
             ids: IdAllocator::new(),
         }
@@ -318,7 +322,24 @@ impl Balancer {
         l: &ListenerConfig,
         w: &mut W,
     ) -> Result<(), BalancerError> {
-        let used: Vec<u32> = self.vips.iter().map(|v| v.meta.vip_num).collect();
+        // A listener taking back a draining one's address or name ends that drain first: one
+        // VIP per key in the kernel, and the new listener serves its flows from now on.
+        let key = vip_key(l.address, l.protocol);
+        let ended: Vec<String> = self
+            .draining
+            .iter()
+            .filter(|d| d.key == key || d.name == l.name)
+            .map(|d| d.name.clone())
+            .collect();
+        for name in ended {
+            self.finish_drain(&name, w)?;
+        }
+        let used: Vec<u32> = self
+            .vips
+            .iter()
+            .chain(&self.draining)
+            .map(|v| v.meta.vip_num)
+            .collect();
         let vip_num = (0..proxy_common::MAX_VIPS)
             .find(|n| !used.contains(n))
             .ok_or(BalancerError::TooManyVips)?;
@@ -639,6 +660,49 @@ impl Balancer {
             w.remove_vip(&v.key).map_err(maps)?;
         }
         Ok(())
+    }
+
+    /// Stops a listener taking new connections while its live ones finish: an `l4` VIP stays
+    /// in the kernel flagged `VIP_DRAINING` (its pinned flows keep their node) until
+    /// `finish_drain`; any other VIP goes at once (its terminator instance drains itself).
+    /// Returns whether the listener now drains.
+    pub fn drain_listener<W: MapWriter>(
+        &mut self,
+        name: &str,
+        w: &mut W,
+    ) -> Result<bool, BalancerError> {
+        let Some(idx) = self.vips.iter().position(|v| v.name == name) else {
+            return Ok(false);
+        };
+        if self.vips[idx].meta.flags & VIP_PASS_TO_STACK != 0 {
+            self.remove_listener(name, w)?;
+            return Ok(false);
+        }
+        let mut v = self.vips.remove(idx);
+        v.meta.flags |= VIP_DRAINING;
+        let written = w.set_vip(&v.key, &v.meta).map_err(maps);
+        self.draining.push(v);
+        written.map(|()| true)
+    }
+
+    /// Ends a drain: the VIP leaves the kernel, and with it the flows that were still open.
+    pub fn finish_drain<W: MapWriter>(
+        &mut self,
+        name: &str,
+        w: &mut W,
+    ) -> Result<(), BalancerError> {
+        if let Some(idx) = self.draining.iter().position(|v| v.name == name) {
+            let v = self.draining.remove(idx);
+            w.remove_vip(&v.key).map_err(maps)?;
+        }
+        Ok(())
+    }
+
+    /// (listener name, pool) of every draining listener.
+    pub fn draining(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.draining
+            .iter()
+            .map(|v| (v.name.as_str(), v.pool.as_str()))
     }
 
     /// Whether a listener of this name is configured (VIP written).
@@ -1052,6 +1116,35 @@ hash = "source""#,
         bal.remove_listener("rpc2", &mut m).unwrap();
         assert!(!bal.has_listener("rpc2"));
         assert_eq!(m.vips.len(), 2);
+    }
+
+    #[test]
+    fn draining_listener_keeps_its_number_until_its_address_is_taken_back() {
+        let config = Config::parse(CONF, "t").unwrap();
+        let mut m = MemoryMaps::default();
+        let mut bal = Balancer::from_config(&config, &mut m).unwrap();
+        let rpc = config.listeners[0].clone();
+        let key = vip_key(rpc.address, rpc.protocol);
+        let num = m.vips[&key].vip_num;
+        // A terminator VIP does not drain in the kernel: its instance drains itself.
+        assert!(!bal.drain_listener("wss", &mut m).unwrap());
+        assert!(!bal.has_listener("wss"));
+        assert_eq!(m.vips.len(), 1);
+
+        assert!(bal.drain_listener("rpc", &mut m).unwrap());
+        assert!(!bal.has_listener("rpc"));
+        assert_eq!(m.vips[&key].flags & VIP_DRAINING, VIP_DRAINING);
+        // Its number stays taken while it drains.
+        let mut other = rpc.clone();
+        other.name = "other".into();
+        other.address = "203.0.113.20:8090".parse().unwrap();
+        bal.put_listener(&other, &mut m).unwrap();
+        assert_ne!(bal.vips().find(|v| v.0 == "other").unwrap().1, num);
+        // The address served again: the drain ends and the new listener owns the key.
+        bal.put_listener(&rpc, &mut m).unwrap();
+        assert_eq!(bal.draining().count(), 0);
+        assert_eq!(m.vips[&key].flags & VIP_DRAINING, 0);
+        assert!(bal.has_listener("rpc"));
     }
 
     #[test]

@@ -305,6 +305,63 @@ fn nat_port_of_a_timed_out_flow_is_reused() {
     );
 }
 
+/// A removed `l4` listener drains: flagged `VIP_DRAINING`, its established flows keep going to
+/// their node while a new flow's first packet passes to the stack as for no VIP; once the
+/// drain ends (the VIP is removed) the old flow is gone too.
+#[test]
+fn draining_vip_keeps_its_flows_and_takes_no_new_ones() {
+    let Some((_pins, mut dp)) = lab("drain", 4096) else {
+        return;
+    };
+    let not_vip =
+        |dp: &DataPlane| dp.reasons().expect("reasons")[&proxy_common::Reason::PassNotVip];
+    assert_eq!(
+        send(&dp, 42_000, tcp_flags::SYN).new_flows,
+        1,
+        "flow before the drain"
+    );
+
+    let key = VipKey {
+        addr: v4_words(VIP.octets()),
+        port: VIP_PORT.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+    };
+    let draining = VipMeta {
+        flags: proxy_common::VIP_DRAINING,
+        ..VipMeta::default()
+    };
+    dp.set_vip(&key, &draining).expect("drain");
+
+    let old = send(&dp, 42_000, tcp_flags::ACK);
+    assert_eq!(
+        (old.packets, old.new_flows),
+        (1, 0),
+        "the live flow is still forwarded"
+    );
+    let before = not_vip(&dp);
+    let new = send(&dp, 42_001, tcp_flags::SYN);
+    assert_eq!(
+        (new.packets, new.new_flows),
+        (0, 0),
+        "a new flow is not taken"
+    );
+    assert_eq!(
+        not_vip(&dp),
+        before + 1,
+        "it passes to the stack as for no VIP"
+    );
+
+    dp.remove_vip(&key).expect("drain over");
+    let before = not_vip(&dp);
+    assert_eq!(
+        send(&dp, 42_000, tcp_flags::ACK).packets,
+        0,
+        "drain over: flow gone"
+    );
+    assert_eq!(not_vip(&dp), before + 1);
+}
+
 /// The tables under writers on two CPUs at once: a small flow table (evicting constantly) and
 /// a small NAT port range (ports reclaimed from evicted flows), new flows and packets of
 /// known flows interleaved on both CPUs. Afterwards: no NAT port is shared by two flows in

@@ -82,6 +82,9 @@ pub fn vip_index_slot(key: &VipKey, i: u32) -> u32 {
 pub const VIP_HASH_SOURCE_ONLY: u32 = 1 << 0;
 /// The VIP is served by the userspace terminator: XDP only admits and passes it up.
 pub const VIP_PASS_TO_STACK: u32 = 1 << 1;
+/// The listener was removed and drains: its flows finish, new flows are not taken (their
+/// packets pass to the stack, as for an address that is no VIP).
+pub const VIP_DRAINING: u32 = 1 << 2;
 
 /// A VIP's ring and flags (`VIP_METAS`, by VIP number).
 #[repr(C)]

@@ -12,7 +12,7 @@ mod listeners;
 mod reload;
 mod stats;
 
-use std::net::SocketAddr;
+use std::{collections::BTreeSet, net::SocketAddr};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -135,6 +135,12 @@ pub struct ControlPlane<M: DataPath> {
     nat_alarms: stats::NatAlarms,
     stats_log: Every,
     cert_poll: Every,
+    /// Removed `l4` listeners whose flows finish, with the time their drain ends.
+    l4_drains: Vec<(String, i64)>,
+    /// The shutdown grace: how long a removed listener's connections may finish.
+    grace_secs: u64,
+    /// Pools of the running configuration (a pool gone from it leaves once unused).
+    configured_pools: BTreeSet<String>,
 }
 
 impl<M: DataPath> ControlPlane<M> {
@@ -170,6 +176,9 @@ impl<M: DataPath> ControlPlane<M> {
                 now + options.stats_interval_secs as i64,
             ),
             cert_poll: Every::new(CERT_POLL_SECS, now + CERT_POLL_SECS as i64),
+            l4_drains: Vec::new(),
+            grace_secs: config.terminator.shutdown_grace_secs,
+            configured_pools: config.pools.keys().cloned().collect(),
         };
         Ok((plane, Inputs { health, connects }))
     }
@@ -200,6 +209,7 @@ impl<M: DataPath> ControlPlane<M> {
     /// Slow-start ramps and ejection ends, then whatever periodic job is due.
     pub fn on_tick(&mut self, now: i64) {
         self.tick_ramps(now);
+        self.finish_l4_drains(now);
         if self.metrics.due(now) {
             // One read of the NAT port spaces serves both the warning and the gauges.
             let nat = stats::read_nat(&self.maps, &self.balancer);

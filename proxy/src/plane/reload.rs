@@ -112,7 +112,7 @@ pub fn diff_listeners<'a>(
 
 impl<M: DataPath> ControlPlane<M> {
     /// Applies a new configuration: kernel settings, pools, health settings, listeners.
-    pub fn on_reload(&mut self, config: &Config, _now: i64) -> Result<ReloadChanges, ReloadError> {
+    pub fn on_reload(&mut self, config: &Config, now: i64) -> Result<ReloadChanges, ReloadError> {
         let settings = settings_from(&config.balancer, self.maps.tick_ns());
         if let Err(e) = self.maps.set_settings(&settings) {
             let e = ReloadError::Settings(Box::new(e));
@@ -132,30 +132,15 @@ impl<M: DataPath> ControlPlane<M> {
             }
         }
         self.listeners.set_terminator_config(&config.terminator);
+        self.grace_secs = config.terminator.shutdown_grace_secs;
+        self.configured_pools = config.pools.keys().cloned().collect();
         for change in diff_listeners(self.listeners.configs(), &config.listeners) {
-            match self.apply_listener_change(&change, config) {
+            match self.apply_listener_change(&change, config, now) {
                 Ok(()) => changes.listeners.push(change),
                 Err(error) => changes.failures.push(ListenerFailure { change, error }),
             }
         }
-        // Pools gone from the file leave once no listener uses them.
-        let in_use: BTreeSet<&str> = self.balancer.vips().map(|(_, _, p)| p).collect();
-        let gone: Vec<String> = self
-            .balancer
-            .pools()
-            .map(|(p, _)| p)
-            .filter(|p| !config.pools.contains_key(*p) && !in_use.contains(p))
-            .map(str::to_string)
-            .collect();
-        for pool in gone {
-            match self.balancer.remove_pool(&pool, &mut self.maps) {
-                Ok(()) => changes.pools.push(PoolChange {
-                    pool,
-                    kind: PoolChangeKind::PoolRemoved,
-                }),
-                Err(e) => error!(pool, "reload: removing the pool failed: {e:#}"),
-            }
-        }
+        changes.pools.extend(self.remove_unused_pools());
         self.after_reload();
         if changes.is_empty() {
             info!("reload: no changes");
@@ -172,18 +157,78 @@ impl<M: DataPath> ControlPlane<M> {
         Ok(changes)
     }
 
+    /// Pools gone from the file leave once no listener (draining ones included) uses them.
+    fn remove_unused_pools(&mut self) -> Vec<PoolChange> {
+        let in_use: BTreeSet<String> = self
+            .balancer
+            .vips()
+            .map(|(_, _, p)| p)
+            .chain(self.balancer.draining().map(|(_, p)| p))
+            .map(str::to_string)
+            .collect();
+        let gone: Vec<String> = self
+            .balancer
+            .pools()
+            .map(|(p, _)| p.to_string())
+            .filter(|p| !self.configured_pools.contains(p) && !in_use.contains(p))
+            .collect();
+        let mut removed = Vec::new();
+        for pool in gone {
+            match self.balancer.remove_pool(&pool, &mut self.maps) {
+                Ok(()) => removed.push(PoolChange {
+                    pool,
+                    kind: PoolChangeKind::PoolRemoved,
+                }),
+                Err(e) => error!(pool, "removing the pool failed: {e:#}"),
+            }
+        }
+        removed
+    }
+
+    /// Ends the drains of removed `l4` listeners whose grace is over, and removes the pools
+    /// only they still used.
+    pub(super) fn finish_l4_drains(&mut self, now: i64) {
+        let (over, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.l4_drains)
+            .into_iter()
+            .partition(|(_, until)| now >= *until);
+        self.l4_drains = live;
+        if over.is_empty() {
+            return;
+        }
+        for (name, _) in over {
+            match self.balancer.finish_drain(&name, &mut self.maps) {
+                Ok(()) => info!(listener = %name, "drain over: the VIP is gone"),
+                Err(e) => error!(listener = %name, "ending the drain failed: {e:#}"),
+            }
+        }
+        for c in self.remove_unused_pools() {
+            info!("{c}");
+        }
+        self.supervisor.sync(&self.balancer, &self.board);
+    }
+
     fn apply_listener_change(
         &mut self,
         change: &ListenerChange,
         config: &Config,
+        now: i64,
     ) -> Result<(), ListenerError> {
         let new = config.listeners.iter().find(|l| l.name == change.name);
         match (change.kind, new) {
             (ListenerChangeKind::Removed, _) => {
                 self.listeners.remove(&change.name);
-                self.balancer
-                    .remove_listener(&change.name, &mut self.maps)
-                    .map_err(ListenerError::Balancer)
+                // A drain already running for this name (removed, re-added, removed) restarts.
+                self.l4_drains.retain(|(n, _)| *n != change.name);
+                let drains = self
+                    .balancer
+                    .drain_listener(&change.name, &mut self.maps)
+                    .map_err(ListenerError::Balancer)?;
+                if drains {
+                    info!(listener = %change.name, grace_secs = self.grace_secs, "l4 listener takes no new flows; live ones finish");
+                    self.l4_drains
+                        .push((change.name.clone(), now + self.grace_secs as i64));
+                }
+                Ok(())
             }
             (ListenerChangeKind::Added, Some(l)) => {
                 self.balancer
@@ -352,7 +397,17 @@ backends = [{ name = "b", address = "192.0.2.21:8090" }]
         assert_eq!(vips, [("rpc", "us"), ("new", "eu")]);
         assert!(b.backends("retired").is_none());
         let maps = plane.maps();
-        assert_eq!(maps.vips.len(), 2, "the removed listener's VIP is gone");
+        let draining: Vec<u32> = maps
+            .vips
+            .values()
+            .filter(|m| m.flags & proxy_common::VIP_DRAINING != 0)
+            .map(|m| m.vip_num)
+            .collect();
+        assert_eq!(
+            (maps.vips.len(), draining.len()),
+            (3, 1),
+            "the removed l4 listener's VIP drains"
+        );
         assert_eq!(
             maps.backends[&z].flags, 0,
             "the retired pool's backend is cleared"
@@ -365,6 +420,68 @@ backends = [{ name = "b", address = "192.0.2.21:8090" }]
         assert!(
             reload(&mut plane, AFTER).is_empty(),
             "a second reload changes nothing"
+        );
+    }
+
+    /// A removed `l4` listener takes no new flows but keeps its VIP (and its pool, even one
+    /// gone from the file) for the shutdown grace, then both leave.
+    #[test]
+    fn removed_l4_listener_drains_for_the_grace_then_leaves_with_its_pool() {
+        let before = Config::parse(BEFORE, "t").unwrap();
+        let options = PlaneOptions {
+            io: IoChoice::Epoll,
+            stats_interval_secs: 0,
+        };
+        let (mut plane, _inputs) =
+            ControlPlane::new(&before, MemoryMaps::default(), options, 0).unwrap();
+        let grace = before.terminator.shutdown_grace_secs as i64;
+        // `old` moves to pool `retired`, then both leave the file at t=100.
+        let moved = BEFORE.replace(
+            "203.0.113.11:8090\"\nmode = \"l4\"\npool = \"eu\"",
+            "203.0.113.11:8090\"\nmode = \"l4\"\npool = \"retired\"",
+        );
+        assert_ne!(moved, BEFORE);
+        reload(&mut plane, &moved);
+        let old_listener = "[[listener]]\nname = \"old\"\naddress = \"203.0.113.11:8090\"\nmode = \"l4\"\npool = \"retired\"\n";
+        let retired =
+            "[pools.retired]\nbackends = [{ name = \"z\", address = \"192.0.2.19:8090\" }]\n";
+        assert!(moved.contains(old_listener) && moved.contains(retired));
+        let gone = moved.replace(old_listener, "").replace(retired, "");
+        let config = Config::parse(&gone, "t").unwrap();
+        let Outcome::Reloaded(Ok(changes)) = plane.handle(Event::Reload(Box::new(config)), 100)
+        else {
+            panic!("reload failed");
+        };
+        assert!(
+            changes.pools.is_empty(),
+            "a pool a draining listener uses stays: {changes:?}"
+        );
+        let key_of_old = |plane: &ControlPlane<MemoryMaps>| {
+            plane
+                .maps()
+                .vips
+                .iter()
+                .find(|(_, m)| m.flags & proxy_common::VIP_DRAINING != 0)
+                .map(|(k, _)| *k)
+        };
+        assert!(key_of_old(&plane).is_some(), "the VIP drains");
+        assert_eq!(plane.balancer().vips().count(), 1, "no longer served");
+        let (_, draining_pool) = plane.balancer().draining().next().unwrap();
+        assert_eq!(draining_pool, "retired");
+
+        plane.handle(Event::Tick, 100 + grace - 1);
+        assert!(
+            key_of_old(&plane).is_some(),
+            "still draining before the grace ends"
+        );
+        assert!(plane.balancer().backends("retired").is_some());
+
+        plane.handle(Event::Tick, 100 + grace);
+        assert!(key_of_old(&plane).is_none(), "drain over");
+        assert_eq!(plane.maps().vips.len(), 1, "only `rpc` is left");
+        assert!(
+            plane.balancer().backends("retired").is_none(),
+            "the pool only the drained listener used left with it"
         );
     }
 }
