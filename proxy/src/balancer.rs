@@ -117,6 +117,8 @@ struct Vip {
     meta: VipMeta,
     pool: String,
     ring: MaglevRing,
+    /// Changes written to the kernel's ring so far (shown as the ring version).
+    version: u64,
 }
 
 /// Hands out backend ids. Freed ids go to the back of the queue, so an id is reused only
@@ -358,6 +360,7 @@ impl Balancer {
             },
             pool: l.pool.clone(),
             ring,
+            version: 1,
         };
         self.vips.push(vip);
         let idx = self.vips.len() - 1;
@@ -424,6 +427,7 @@ impl Balancer {
         w.write_ring_copy(vip.meta.vip_num, new, &delta)
             .map_err(maps)?;
         vip.meta.active_ring = new;
+        vip.version += 1;
         w.set_vip(&vip.key, &vip.meta).map_err(maps)?;
         w.write_ring_copy(vip.meta.vip_num, old, &delta)
             .map_err(maps)?;
@@ -723,6 +727,14 @@ impl Balancer {
         self.vips
             .iter()
             .map(|v| (v.name.as_str(), v.meta.vip_num, v.pool.as_str()))
+    }
+
+    /// (listener name, ring version, pool) of every VIP: the version grows by one at every
+    /// ring change written to the kernel.
+    pub fn ring_versions(&self) -> impl Iterator<Item = (&str, u64, &str)> {
+        self.vips
+            .iter()
+            .map(|v| (v.name.as_str(), v.version, v.pool.as_str()))
     }
 
     /// The ring of a listener (the terminator uses the same table).

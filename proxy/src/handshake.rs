@@ -27,7 +27,7 @@
 //!    `HTTP/d.d` but neither 1.0 nor 1.1 (e.g. `HTTP/2.0`, the HTTP/2 preface) → 505.
 //!    Every other syntax error (bad tokens, NUL or other control bytes, obs-fold,
 //!    whitespace before the colon, header line without a colon) → 400.
-//! 2. `GET /stats` (any query, HTTP/1.0 or 1.1) → [`Decision::Stats`].
+//! 2. `GET /stats` or `/stats.json` (any query, HTTP/1.0 or 1.1) → [`Decision::Stats`].
 //! 3. `HTTP/1.0` → 400 (HTTP/1.1 is required, for `Host` and `Upgrade` semantics).
 //! 4. Method (case-sensitive): `GET`, or `POST` when [`Limits::allow_json_rpc_post`];
 //!    anything else → 405 with `Allow: GET, POST` (or `Allow: GET`).
@@ -92,6 +92,8 @@ pub const MAX_HEADERS: usize = 64;
 pub const MAX_UPSTREAM_HEAD_BYTES: usize = 8192;
 /// The path answered locally by [`Decision::Stats`] (for `GET`).
 pub const STATS_PATH: &str = "/stats";
+/// The JSON twin of [`STATS_PATH`].
+pub const STATS_JSON_PATH: &str = "/stats.json";
 /// The GUID that RFC 6455 §1.3 appends to the key before hashing.
 pub const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -147,6 +149,8 @@ pub enum Decision {
     Stats {
         /// Length of the request head.
         head_len: usize,
+        /// `/stats.json` (or `/stats?format=json`): the JSON document, else the HTML page.
+        json: bool,
     },
     /// Reject with this status; [`Reject::response`] gives the bytes to send before closing.
     Reject(Reject),
@@ -321,8 +325,10 @@ fn inspect_inner(buf: &[u8], limits: &Limits) -> Result<Decision, Reject> {
     let headers: &[httparse::Header<'_>] = req.headers;
     let path = target.split('?').next().unwrap_or_default();
 
-    if method == "GET" && path == STATS_PATH {
-        return Ok(Decision::Stats { head_len });
+    if method == "GET" && (path == STATS_PATH || path == STATS_JSON_PATH) {
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        let json = path == STATS_JSON_PATH || query.split('&').any(|kv| kv == "format=json");
+        return Ok(Decision::Stats { head_len, json });
     }
     if version != 1 {
         return Err(Reject::new(400, R_VERSION_11));
@@ -917,16 +923,25 @@ mod tests {
     #[test]
     fn stats() {
         let limits = Limits::default();
-        for req in [
-            b"GET /stats HTTP/1.1\r\n\r\n".to_vec(),
-            b"GET /stats?format=json HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-            b"GET /stats HTTP/1.0\r\n\r\n".to_vec(),
-            b"GET /stats HTTP/1.1\nAccept: */*\n\n".to_vec(),
+        for (req, json) in [
+            (b"GET /stats HTTP/1.1\r\n\r\n".to_vec(), false),
+            (
+                b"GET /stats?format=json HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                true,
+            ),
+            (
+                b"GET /stats.json HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                true,
+            ),
+            (b"GET /stats?x=format=json HTTP/1.1\r\n\r\n".to_vec(), false),
+            (b"GET /stats HTTP/1.0\r\n\r\n".to_vec(), false),
+            (b"GET /stats HTTP/1.1\nAccept: */*\n\n".to_vec(), false),
         ] {
             assert_eq!(
                 inspect(&req, &limits),
                 Decision::Stats {
-                    head_len: req.len()
+                    head_len: req.len(),
+                    json
                 }
             );
         }
@@ -939,7 +954,8 @@ mod tests {
         assert_eq!(
             inspect(req, &no_post),
             Decision::Stats {
-                head_len: req.len()
+                head_len: req.len(),
+                json: false
             }
         );
         // Only the exact path: neighbours go through the normal checks.

@@ -8,5 +8,6 @@ pub mod ebpf;
 pub mod handshake;
 pub mod health;
 pub mod maglev;
+pub mod observe;
 pub mod plane;
 pub mod terminator;

@@ -128,6 +128,7 @@ fn start(mode: IoMode, upstreams: UpstreamTable, setup: Setup) -> (Terminator, S
     init_crypto();
     let ctx = Arc::new(ListenerCtx {
         name: "wss-test".into(),
+        observe: Default::default(),
         limits: Limits::default(),
         upstreams,
         handshake_timeout: Duration::from_millis(800),
@@ -650,6 +651,7 @@ fn shutdown_closes_live_connections_of_every_listener() {
         let spec = |name: &str| {
             let ctx = Arc::new(ListenerCtx {
                 name: name.into(),
+                observe: Default::default(),
                 limits: Limits::default(),
                 upstreams: table(&[("node-a", node)]),
                 handshake_timeout: Duration::from_secs(2),

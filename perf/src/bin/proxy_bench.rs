@@ -452,6 +452,7 @@ fn serve(
     });
     let ctx = Arc::new(ListenerCtx {
         name: "bench".into(),
+        observe: Default::default(),
         limits: Limits::default(),
         upstreams,
         handshake_timeout: Duration::from_secs(10),

@@ -278,11 +278,43 @@ impl Board {
         Some(s)
     }
 
+    /// What the `/stats` page and the metrics show of a backend's health.
+    pub fn view(&self, pool: &str, name: &str, now_unix: i64) -> BackendHealth {
+        let key = (pool.to_string(), name.to_string());
+        let ejected = self
+            .ejectors
+            .get(&key)
+            .is_some_and(|e| e.is_ejected(now_unix));
+        let t = self.tracked.get(&key);
+        BackendHealth {
+            state: t.map(|t| t.state.state()),
+            verdict: t.and_then(|t| t.state.last_verdict().cloned()),
+            ejected,
+            agent: t.and_then(|t| t.agent),
+            head: t.and_then(|t| t.last_sample),
+            changed_at_unix: t.and_then(|t| t.state.changed_at_unix()),
+        }
+    }
+
     pub fn state(&self, pool: &str, name: &str) -> Option<BackendState> {
         self.tracked
             .get(&(pool.to_string(), name.to_string()))
             .map(|t| t.state.state())
     }
+}
+
+/// A backend's health as the board sees it (see [`Board::view`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendHealth {
+    /// None: no probe result yet, or the pool is not checked.
+    pub state: Option<BackendState>,
+    pub verdict: Option<rules::Verdict>,
+    /// Ejected by passive health (failed connects) right now.
+    pub ejected: bool,
+    pub agent: Option<AgentReport>,
+    /// The last head the node reported.
+    pub head: Option<HeadSample>,
+    pub changed_at_unix: Option<i64>,
 }
 
 /// A probe task's report.
@@ -376,10 +408,6 @@ async fn probe_loop(
         tick.tick().await;
         let want_params = chain_override(&cfg).is_none() && n.is_multiple_of(PARAMS_EVERY);
         let probe = checks::probe(cfg.check, addr, &cfg.path, timeout, want_params).await;
-        if let Ok(a) = &probe {
-            metrics::histogram!("proxy_health_check_seconds", "backend" => key.1.clone())
-                .record(a.rtt.as_secs_f64());
-        }
         let agent = match cfg.agent_port {
             Some(port) => Some(checks::agent(SocketAddr::new(addr.ip(), port), timeout).await),
             None => None,

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use metrics::gauge;
 use tracing::{error, info};
 
 use super::{ControlPlane, DataPath};
@@ -26,6 +25,11 @@ pub(super) fn configs(config: &Config) -> HashMap<String, HealthConfig> {
 impl<M: DataPath> ControlPlane<M> {
     /// A probe report: health state, then the backend's effective weight.
     pub fn on_health(&mut self, report: Report, now: i64) {
+        if let Ok(answer) = &report.outcome.probe {
+            self.meters
+                .backend(&report.pool, &report.name)
+                .record_health_rtt(answer.rtt);
+        }
         if let Some(change) = self
             .board
             .record(&report.pool, &report.name, report.outcome, now)
@@ -64,11 +68,6 @@ impl<M: DataPath> ControlPlane<M> {
 
     fn apply_desired(&mut self, pool: &str, name: &str, now: i64) {
         let (available, ramp) = self.board.desired(pool, name, now);
-        gauge!("proxy_backend_up", "backend" => name.to_string()).set(if available {
-            1.0
-        } else {
-            0.0
-        });
         match self
             .balancer
             .set_health(pool, name, available, ramp, &mut self.maps)

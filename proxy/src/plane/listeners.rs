@@ -18,8 +18,10 @@ use crate::{
     balancer::Balancer,
     config::{Config, IoChoice, ListenerConfig, ListenerMode, TerminatorConfig},
     health::ConnectEvent,
+    observe::{Meters, StatsBoard},
     terminator::{
         self,
+        handler::Observe,
         io::IoMode,
         server::{pick_mode, ConnLimits, ListenerSpec, Terminator},
         upstream::{Upstream, UpstreamSet},
@@ -76,6 +78,9 @@ pub(super) struct Listeners {
     events: mpsc::Sender<ConnectEvent>,
     /// Instances of removed or replaced listeners, finishing their live connections.
     draining: Vec<JoinHandle<()>>,
+    /// What every listener records into and serves `/stats` from.
+    meters: Arc<Meters>,
+    stats: StatsBoard,
 }
 
 impl Listeners {
@@ -84,6 +89,7 @@ impl Listeners {
         balancer: &Balancer,
         events: mpsc::Sender<ConnectEvent>,
         io: IoChoice,
+        (meters, stats): (Arc<Meters>, StatsBoard),
     ) -> Result<Self, SetupError> {
         let t = &config.terminator;
         let mut me = Self {
@@ -95,6 +101,8 @@ impl Listeners {
             grace: Duration::from_secs(t.shutdown_grace_secs),
             events,
             draining: Vec::new(),
+            meters,
+            stats,
         };
         for l in &config.listeners {
             let served = me.serve(l, balancer)?;
@@ -115,6 +123,11 @@ impl Listeners {
             l,
             &self.terminator,
             upstream_set(balancer, l)?,
+            Observe {
+                pool: l.pool.clone(),
+                meters: Arc::clone(&self.meters),
+                stats: self.stats.clone(),
+            },
             Some(self.events.clone()),
         )?;
         let requested = self.requested;

@@ -9,10 +9,11 @@
 mod admin;
 mod health;
 mod listeners;
+mod public;
 mod reload;
 mod stats;
 
-use std::{collections::BTreeSet, net::SocketAddr};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -29,6 +30,7 @@ use crate::{
     balancer::{Balancer, BalancerError},
     config::{Config, IoChoice, ListenerConfig},
     health::{Board, ConnectEvent, Report, Supervisor},
+    observe::{Meters, StatsBoard},
     terminator::SetupError,
 };
 
@@ -141,6 +143,11 @@ pub struct ControlPlane<M: DataPath> {
     grace_secs: u64,
     /// Pools of the running configuration (a pool gone from it leaves once unused).
     configured_pools: BTreeSet<String>,
+    /// What the data paths record (latency, clients), by backend.
+    meters: Arc<Meters>,
+    /// The `/stats` pages the terminator serves, rendered every tick.
+    stats_board: StatsBoard,
+    health_gauges: public::HealthGauges,
 }
 
 impl<M: DataPath> ControlPlane<M> {
@@ -157,12 +164,20 @@ impl<M: DataPath> ControlPlane<M> {
             info!(listener = name, vip = num, pool, "listener ready");
         }
         let (connect_tx, connects) = mpsc::channel(CONNECT_EVENTS);
-        let listeners = listeners::Listeners::start(config, &balancer, connect_tx, options.io)
-            .map_err(StartError::Terminator)?;
+        let meters = Meters::new();
+        let stats_board = StatsBoard::default();
+        let listeners = listeners::Listeners::start(
+            config,
+            &balancer,
+            connect_tx,
+            options.io,
+            (Arc::clone(&meters), stats_board.clone()),
+        )
+        .map_err(StartError::Terminator)?;
         let board = Board::new(health::configs(config));
         let (mut supervisor, health) = Supervisor::new();
         supervisor.sync(&balancer, &board);
-        let plane = Self {
+        let mut plane = Self {
             balancer,
             maps,
             board,
@@ -179,7 +194,11 @@ impl<M: DataPath> ControlPlane<M> {
             l4_drains: Vec::new(),
             grace_secs: config.terminator.shutdown_grace_secs,
             configured_pools: config.pools.keys().cloned().collect(),
+            meters,
+            stats_board,
+            health_gauges: public::HealthGauges::default(),
         };
+        plane.publish_stats(now);
         Ok((plane, Inputs { health, connects }))
     }
 
@@ -210,6 +229,7 @@ impl<M: DataPath> ControlPlane<M> {
     pub fn on_tick(&mut self, now: i64) {
         self.tick_ramps(now);
         self.finish_l4_drains(now);
+        self.publish_stats(now);
         if self.metrics.due(now) {
             // One read of the NAT port spaces serves both the warning and the gauges.
             let nat = stats::read_nat(&self.maps, &self.balancer);
@@ -226,6 +246,28 @@ impl<M: DataPath> ControlPlane<M> {
         if self.cert_poll.due(now) {
             self.listeners.reload_certificates();
         }
+    }
+
+    /// Renders the `/stats` pages (and, when `/metrics` is served, the health, chain and ring
+    /// gauges) from the state at `now`.
+    fn publish_stats(&mut self, now: i64) {
+        let view = public::region_view(&self.balancer, &self.board, &self.meters, now);
+        if self.export_metrics {
+            self.health_gauges
+                .export(&self.balancer, &self.board, &view, now);
+        }
+        self.stats_board
+            .publish(crate::observe::Pages::render(&view));
+    }
+
+    /// The data paths' meters (latency, clients) by backend.
+    pub fn meters(&self) -> &Arc<Meters> {
+        &self.meters
+    }
+
+    /// The `/stats` pages as published now.
+    pub fn stats_pages(&self) -> crate::observe::Pages {
+        self.stats_board.current()
     }
 
     pub fn balancer(&self) -> &Balancer {

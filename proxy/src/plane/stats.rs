@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use crate::{
     balancer::{Balancer, MapWriter, MemoryMaps},
     ebpf::{CounterTotals, DataPlane, NatOccupancy},
+    observe::catalog,
 };
 
 /// A map writer whose counters can be read back (the kernel maps, or the in-memory copy,
@@ -59,11 +60,16 @@ pub struct MetricsError {
 
 /// Serves `/metrics` on `addr` for the whole process (one global recorder). Runs inside a
 /// tokio runtime.
+/// Latency series are histograms with the same buckets everywhere, so that replicas' series
+/// can be summed (`sum by (le)`), unlike summaries.
 pub fn install_metrics_exporter(addr: SocketAddr) -> Result<(), MetricsError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
+        .set_buckets(&crate::observe::latency::BUCKETS)
+        .map_err(|source| MetricsError { addr, source })?
         .install()
         .map_err(|source| MetricsError { addr, source })?;
+    crate::observe::catalog::describe_all();
     info!(%addr, "Prometheus metrics at /metrics");
     Ok(())
 }
@@ -73,36 +79,32 @@ pub fn install_metrics_exporter(addr: SocketAddr) -> Result<(), MetricsError> {
 pub(super) fn export_metrics<M: DataPath>(maps: &M, balancer: &Balancer, nat: &[NatReading]) {
     for (name, num, _) in balancer.vips() {
         if let Ok(c) = maps.counters(num) {
-            let l = name.to_string();
-            counter!("proxy_xdp_vip_packets_total", "listener" => l.clone()).absolute(c.packets);
-            counter!("proxy_xdp_vip_bytes_total", "listener" => l.clone()).absolute(c.bytes);
-            counter!("proxy_xdp_vip_new_flows_total", "listener" => l.clone())
-                .absolute(c.new_flows);
-            counter!("proxy_xdp_vip_lru_misses_total", "listener" => l).absolute(c.lru_misses);
+            let l = [("listener", name.to_string())];
+            counter!(catalog::XDP_VIP_PACKETS, &l).absolute(c.packets);
+            counter!(catalog::XDP_VIP_BYTES, &l).absolute(c.bytes);
+            counter!(catalog::XDP_VIP_NEW_FLOWS, &l).absolute(c.new_flows);
+            counter!(catalog::XDP_VIP_LRU_MISSES, &l).absolute(c.lru_misses);
         }
     }
-    for (_, backends) in balancer.pools() {
+    for (pool, backends) in balancer.pools() {
         for be in backends {
             if let Ok(c) = maps.counters(backend_counter_index(be.id)) {
-                counter!("proxy_xdp_backend_packets_total", "backend" => be.name.clone())
-                    .absolute(c.packets);
-                counter!("proxy_xdp_backend_bytes_total", "backend" => be.name.clone())
-                    .absolute(c.bytes);
-                counter!("proxy_xdp_backend_new_flows_total", "backend" => be.name.clone())
-                    .absolute(c.new_flows);
+                let l = [("pool", pool.to_string()), ("backend", be.name.clone())];
+                counter!(catalog::XDP_BACKEND_PACKETS, &l).absolute(c.packets);
+                counter!(catalog::XDP_BACKEND_BYTES, &l).absolute(c.bytes);
+                counter!(catalog::XDP_BACKEND_NEW_FLOWS, &l).absolute(c.new_flows);
             }
-            gauge!("proxy_backend_weight", "backend" => be.name.clone()).set(be.weight as f64);
         }
     }
     if let Ok(r) = maps.reasons() {
         for (reason, n) in r {
-            counter!("proxy_xdp_packets_by_reason_total", "reason" => reason.label()).absolute(n);
+            counter!(catalog::XDP_BY_REASON, "reason" => reason.label()).absolute(n);
         }
     }
     for r in nat {
         let labels = [("pool", r.pool.clone()), ("backend", r.backend.clone())];
-        gauge!("proxy_xdp_nat_ports_in_use", &labels).set(r.occupancy.taken as f64);
-        gauge!("proxy_xdp_nat_ports_capacity", &labels).set(r.occupancy.capacity as f64);
+        gauge!(catalog::XDP_NAT_PORTS_IN_USE, &labels).set(r.occupancy.taken as f64);
+        gauge!(catalog::XDP_NAT_PORTS_CAPACITY, &labels).set(r.occupancy.capacity as f64);
     }
 }
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use metrics::{counter, gauge, histogram};
+use metrics::counter;
 use tracing::debug;
 
 use super::{
@@ -22,16 +22,31 @@ use super::{
     relay::relay,
     upstream::{Upstream, UpstreamTable},
 };
-use crate::handshake::{self, Decision};
+use crate::{
+    handshake::{self, Decision},
+    observe::{catalog, Meters, StatsBoard},
+};
 
 /// Per-listener settings shared by all connections.
 pub struct ListenerCtx {
     pub name: String,
+    /// Where the listener's numbers go and its `/stats` pages come from.
+    pub observe: Observe,
     pub limits: handshake::Limits,
     pub upstreams: UpstreamTable,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+}
+
+/// A listener's link to what operators see: its pool's meters (by backend) and the
+/// published `/stats` pages.
+#[derive(Debug, Clone, Default)]
+pub struct Observe {
+    /// The listener's pool (backend names are unique within a pool only).
+    pub pool: String,
+    pub meters: Arc<Meters>,
+    pub stats: StatsBoard,
 }
 
 /// Why a connection ended early (for metrics and debug logs).
@@ -117,7 +132,8 @@ pub async fn handle<S: Io + 'static, K: Connector>(
     let decision = match decision {
         Some(d) => d,
         None if timed_out => {
-            counter!("proxy_handshake_rejects_total", "listener" => ctx.name.clone(), "status" => "408").increment(1);
+            counter!(catalog::HANDSHAKE_REJECTS, "listener" => ctx.name.clone(), "status" => "408")
+                .increment(1);
             send_and_close(&*client, handshake::timeout_response()).await;
             return Ending::HandshakeTimeout;
         }
@@ -126,12 +142,14 @@ pub async fn handle<S: Io + 'static, K: Connector>(
     let (forward_len, ws_key) = match decision {
         Decision::NeedMore => unreachable!("read_until only returns final decisions"),
         Decision::Reject(r) => {
-            counter!("proxy_handshake_rejects_total", "listener" => ctx.name.clone(), "status" => r.status.to_string()).increment(1);
+            counter!(catalog::HANDSHAKE_REJECTS, "listener" => ctx.name.clone(), "status" => r.status.to_string()).increment(1);
             send_and_close(&*client, r.response()).await;
             return Ending::Rejected(r.status);
         }
-        Decision::Stats { .. } => {
-            send_and_close(&*client, stats_response(&ctx)).await;
+        Decision::Stats { json, .. } => {
+            let pages = ctx.observe.stats.current();
+            let page = if json { pages.json } else { pages.html };
+            send_and_close(&*client, page.to_vec()).await;
             return Ending::Stats;
         }
         Decision::Upgrade { head_len, key, .. } => (head_len, Some(key)),
@@ -145,8 +163,7 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         match connector.connect(up.addr, ctx.connect_timeout).await {
             Ok(s) => {
                 ctx.upstreams.report(&up.name, true);
-                histogram!("proxy_backend_connect_seconds", "backend" => up.name.clone())
-                    .record(started.elapsed().as_secs_f64());
+                meters(&ctx, up).record_connect(started.elapsed());
                 chosen = Some((Rc::new(s), up.clone()));
                 break;
             }
@@ -157,7 +174,7 @@ pub async fn handle<S: Io + 'static, K: Connector>(
                 } else {
                     "refused"
                 };
-                counter!("proxy_backend_errors_total", "backend" => up.name.clone(), "kind" => kind).increment(1);
+                backend_error(&ctx, up, kind);
                 debug!(listener = %ctx.name, backend = %up.name, error = %e, "connect failed, trying the next node");
             }
         }
@@ -171,8 +188,7 @@ pub async fn handle<S: Io + 'static, K: Connector>(
     head.truncate(forward_len);
     let (res, _) = backend.write_all(head).await;
     if res.is_err() {
-        counter!("proxy_backend_errors_total", "backend" => up.name.clone(), "kind" => "reset")
-            .increment(1);
+        backend_error(&ctx, &up, "reset");
         send_and_close(&*client, bad_gateway()).await;
         return Ending::BadUpstreamAnswer;
     }
@@ -187,31 +203,33 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         })
         .await;
         if ok != Some(true) {
-            counter!("proxy_backend_errors_total", "backend" => up.name.clone(), "kind" => "bad_upstream_answer").increment(1);
+            backend_error(&ctx, &up, "bad_upstream_answer");
             send_and_close(&*client, bad_gateway()).await;
             return Ending::BadUpstreamAnswer;
         }
-        histogram!("proxy_backend_time_to_101_seconds", "backend" => up.name.clone())
-            .record(requested_at.elapsed().as_secs_f64());
+        meters(&ctx, &up).record_time_to_101(requested_at.elapsed());
         // The 101 and anything the node sent right after it.
         let (res, _) = client.write_all(answer).await;
         if res.is_err() {
             return Ending::ClientGone;
         }
     }
-    let active = gauge!("proxy_backend_active_connections", "backend" => up.name.clone());
-    active.increment(1.0);
+    let client_count = meters(&ctx, &up).client();
     let outcome = relay(client, backend, ctx.idle_timeout).await;
-    active.decrement(1.0);
-    counter!("proxy_backend_bytes_total", "backend" => up.name.clone(), "direction" => "up")
-        .increment(outcome.up_bytes);
-    counter!("proxy_backend_bytes_total", "backend" => up.name.clone(), "direction" => "down")
-        .increment(outcome.down_bytes);
+    drop(client_count);
+    let labels = |direction: &'static str| {
+        [
+            ("pool", ctx.observe.pool.clone()),
+            ("backend", up.name.clone()),
+            ("direction", direction.to_string()),
+        ]
+    };
+    counter!(catalog::BACKEND_BYTES, &labels("up")).increment(outcome.up_bytes);
+    counter!(catalog::BACKEND_BYTES, &labels("down")).increment(outcome.down_bytes);
     if outcome.idle_timeout {
-        counter!("proxy_backend_errors_total", "backend" => up.name.clone(), "kind" => "idle_timeout").increment(1);
+        backend_error(&ctx, &up, "idle_timeout");
     } else if outcome.reset {
-        counter!("proxy_backend_errors_total", "backend" => up.name.clone(), "kind" => "reset")
-            .increment(1);
+        backend_error(&ctx, &up, "reset");
     }
     Ending::Relayed
 }
@@ -225,15 +243,16 @@ fn bad_gateway() -> Vec<u8> {
     .into_bytes()
 }
 
-/// A minimal `/stats` (names only, never addresses); the observability issue extends it.
-fn stats_response(ctx: &ListenerCtx) -> Vec<u8> {
-    let set = ctx.upstreams.current();
-    let mut names: Vec<&str> = set.backends.values().map(|b| b.name.as_str()).collect();
-    names.sort_unstable();
-    let body = serde_json::json!({ "listener": ctx.name, "backends": names }).to_string();
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
-        body.len()
+fn meters(ctx: &ListenerCtx, up: &Upstream) -> Arc<crate::observe::BackendMeters> {
+    ctx.observe.meters.backend(&ctx.observe.pool, &up.name)
+}
+
+fn backend_error(ctx: &ListenerCtx, up: &Upstream, kind: &'static str) {
+    counter!(
+        catalog::BACKEND_ERRORS,
+        "pool" => ctx.observe.pool.clone(),
+        "backend" => up.name.clone(),
+        "kind" => kind
     )
-    .into_bytes()
+    .increment(1);
 }

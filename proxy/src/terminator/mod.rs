@@ -50,6 +50,7 @@ pub fn listener_spec(
     l: &ListenerConfig,
     t: &TerminatorConfig,
     upstreams: upstream::UpstreamSet,
+    observe: handler::Observe,
     events: Option<tokio::sync::mpsc::Sender<crate::health::ConnectEvent>>,
 ) -> Result<server::ListenerSpec, SetupError> {
     let tls = match &l.tls {
@@ -85,6 +86,7 @@ pub fn listener_spec(
     };
     let ctx = Arc::new(handler::ListenerCtx {
         name: l.name.clone(),
+        observe,
         limits: Limits {
             max_head_bytes: t.max_head_bytes,
             allowed_paths: l.paths.clone(),
