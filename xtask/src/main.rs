@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     "procps",     // sysctl in the test namespaces (forwarding, accept_local)
     "util-linux", // nsenter: the demo runs the proxy in the balancer namespace
     "nftables",   // the DNAT peer of `cargo xtask bench storm`
+    "prometheus", // promtool and a real Prometheus server for the metrics tests
+    "chromium",   // renders /stats headless in the operator-view test
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian's compiler and its prebuilt `core` for BPF (as in proxy/build.rs), and the clippy

@@ -348,9 +348,17 @@ fn run_epoll(
                 stop.clone(),
             );
             accepts.push(tokio::task::spawn_local(async move {
+                let mut errors = AcceptErrors::default();
                 while !stop.load(Ordering::SeqCst) {
-                    let Ok((stream, peer)) = listener.accept().await else {
-                        break;
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(accepted) => {
+                            errors.streak = 0;
+                            accepted
+                        }
+                        Err(e) => {
+                            tokio::time::sleep(errors.on_error(&e)).await;
+                            continue;
+                        }
                     };
                     let _ = stream.set_nodelay(true);
                     let Some((slot, guard)) = live.admit(&limits, peer, stream.as_raw_fd()) else {
@@ -370,6 +378,26 @@ fn run_epoll(
         }
         drop(held);
     });
+}
+
+/// A failed `accept` (out of file descriptors, out of memory, a connection reset while
+/// queued) must not end the accept loop: the listener would stop serving for good. Back off
+/// briefly so that a persistent error (EMFILE until connections close) does not spin, and
+/// log once per streak.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    streak: u32,
+}
+
+impl AcceptErrors {
+    fn on_error(&mut self, e: &std::io::Error) -> Duration {
+        if self.streak == 0 {
+            tracing::warn!("accept failed, retrying: {e}");
+        }
+        self.streak = self.streak.saturating_add(1);
+        // 1, 2, 4 ... ms, at most 100 ms.
+        Duration::from_millis((1u64 << self.streak.min(7)).min(100))
+    }
 }
 
 fn run_uring(
@@ -396,9 +424,17 @@ fn run_uring(
                 stop.clone(),
             );
             tokio_uring::spawn(async move {
+                let mut errors = AcceptErrors::default();
                 while !stop.load(Ordering::SeqCst) {
-                    let Ok((stream, peer)) = listener.accept().await else {
-                        break;
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(accepted) => {
+                            errors.streak = 0;
+                            accepted
+                        }
+                        Err(e) => {
+                            tokio::time::sleep(errors.on_error(&e)).await;
+                            continue;
+                        }
                     };
                     let _ = stream.set_nodelay(true);
                     let Some((slot, guard)) = live.admit(&limits, peer, stream.as_raw_fd()) else {
