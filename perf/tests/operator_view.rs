@@ -454,7 +454,7 @@ async fn stats_page_prometheus_and_dashboard_show_the_live_region() {
         'wait: loop {
             pump(&mut plane, &mut inputs, Duration::from_secs(1)).await;
             let mut all = true;
-            let mut answers = Vec::new();
+            let mut answers: Vec<String> = Vec::new();
             for q in queries {
                 let r = off_thread(&mut plane, &mut inputs, move || prom_query(prom, q)).await;
                 let per_backend = r["data"]["result"]
@@ -475,12 +475,12 @@ async fn stats_page_prometheus_and_dashboard_show_the_live_region() {
                     last = r;
                     break;
                 }
-                last = r;
+                answers.push(format!("{q}\n  -> {r}"));
             }
             if all {
-                std::fs::write(artifacts().join("prometheus-query.json"), last.to_string())
-                    .unwrap();
-                eprintln!("Prometheus: {} -> {last}", queries[0]);
+                let report = answers.join("\n");
+                std::fs::write(artifacts().join("prometheus-queries.txt"), &report).unwrap();
+                eprintln!("Prometheus:\n{report}");
                 break 'wait;
             }
             assert!(
