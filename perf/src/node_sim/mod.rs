@@ -69,7 +69,7 @@ impl Default for NodeSimConfig {
             name: "node-sim".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             control: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            chain: ChainParams::MAINNET,
+            chain: ChainParams::BITSHARES_MAINNET,
             time_offset_secs: 0,
             initial: Vec::new(),
         }
@@ -79,7 +79,7 @@ impl Default for NodeSimConfig {
 impl NodeSimConfig {
     /// A fast chain on 127.0.0.1 (free ports, control endpoint on): blocks every
     /// `block_interval_ms`, maintenance every `maintenance_interval_secs`, 3 skipped slots.
-    pub fn fast(block_interval_ms: u64, maintenance_interval_secs: u64) -> Self {
+    pub fn fast(block_interval_ms: u64, maintenance_interval_secs: u32) -> Self {
         NodeSimConfig {
             chain: ChainParams {
                 block_interval_ms,
