@@ -309,17 +309,7 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new() -> (Self, mpsc::Receiver<Report>) {
         // Here, not in the probe tasks: once per plane, after `main` installed the exporter.
-        describe_counter!(
-            PROBE_FAILURES,
-            "Failed active health probes, by pool, backend and kind (connect, timeout, \
-             ws_handshake, io, bad_http, http_status, bad_json, rpc_error, bad_field, \
-             bad_time, bad_params)"
-        );
-        describe_counter!(
-            AGENT_FAILURES,
-            "Failed agent polls, by pool, backend and kind (connect, timeout, io, bad_http, \
-             agent_format)"
-        );
+        describe_metrics();
         let (tx, rx) = mpsc::channel(256);
         (
             Self {
@@ -383,6 +373,21 @@ const PARAMS_EVERY: u64 = 100;
 pub const PROBE_FAILURES: &str = "proxy_health_probe_failures_total";
 /// Counter of failed agent polls, labelled like [`PROBE_FAILURES`].
 pub const AGENT_FAILURES: &str = "proxy_health_agent_failures_total";
+
+/// HELP texts of the health counters (for the recorder installed at the time).
+fn describe_metrics() {
+    describe_counter!(
+        PROBE_FAILURES,
+        "Failed active health probes, by pool, backend and kind (connect, timeout, \
+         ws_handshake, io, bad_http, http_status, bad_json, rpc_error, bad_field, bad_time, \
+         bad_params)"
+    );
+    describe_counter!(
+        AGENT_FAILURES,
+        "Failed agent polls, by pool, backend and kind (connect, timeout, io, bad_http, \
+         agent_format)"
+    );
+}
 
 /// Counts a failed probe or agent poll in `counter`.
 fn count_failure(counter: &'static str, key: &(String, String, u32), e: &ProbeError) {
@@ -572,6 +577,33 @@ mod tests {
         }
         assert!(!b.desired("us", "x", t).0);
         assert!(b.desired("us", "x", t + 5).0);
+    }
+
+    #[test]
+    fn probe_failures_are_counted_by_kind() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let key = ("eu".to_string(), "node-1".to_string(), 7);
+        metrics::with_local_recorder(&recorder, || {
+            describe_metrics();
+            let refused = ProbeError::new(checks::ProbeErrorKind::Connect, "refused");
+            count_failure(PROBE_FAILURES, &key, &refused);
+            count_failure(PROBE_FAILURES, &key, &refused);
+            let late = ProbeError::new(checks::ProbeErrorKind::Timeout, "no answer");
+            count_failure(PROBE_FAILURES, &key, &late);
+            let word = ProbeError::new(checks::ProbeErrorKind::AgentFormat, "banana");
+            count_failure(AGENT_FAILURES, &key, &word);
+        });
+        let text = handle.render();
+        for line in [
+            "# HELP proxy_health_probe_failures_total Failed active health probes",
+            "# TYPE proxy_health_probe_failures_total counter",
+            r#"proxy_health_probe_failures_total{pool="eu",backend="node-1",kind="connect"} 2"#,
+            r#"proxy_health_probe_failures_total{pool="eu",backend="node-1",kind="timeout"} 1"#,
+            r#"proxy_health_agent_failures_total{pool="eu",backend="node-1",kind="agent_format"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
     }
 
     #[test]

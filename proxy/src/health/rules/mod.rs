@@ -42,7 +42,10 @@
 //!
 //! Chain times have one-second resolution and so does `observed_at_unix`. An
 //! age equal to the allowance is still fine; a node is stale once its
-//! whole-second age exceeds the allowance.
+//! whole-second age exceeds the allowance. The chain model counts in
+//! milliseconds (simulated chains may have sub-second blocks); the rules use
+//! `block_interval` in whole seconds as a node reports it
+//! ([`ChainParams::block_interval_secs`], rounded up).
 
 mod eject;
 mod judge;
