@@ -133,7 +133,7 @@ impl From<ChainError> for ProbeError {
 }
 
 /// `map_err` helper: an error of `kind` whose detail is the source error's text.
-fn err<E: std::fmt::Display>(kind: ProbeErrorKind) -> impl FnOnce(E) -> ProbeError {
+fn with_kind<E: std::fmt::Display>(kind: ProbeErrorKind) -> impl FnOnce(E) -> ProbeError {
     move |e| ProbeError::new(kind, e.to_string())
 }
 
@@ -172,7 +172,7 @@ pub async fn probe(
             ProbeKind::Tcp => {
                 TcpStream::connect(addr)
                     .await
-                    .map_err(err(ProbeErrorKind::Connect))?;
+                    .map_err(with_kind(ProbeErrorKind::Connect))?;
                 Ok::<_, ProbeError>((None, None))
             }
             ProbeKind::Ws => {
@@ -220,11 +220,11 @@ type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 async fn ws_connect(addr: SocketAddr, path: &str) -> Result<(Ws, u16), ProbeError> {
     let tcp = TcpStream::connect(addr)
         .await
-        .map_err(err(ProbeErrorKind::Connect))?;
+        .map_err(with_kind(ProbeErrorKind::Connect))?;
     let url = format!("ws://{addr}{path}");
     let (ws, resp) = tokio_tungstenite::client_async(url, tcp)
         .await
-        .map_err(err(ProbeErrorKind::WsHandshake))?;
+        .map_err(with_kind(ProbeErrorKind::WsHandshake))?;
     Ok((ws, resp.status().as_u16()))
 }
 
@@ -271,7 +271,7 @@ pub fn result_of(v: Value) -> Result<Value, ProbeError> {
 async fn http_call(addr: SocketAddr, path: &str, body: &str) -> Result<Value, ProbeError> {
     let mut s = TcpStream::connect(addr)
         .await
-        .map_err(err(ProbeErrorKind::Connect))?;
+        .map_err(with_kind(ProbeErrorKind::Connect))?;
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -402,7 +402,7 @@ pub async fn agent(addr: SocketAddr, timeout: Duration) -> Result<AgentReport, P
     let work = async {
         let mut s = TcpStream::connect(addr)
             .await
-            .map_err(err(ProbeErrorKind::Connect))?;
+            .map_err(with_kind(ProbeErrorKind::Connect))?;
         s.write_all(
             format!("GET /agent HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
         )

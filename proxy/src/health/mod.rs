@@ -378,14 +378,11 @@ pub const AGENT_FAILURES: &str = "proxy_health_agent_failures_total";
 fn describe_metrics() {
     describe_counter!(
         PROBE_FAILURES,
-        "Failed active health probes, by pool, backend and kind (connect, timeout, \
-         ws_handshake, io, bad_http, http_status, bad_json, rpc_error, bad_field, bad_time, \
-         bad_params)"
+        "Failed active health probes, by pool, backend and kind of failure"
     );
     describe_counter!(
         AGENT_FAILURES,
-        "Failed agent polls, by pool, backend and kind (connect, timeout, io, bad_http, \
-         agent_format)"
+        "Failed agent polls, by pool, backend and kind of failure"
     );
 }
 
