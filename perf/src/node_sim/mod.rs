@@ -3,10 +3,10 @@
 //!
 //! One TCP port serves both transports of a real public API node: JSON-RPC over
 //! HTTP `POST` and over a WebSocket (`GET /` or `/ws` with an RFC 6455 upgrade).
-//! The chain is a deterministic model ([`chain`]): a block every
-//! `block_interval`, a maintenance block every `maintenance_interval` followed
-//! by `maintenance_skip_slots` skipped slots, the head a pure function of the
-//! clock. Instances with the same parameters and clock therefore agree on the
+//! The chain is the proxy's chain model (`proxy::chain`, numbered in [`chain`]):
+//! a block every `block_interval`, a maintenance block every
+//! `maintenance_interval` followed by `maintenance_skip_slots` skipped slots,
+//! the head a pure function of the clock. Instances with the same parameters and clock therefore agree on the
 //! head, like nodes in sync.
 //!
 //! Faults are switched at run time, from the [`NodeSimHandle`] in process or from
