@@ -12,8 +12,8 @@
 //!
 //! Times are Unix milliseconds (chains in tests may have sub-second blocks). Everything is a
 //! pure function of the time, so two nodes in sync agree on the head block, as real ones do.
-//! Meant for times between the years 0 and 9999; [`ChainParams::validate`] the parameters
-//! first (invalid ones give meaningless answers, never a panic).
+//! Meant for times between the years 0 and 9999 and parameters that pass
+//! [`ChainParams::validate`]; outside that the answers are meaningless.
 
 use super::ChainParams;
 
