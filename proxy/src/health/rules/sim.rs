@@ -354,4 +354,31 @@ mod tests {
             );
         }
     }
+
+    /// Without missed slots the simulated chain is exactly the chain model's schedule.
+    #[test]
+    fn without_missed_slots_the_simulator_is_the_schedule() {
+        // Starting mid-period: the simulator's first block never counts as a maintenance
+        // block (nothing came before it).
+        let day = ChainSpec::mainnet_day(9);
+        let spec = ChainSpec {
+            missed_slot_ppm: 0,
+            duration_secs: 3 * 3600,
+            start_unix: day.start_unix + 600,
+            ..day
+        };
+        let chain = Chain::generate(spec);
+        let schedule = Schedule::new(spec.params);
+        let first = schedule.head_at(chain.blocks()[0].time_unix * 1000);
+        for (i, b) in chain.blocks().iter().enumerate() {
+            let expected = schedule.offset(first.period, first.index + i as i64);
+            assert_eq!(b.time_unix * 1000, expected.time_ms, "block {i}");
+            assert_eq!(
+                b.next_maintenance_time_unix * 1000,
+                expected.next_maintenance_ms
+            );
+            assert_eq!(b.is_maintenance, expected.is_maintenance());
+        }
+        assert_eq!(chain.maintenance_block_times().len(), 3);
+    }
 }
