@@ -343,7 +343,7 @@ async fn refusing_node_is_ejected_by_failed_connects() {
 /// (with chain parameters read from the node), and the plain websocket handshake.
 #[tokio::test(flavor = "current_thread")]
 async fn probes_read_the_chain_from_a_simulated_node() {
-    use proxy::health::checks::{probe, ProbeKind};
+    use proxy::health::checks::{probe, ProbeErrorKind, ProbeKind};
     let node = NodeSim::spawn(NodeSimConfig::fast(1_000, 30))
         .await
         .expect("node sim");
@@ -363,18 +363,24 @@ async fn probes_read_the_chain_from_a_simulated_node() {
         let p = a.params.expect("chain params from get_global_properties");
         assert_eq!(
             (
-                p.block_interval_secs,
+                p.block_interval_secs(),
                 p.maintenance_interval_secs,
                 p.maintenance_skip_slots
             ),
             (1, 30, 3)
         );
+        // One model: what the probe read is what the simulator runs.
+        assert_eq!(p, node.chain().params());
     }
     probe(ProbeKind::Ws, node.addr, "/ws", t, false)
         .await
         .expect("websocket handshake");
     node.set_mode(Control::Refuse).await.unwrap();
-    assert!(probe(ProbeKind::BitsharesHttp, node.addr, "/", t, false)
-        .await
-        .is_err());
+    assert_eq!(
+        probe(ProbeKind::BitsharesHttp, node.addr, "/", t, false)
+            .await
+            .unwrap_err()
+            .kind,
+        ProbeErrorKind::Connect
+    );
 }

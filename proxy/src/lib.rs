@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod balancer;
+pub mod chain;
 pub mod config;
 pub mod ebpf;
 pub mod handshake;

@@ -46,10 +46,10 @@ struct Args {
     block_interval_ms: Option<u64>,
     /// Maintenance interval, seconds.
     #[arg(long, default_value_t = 3600)]
-    maintenance_interval: u64,
+    maintenance_interval: u32,
     /// Slots skipped after each maintenance block.
     #[arg(long, default_value_t = 3)]
-    maintenance_skip_slots: u64,
+    maintenance_skip_slots: u32,
     /// Added to the wall clock to get the chain time (may be negative).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     time_offset_secs: i64,
@@ -142,7 +142,7 @@ async fn main() -> Result<()> {
         maintenance_interval_secs: args.maintenance_interval,
         maintenance_skip_slots: args.maintenance_skip_slots,
     };
-    chain.validate().map_err(anyhow::Error::msg)?;
+    chain.validate().context("chain parameters")?;
 
     let mut nodes = Vec::new();
     for i in 0..args.nodes {

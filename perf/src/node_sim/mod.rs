@@ -3,10 +3,10 @@
 //!
 //! One TCP port serves both transports of a real public API node: JSON-RPC over
 //! HTTP `POST` and over a WebSocket (`GET /` or `/ws` with an RFC 6455 upgrade).
-//! The chain is a deterministic model ([`chain`]): a block every
-//! `block_interval`, a maintenance block every `maintenance_interval` followed
-//! by `maintenance_skip_slots` skipped slots, the head a pure function of the
-//! clock. Instances with the same parameters and clock therefore agree on the
+//! The chain is the proxy's chain model (`proxy::chain`, numbered in [`chain`]):
+//! a block every `block_interval`, a maintenance block every
+//! `maintenance_interval` followed by `maintenance_skip_slots` skipped slots,
+//! the head a pure function of the clock. Instances with the same parameters and clock therefore agree on the
 //! head, like nodes in sync.
 //!
 //! Faults are switched at run time, from the [`NodeSimHandle`] in process or from
@@ -69,7 +69,7 @@ impl Default for NodeSimConfig {
             name: "node-sim".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             control: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            chain: ChainParams::MAINNET,
+            chain: ChainParams::BITSHARES_MAINNET,
             time_offset_secs: 0,
             initial: Vec::new(),
         }
@@ -79,7 +79,7 @@ impl Default for NodeSimConfig {
 impl NodeSimConfig {
     /// A fast chain on 127.0.0.1 (free ports, control endpoint on): blocks every
     /// `block_interval_ms`, maintenance every `maintenance_interval_secs`, 3 skipped slots.
-    pub fn fast(block_interval_ms: u64, maintenance_interval_secs: u64) -> Self {
+    pub fn fast(block_interval_ms: u64, maintenance_interval_secs: u32) -> Self {
         NodeSimConfig {
             chain: ChainParams {
                 block_interval_ms,

@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn bodies_have_the_requested_shape() {
-        let b = Chain::new(ChainParams::MAINNET).head_at(1_760_000_000_000);
+        let b = Chain::new(ChainParams::BITSHARES_MAINNET).head_at(1_760_000_000_000);
         let h = HeavyPush {
             objects_per_block: 5,
             object_bytes: 1000,

@@ -69,7 +69,7 @@ impl Statics {
                 ],
                 "scale": 10000,
             },
-            "block_interval": p.block_interval_secs_reported(),
+            "block_interval": p.block_interval_secs(),
             "maintenance_interval": p.maintenance_interval_secs,
             "maintenance_skip_slots": p.maintenance_skip_slots,
             "committee_proposal_review_period": 1_209_600,
@@ -622,9 +622,9 @@ mod tests {
     use crate::node_sim::chain::ChainParams;
 
     fn answer(sess: &mut Session, req: &str) -> Value {
-        let chain = Chain::new(ChainParams::MAINNET);
+        let chain = Chain::new(ChainParams::BITSHARES_MAINNET);
         let head = HeadUpdate::new(chain.head_at(1_760_000_000_000), None);
-        let statics = Statics::new(ChainParams::MAINNET);
+        let statics = Statics::new(ChainParams::BITSHARES_MAINNET);
         let ctx = RpcCtx {
             chain: &chain,
             head: &head,
@@ -708,7 +708,7 @@ mod tests {
 
     #[test]
     fn notices_and_tx_callbacks() {
-        let chain = Chain::new(ChainParams::MAINNET);
+        let chain = Chain::new(ChainParams::BITSHARES_MAINNET);
         let subs = Arc::new(AtomicUsize::new(0));
         let mut s = Session::new(true, subs);
         s.set_subscribe(Some("7".into()));

@@ -11,8 +11,8 @@ use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
-use super::chain::parse_time;
 use super::*;
+use proxy::chain::parse_chain_time as parse_time;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

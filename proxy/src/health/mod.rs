@@ -14,13 +14,13 @@ use std::{
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use checks::{AgentReport, Answer};
+use checks::{AgentReport, Answer, ProbeError};
 use rules::{
-    judge, BackendState, ChainParams, EjectorConfig, HeadSample, HealthState, PassiveEjector,
-    RuleConfig, Transition, Verdict,
+    judge, BackendState, EjectorConfig, HeadSample, HealthState, PassiveEjector, RuleConfig,
+    Transition, Verdict,
 };
 
-use crate::balancer::Balancer;
+use crate::{balancer::Balancer, chain::ChainParams};
 
 /// Settings from the config (`[pools.NAME.health]`); re-exported where the health code
 /// always found them.
@@ -32,14 +32,14 @@ fn chain_override(cfg: &HealthConfig) -> Option<ChainParams> {
     (cfg.block_interval_secs.is_some()
         || cfg.maintenance_interval_secs.is_some()
         || cfg.maintenance_skip_slots.is_some())
-    .then(|| ChainParams {
-        block_interval_secs: cfg.block_interval_secs.unwrap_or(d.block_interval_secs),
-        maintenance_interval_secs: cfg
-            .maintenance_interval_secs
-            .unwrap_or(d.maintenance_interval_secs),
-        maintenance_skip_slots: cfg
-            .maintenance_skip_slots
-            .unwrap_or(d.maintenance_skip_slots),
+    .then(|| {
+        ChainParams::from_secs(
+            cfg.block_interval_secs.unwrap_or(d.block_interval_secs()),
+            cfg.maintenance_interval_secs
+                .unwrap_or(d.maintenance_interval_secs),
+            cfg.maintenance_skip_slots
+                .unwrap_or(d.maintenance_skip_slots),
+        )
     })
 }
 
@@ -60,8 +60,8 @@ fn rule_config(cfg: &HealthConfig, params: &ChainParams) -> RuleConfig {
 /// One probe round's result.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub probe: Result<Answer, String>,
-    pub agent: Option<Result<AgentReport, String>>,
+    pub probe: Result<Answer, ProbeError>,
+    pub agent: Option<Result<AgentReport, ProbeError>>,
 }
 
 /// What the board knows about one backend.
@@ -71,7 +71,7 @@ struct Tracked {
     params: ChainParams,
     last_sample: Option<HeadSample>,
     agent: Option<AgentReport>,
-    agent_error: Option<String>,
+    agent_error: Option<ProbeError>,
     up_since: Option<i64>,
 }
 
@@ -184,7 +184,12 @@ impl Board {
             }
         }
         let verdict = match outcome.probe {
-            Err(reason) => Verdict::Unreachable { reason },
+            Err(e) if e.kind.is_bad_answer() => Verdict::BadAnswer {
+                reason: e.to_string(),
+            },
+            Err(e) => Verdict::Unreachable {
+                reason: e.to_string(),
+            },
             Ok(answer) => {
                 if let (Some(p), None) = (answer.params, override_params) {
                     t.params = p;
@@ -393,6 +398,19 @@ impl Drop for Supervisor {
 /// Chain parameters are re-read every this many probes.
 const PARAMS_EVERY: u64 = 100;
 
+use crate::observe::catalog::{AGENT_FAILURES, PROBE_FAILURES};
+
+/// Counts a failed probe or agent poll in `counter`.
+fn count_failure(counter: &'static str, key: &(String, String, u32), e: &ProbeError) {
+    metrics::counter!(
+        counter,
+        "pool" => key.0.clone(),
+        "backend" => key.1.clone(),
+        "kind" => e.kind.label()
+    )
+    .increment(1);
+}
+
 async fn probe_loop(
     key: (String, String, u32),
     addr: SocketAddr,
@@ -408,10 +426,17 @@ async fn probe_loop(
         tick.tick().await;
         let want_params = chain_override(&cfg).is_none() && n.is_multiple_of(PARAMS_EVERY);
         let probe = checks::probe(cfg.check, addr, &cfg.path, timeout, want_params).await;
+        // The round trip of a good answer is recorded by the plane (`Meters`).
+        if let Err(e) = &probe {
+            count_failure(PROBE_FAILURES, &key, e);
+        }
         let agent = match cfg.agent_port {
             Some(port) => Some(checks::agent(SocketAddr::new(addr.ip(), port), timeout).await),
             None => None,
         };
+        if let Some(Err(e)) = &agent {
+            count_failure(AGENT_FAILURES, &key, e);
+        }
         n += 1;
         let report = Report {
             pool: key.0.clone(),
@@ -563,15 +588,65 @@ mod tests {
     }
 
     #[test]
+    fn probe_failures_are_counted_by_kind() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let key = ("eu".to_string(), "node-1".to_string(), 7);
+        metrics::with_local_recorder(&recorder, || {
+            crate::observe::catalog::describe_all();
+            let refused = ProbeError::new(checks::ProbeErrorKind::Connect, "refused");
+            count_failure(PROBE_FAILURES, &key, &refused);
+            count_failure(PROBE_FAILURES, &key, &refused);
+            let late = ProbeError::new(checks::ProbeErrorKind::Timeout, "no answer");
+            count_failure(PROBE_FAILURES, &key, &late);
+            let word = ProbeError::new(checks::ProbeErrorKind::AgentFormat, "banana");
+            count_failure(AGENT_FAILURES, &key, &word);
+        });
+        let text = handle.render();
+        for line in [
+            "# HELP proxy_health_probe_failures_total Failed active health probes",
+            "# TYPE proxy_health_probe_failures_total counter",
+            r#"proxy_health_probe_failures_total{pool="eu",backend="node-1",kind="connect"} 2"#,
+            r#"proxy_health_probe_failures_total{pool="eu",backend="node-1",kind="timeout"} 1"#,
+            r#"proxy_health_agent_failures_total{pool="eu",backend="node-1",kind="agent_format"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
     fn unreachable_counts_as_failure() {
         let mut b = Board::new(HashMap::from([("eu".to_string(), cfg())]));
         let fail = || Outcome {
-            probe: Err("connect: refused".into()),
+            probe: Err(ProbeError::new(
+                checks::ProbeErrorKind::Connect,
+                "Connection refused",
+            )),
             agent: None,
         };
         b.record("eu", "a", fail(), 1);
         let t = b.record("eu", "a", fail(), 2).unwrap();
         assert_eq!(t.to, BackendState::Down);
-        assert!(b.why("eu", "a").unwrap().contains("refused"));
+        assert_eq!(
+            b.why("eu", "a").unwrap(),
+            "down: unreachable: connect: Connection refused (2 failed checks in a row)"
+        );
+        // A node that answers wrongly is a bad answer, not an unreachable node.
+        let wrong = Outcome {
+            probe: Err(ProbeError::new(
+                checks::ProbeErrorKind::BadTime,
+                "bad chain time \"soon\"",
+            )),
+            agent: Some(Err(ProbeError::new(
+                checks::ProbeErrorKind::AgentFormat,
+                "unknown agent word `banana`",
+            ))),
+        };
+        b.record("eu", "a", wrong, 3);
+        assert_eq!(
+            b.why("eu", "a").unwrap(),
+            "down: bad answer: bad_time: bad chain time \"soon\" (3 failed checks in a row); \
+             agent: agent_format: unknown agent word `banana`"
+        );
     }
 }

@@ -22,6 +22,7 @@ pub const POOL_CHAIN_STATE: &str = "proxy_pool_chain_state";
 pub const POOL_NODES_UP: &str = "proxy_pool_nodes_up";
 pub const RING_VERSION: &str = "proxy_ring_version";
 pub const PROBE_FAILURES: &str = "proxy_health_probe_failures_total";
+pub const AGENT_FAILURES: &str = "proxy_health_agent_failures_total";
 pub const XDP_VIP_PACKETS: &str = "proxy_xdp_vip_packets_total";
 pub const XDP_VIP_BYTES: &str = "proxy_xdp_vip_bytes_total";
 pub const XDP_VIP_NEW_FLOWS: &str = "proxy_xdp_vip_new_flows_total";
@@ -59,7 +60,8 @@ pub const SERIES: &[(&str, Kind, Option<Unit>, &str)] = &[
     (POOL_CHAIN_STATE, Kind::Gauge, None, "1 for the pool's chain state (advancing, halted, unknown); the others read 0."),
     (POOL_NODES_UP, Kind::Gauge, None, "Nodes of the pool that take new connections."),
     (RING_VERSION, Kind::Gauge, None, "Version of a listener's Maglev ring: grows by one at every change written to the kernel."),
-    (PROBE_FAILURES, Kind::Counter, None, "Failed health probes, by kind of failure."),
+    (PROBE_FAILURES, Kind::Counter, None, "Failed active health probes, by pool, backend and kind of failure (connect, timeout, bad_json, rpc_error, ...)."),
+    (AGENT_FAILURES, Kind::Counter, None, "Failed agent polls, by pool, backend and kind of failure."),
     (XDP_VIP_PACKETS, Kind::Counter, None, "Packets the XDP program handled for an l4 listener's VIP."),
     (XDP_VIP_BYTES, Kind::Counter, Some(Unit::Bytes), "Bytes the XDP program handled for an l4 listener's VIP."),
     (XDP_VIP_NEW_FLOWS, Kind::Counter, None, "Flows the XDP program pinned to a backend for an l4 listener."),

@@ -291,10 +291,17 @@ async fn supervise(
         // SAFETY: these fds stay open while registered (removed before the stream drops).
         unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
     }
-    while !live.is_empty() {
+    // Most handlers end at once on the shut-down client socket. One still waiting on its node
+    // (a connect, a `101`, a node that never closes) must not hold the shutdown: what is left
+    // after this is dropped with the runtime, which closes both of its sockets.
+    let hard = Instant::now() + FORCED_CLOSE_WAIT;
+    while !live.is_empty() && Instant::now() < hard {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// How long handlers get to notice their client socket was shut down after the grace.
+const FORCED_CLOSE_WAIT: Duration = Duration::from_millis(500);
 
 /// Registers a client socket for the shutdown deadline for as long as it is alive.
 struct LiveGuard {
