@@ -11,3 +11,4 @@ pub mod maglev;
 pub mod observe;
 pub mod plane;
 pub mod terminator;
+pub mod websocket;
