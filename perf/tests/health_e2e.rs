@@ -5,7 +5,7 @@
 //! pinned to healthy nodes are untouched; the node comes back after `rise` checks.
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -20,62 +20,36 @@ use proxy::{
     plane::{upstream_set, ControlPlane, Event, Inputs, PlaneOptions},
 };
 use proxy_perf::node_sim::{Control, NodeSim, NodeSimConfig};
+use proxy_tests::{
+    clients::{ws_client_from, WsClient},
+    config::{Backend, ConfigBuilder},
+    ports::free_port,
+};
 
 const INTERVAL_MS: u64 = 250;
 const FALL: u64 = 2;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(port: u16, nodes: &[SocketAddr]) -> Config {
-    let backends: String = nodes
+    let backends: Vec<Backend> = nodes
         .iter()
         .enumerate()
-        .map(|(i, a)| {
-            format!(
-                "  {{ name = \"node-{}\", address = \"{a}\", weight = 100 }},\n",
-                i + 1
-            )
-        })
+        .map(|(i, a)| Backend::new(format!("node-{}", i + 1), a).weight(100))
         .collect();
-    let text = format!(
-        r#"
-[balancer]
-interfaces = ["lo"]
-snat_v4 = "192.0.2.254"
-ring_size = 1009
-
-[terminator]
-workers = 1
-max_connections = 1000
-max_connections_per_client = 100
-shutdown_grace_secs = 1
-
-[[listener]]
-name = "wss"
-address = "127.0.0.1:{port}"
-mode = "ws"
-pool = "eu"
-
-[pools.eu]
-backends = [
-{backends}]
-
-[pools.eu.health]
-check = "bitshares-ws"
-interval_ms = {INTERVAL_MS}
-timeout_ms = 500
-rise = 2
-fall = {FALL}
-margin_secs = 1
-"#
-    );
-    Config::parse(&text, "health e2e").expect("config")
+    let health = "pools.eu.health";
+    ConfigBuilder::loopback()
+        .set("terminator", "workers", 1)
+        .set("terminator", "max_connections", 1000)
+        .set("terminator", "max_connections_per_client", 100)
+        .set("terminator", "shutdown_grace_secs", 1)
+        .listener("wss", format!("127.0.0.1:{port}"), "ws", "eu")
+        .pool("eu", &backends)
+        .set(health, "check", "bitshares-ws")
+        .set(health, "interval_ms", INTERVAL_MS as i64)
+        .set(health, "timeout_ms", 500)
+        .set(health, "rise", 2)
+        .set(health, "fall", FALL as i64)
+        .set(health, "margin_secs", 1)
+        .build("health e2e")
 }
 
 type Plane = ControlPlane<MemoryMaps>;
@@ -132,19 +106,11 @@ fn choice(plane: &Plane, src: u8) -> String {
 }
 
 /// A websocket client through the proxy from 127.0.0.`src` that calls `get_chain_id`.
-fn rpc_client(src: u8, proxy: SocketAddr) -> tungstenite::WebSocket<TcpStream> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::from(([127, 0, 0, src], 0)).into())
-        .unwrap();
-    sock.connect(&proxy.into()).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    tungstenite::client(format!("ws://{proxy}/"), s)
-        .expect("upgrade through the proxy")
-        .0
+fn rpc_client(src: u8, proxy: SocketAddr) -> WsClient {
+    ws_client_from(src, proxy, Duration::from_secs(5)).expect("upgrade through the proxy")
 }
 
-fn call_chain_id(ws: &mut tungstenite::WebSocket<TcpStream>, id: u64) -> Result<(), String> {
+fn call_chain_id(ws: &mut WsClient, id: u64) -> Result<(), String> {
     let req = format!(r#"{{"id":{id},"method":"call","params":["database","get_chain_id",[]]}}"#);
     ws.send(tungstenite::Message::text(req))
         .map_err(|e| e.to_string())?;

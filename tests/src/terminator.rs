@@ -7,7 +7,7 @@ use proxy::{
     handshake::Limits,
     maglev::{MaglevRing, RingMember},
     terminator::{
-        handler::ListenerCtx,
+        handler::{ListenerCtx, Observe},
         io::IoMode,
         server::{ConnLimits, ListenerSpec, Terminator},
         tls::TlsAcceptor,
@@ -60,6 +60,8 @@ pub fn upstream_table(nodes: &[(&str, SocketAddr)]) -> UpstreamTable {
 /// 800 ms, backend connect 500 ms, idle 30 s.
 pub struct TestListener {
     pub name: String,
+    /// Meters and published `/stats` pages (none by default).
+    pub observe: Observe,
     pub upstreams: UpstreamTable,
     pub tls: Option<TlsAcceptor>,
     pub handshake_timeout: Duration,
@@ -71,12 +73,18 @@ impl TestListener {
     pub fn new(name: &str, upstreams: UpstreamTable) -> Self {
         TestListener {
             name: name.into(),
+            observe: Observe::default(),
             upstreams,
             tls: None,
             handshake_timeout: Duration::from_millis(800),
             connect_timeout: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(30),
         }
+    }
+
+    pub fn observe(mut self, observe: Observe) -> Self {
+        self.observe = observe;
+        self
     }
 
     pub fn tls(mut self, acceptor: TlsAcceptor) -> Self {
@@ -101,6 +109,7 @@ impl TestListener {
     fn spec(self) -> ListenerSpec {
         let ctx = Arc::new(ListenerCtx {
             name: self.name,
+            observe: self.observe,
             limits: Limits::default(),
             upstreams: self.upstreams,
             handshake_timeout: self.handshake_timeout,
