@@ -7,6 +7,7 @@ pub mod fixture;
 pub mod netns;
 pub mod packet;
 pub mod ports;
+pub mod procfs;
 pub mod storm;
 pub mod tempdir;
 pub mod terminator;
