@@ -14,16 +14,17 @@ use std::{
 };
 
 use proxy::{
-    balancer::MemoryMaps,
     config::{Config, IoChoice},
     health::{checks::unix_now, rules::BackendState},
-    plane::{upstream_set, ControlPlane, Event, Inputs, PlaneOptions},
+    plane::{upstream_set, Event, Inputs},
 };
-use proxy_perf::node_sim::{Control, NodeSim, NodeSimConfig};
+use proxy_perf::node_sim::{Control, NodeSim, NodeSimConfig, NodeSimHandle};
 use proxy_tests::{
     clients::{ws_client_from, WsClient},
     config::{Backend, ConfigBuilder},
+    plane::{start_plane, TestPlane},
     ports::free_port,
+    terminator::init_crypto,
 };
 
 const INTERVAL_MS: u64 = 250;
@@ -37,10 +38,8 @@ fn config(port: u16, nodes: &[SocketAddr]) -> Config {
         .collect();
     let health = "pools.eu.health";
     ConfigBuilder::loopback()
-        .set("terminator", "workers", 1)
-        .set("terminator", "max_connections", 1000)
-        .set("terminator", "max_connections_per_client", 100)
-        .set("terminator", "shutdown_grace_secs", 1)
+        .terminator(1, 1)
+        .connection_limits(1000, 100)
         .listener("wss", format!("127.0.0.1:{port}"), "ws", "eu")
         .pool("eu", &backends)
         .set(health, "check", "bitshares-ws")
@@ -52,18 +51,20 @@ fn config(port: u16, nodes: &[SocketAddr]) -> Config {
         .build("health e2e")
 }
 
-type Plane = ControlPlane<MemoryMaps>;
+type Plane = TestPlane;
 
-/// A plane as `proxy run` builds it, with in-memory maps and the given terminator I/O.
-fn start_plane(config: &Config, io: IoChoice) -> (Plane, Inputs, SocketAddr) {
-    let options = PlaneOptions {
-        io,
-        stats_interval_secs: 0,
-    };
-    let (plane, inputs) =
-        ControlPlane::new(config, MemoryMaps::default(), options, unix_now()).unwrap();
-    let proxy = plane.listener_addrs("wss").unwrap()[0];
-    (plane, inputs, proxy)
+/// Three simulated nodes: 1 s blocks, maintenance every 30 s (a shortened mainnet).
+async fn spawn_nodes() -> (Vec<NodeSimHandle>, Vec<SocketAddr>) {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(
+            NodeSim::spawn(NodeSimConfig::fast(1_000, 30))
+                .await
+                .expect("node sim"),
+        );
+    }
+    let addrs = nodes.iter().map(|n| n.addr).collect();
+    (nodes, addrs)
 }
 
 /// Feeds probe reports to the plane (what `proxy run` does, with the wall clock's `now`:
@@ -129,19 +130,10 @@ fn call_chain_id(ws: &mut WsClient, id: u64) -> Result<(), String> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn stalled_node_leaves_and_comes_back_without_touching_others() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        // 1 s blocks, maintenance every 30 s: a shortened mainnet.
-        nodes.push(
-            NodeSim::spawn(NodeSimConfig::fast(1_000, 30))
-                .await
-                .expect("node sim"),
-        );
-    }
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    init_crypto();
+    let (nodes, addrs) = spawn_nodes().await;
     let config = config(free_port(), &addrs);
-    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Epoll);
+    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Epoll, unix_now(), "wss");
 
     let all_up = |p: &Plane| {
         (1..=3).all(|i| p.board().state("eu", &format!("node-{i}")) == Some(BackendState::Up))
@@ -233,20 +225,12 @@ async fn stalled_node_leaves_and_comes_back_without_touching_others() {
 /// meanwhile (retry), and after the backoff it gets traffic again.
 #[tokio::test(flavor = "current_thread")]
 async fn refusing_node_is_ejected_by_failed_connects() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(
-            NodeSim::spawn(NodeSimConfig::fast(1_000, 30))
-                .await
-                .expect("node sim"),
-        );
-    }
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    init_crypto();
+    let (nodes, addrs) = spawn_nodes().await;
     // No [pools.eu.health]: only the data path reports.
     let mut config = config(free_port(), &addrs);
     config.pools.get_mut("eu").unwrap().health = None;
-    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Uring);
+    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Uring, unix_now(), "wss");
     // The plane's clock: connect results arrive "now"; the backoff is then run out by
     // advancing it, not by sleeping.
     let t0 = unix_now();

@@ -16,15 +16,17 @@ use std::{
 };
 
 use proxy::{
-    balancer::{MemoryMaps, PoolChange, PoolChangeKind},
+    balancer::{PoolChange, PoolChangeKind},
     config::{Config, IoChoice},
-    plane::{ControlPlane, Event, ListenerChangeKind, Outcome, PlaneOptions, ReloadChanges},
+    plane::{Event, ListenerChangeKind, Outcome, ReloadChanges},
 };
 use proxy_tests::{
     clients::{ws_client_from, WsClient},
     config::{Backend, ConfigBuilder},
     echo::greeting_nodes,
+    plane::{start_plane, TestPlane},
     ports::{free_port, free_ports_on},
+    terminator::init_crypto,
 };
 use tungstenite::Message;
 
@@ -34,28 +36,15 @@ fn config(port: u16, nodes: &[(&str, SocketAddr, u32)]) -> Config {
         .map(|(n, a, w)| Backend::new(*n, a).weight(*w))
         .collect();
     ConfigBuilder::loopback()
-        .set("terminator", "workers", 2)
-        .set("terminator", "max_connections", 4000)
-        .set("terminator", "max_connections_per_client", 4000)
-        .set("terminator", "shutdown_grace_secs", 2)
+        .terminator(2, 2)
+        .connection_limits(4000, 4000)
         .listener("wss", format!("127.0.0.1:{port}"), "ws", "eu")
         .pool("eu", &backends)
         .build("reload test")
 }
 
-/// A plane as `proxy run` builds it (in-memory maps); returns it with the listener's address.
-fn start_plane(config: &Config, io: IoChoice) -> (ControlPlane<MemoryMaps>, SocketAddr) {
-    let options = PlaneOptions {
-        io,
-        stats_interval_secs: 0,
-    };
-    let (plane, _inputs) = ControlPlane::new(config, MemoryMaps::default(), options, 0).unwrap();
-    let addr = plane.listener_addrs("wss").unwrap()[0];
-    (plane, addr)
-}
-
 /// What SIGHUP does once the file is parsed.
-fn reload(plane: &mut ControlPlane<MemoryMaps>, config: &Config) -> ReloadChanges {
+fn reload(plane: &mut TestPlane, config: &Config) -> ReloadChanges {
     match plane.handle(Event::Reload(Box::new(config.clone())), 0) {
         Outcome::Reloaded(Ok(changes)) => changes,
         other => panic!("reload: {other:?}"),
@@ -77,7 +66,7 @@ fn try_connect_from(src: u8, addr: SocketAddr) -> Result<(WsClient, String), Str
 
 #[test]
 fn thousand_connections_survive_a_reload_that_adds_and_drains() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    init_crypto();
     let nodes = greeting_nodes(&["node-a", "node-b", "node-c"]);
     let port = free_port();
     let before = config(
@@ -94,7 +83,7 @@ fn thousand_connections_survive_a_reload_that_adds_and_drains() {
     );
 
     for mode in [IoChoice::Epoll, IoChoice::Uring] {
-        let (mut plane, addr) = start_plane(&before, mode);
+        let (mut plane, _inputs, addr) = start_plane(&before, mode, 0, "wss");
 
         // 1,000 connections over 10 client threads.
         let stop = Arc::new(AtomicBool::new(false));
@@ -204,9 +193,7 @@ fn thousand_connections_survive_a_reload_that_adds_and_drains() {
 }
 
 fn listeners_config(listeners: &[(&str, u16, &str)], nodes: &[SocketAddr]) -> Config {
-    let mut b = ConfigBuilder::loopback()
-        .set("terminator", "workers", 1)
-        .set("terminator", "shutdown_grace_secs", 3);
+    let mut b = ConfigBuilder::loopback().terminator(1, 3);
     for (name, port, pool) in listeners {
         b = b.listener(name, local(*port), "ws", pool);
     }
@@ -245,7 +232,7 @@ fn echo(ws: &mut WsClient, what: &str) -> Result<(), String> {
 
 #[test]
 fn reload_adds_removes_and_replaces_listeners_without_touching_the_others() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    init_crypto();
     let nodes = greeting_nodes(&["node-a", "node-b"]);
     let [keep, gone, moved_from, moved_to, repooled, added] = free_ports_on(LISTENER_IP.into());
     let before = listeners_config(
@@ -266,12 +253,7 @@ fn reload_adds_removes_and_replaces_listeners_without_touching_the_others() {
         ],
         &nodes,
     );
-    let options = PlaneOptions {
-        io: IoChoice::Epoll,
-        stats_interval_secs: 0,
-    };
-    let (mut plane, _inputs) =
-        ControlPlane::new(&before, MemoryMaps::default(), options, 0).unwrap();
+    let (mut plane, _inputs, _) = start_plane(&before, IoChoice::Epoll, 0, "keep");
     // One live connection on every listener of the old file.
     let mut live: Vec<(u16, WsClient)> = [keep, gone, moved_from, repooled]
         .into_iter()

@@ -22,6 +22,7 @@ use proxy_tests::{
     certs::TestCert,
     clients::{ws_client, wss_client},
     echo::echo_node,
+    procfs,
     tempdir::TempDir,
     terminator::{io_modes as modes, upstream_table, TerminatorBuilder, TestListener},
 };
@@ -329,14 +330,7 @@ fn touch_later(path: &std::path::Path, secs: u64) {
 }
 
 fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
+    procfs::rss_bytes(std::process::id()).unwrap()
 }
 
 /// A node that pushes `total` bytes of binary messages as fast as the socket takes them,

@@ -37,17 +37,18 @@ pub struct ConfigBuilder {
 }
 
 impl ConfigBuilder {
-    /// `[balancer]` with its two required keys.
-    pub fn new(interfaces: &[&str], snat_v4: impl Display) -> Self {
-        let mut b = ConfigBuilder { root: Table::new() };
-        b = b.set("balancer", "interfaces", interfaces.to_vec());
-        b.set("balancer", "snat_v4", snat_v4.to_string())
+    /// `[balancer]` on these interfaces; everything else is set with [`Self::set`].
+    pub fn new<S: AsRef<str>>(interfaces: &[S]) -> Self {
+        let interfaces: Vec<&str> = interfaces.iter().map(AsRef::as_ref).collect();
+        ConfigBuilder { root: Table::new() }.set("balancer", "interfaces", interfaces)
     }
 
     /// The balancer on loopback as the in-process tests use it: `lo`, a documentation NAT
     /// address, a 1009-slot ring.
     pub fn loopback() -> Self {
-        Self::new(&["lo"], "192.0.2.254").set("balancer", "ring_size", 1009)
+        Self::new(&["lo"])
+            .set("balancer", "snat_v4", "192.0.2.254")
+            .set("balancer", "ring_size", 1009)
     }
 
     /// Sets `key` in the table at the dotted `section` path (`"terminator"`,
@@ -63,6 +64,24 @@ impl ConfigBuilder {
         }
         t.insert(key.into(), value.into());
         self
+    }
+
+    /// `[terminator]` worker threads and shutdown grace.
+    pub fn terminator(self, workers: u32, shutdown_grace_secs: u32) -> Self {
+        self.set("terminator", "workers", workers).set(
+            "terminator",
+            "shutdown_grace_secs",
+            shutdown_grace_secs,
+        )
+    }
+
+    /// `[terminator]` connection limits: in all, and per client address.
+    pub fn connection_limits(self, max: u32, per_client: u32) -> Self {
+        self.set("terminator", "max_connections", max).set(
+            "terminator",
+            "max_connections_per_client",
+            per_client,
+        )
     }
 
     /// A `[[listener]]` of `mode` `l4`, `ws` or `tls` (a `tls` one needs [`Self::tls_listener`]).

@@ -6,6 +6,7 @@ pub mod echo;
 pub mod fixture;
 pub mod netns;
 pub mod packet;
+pub mod plane;
 pub mod ports;
 pub mod procfs;
 pub mod storm;

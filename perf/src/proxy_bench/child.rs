@@ -118,8 +118,6 @@ impl ProxyProc {
     }
 }
 
-/// The `serve` role: one terminator worker until stdin closes.
-
 /// The `serve` role, in the child: one terminator worker with a TLS listener for
 /// [`SERVER_NAME`] relaying to `node`, until stdin closes. Prints `READY <port>`, then
 /// answers each `stats` line with `STATS <live connections> <size>:<blocks> ...`.

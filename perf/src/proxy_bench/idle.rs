@@ -22,7 +22,6 @@ pub struct IdleResult {
 
 /// A fresh proxy child (counting its heap): `--warm-conns` kept open, the baseline read,
 /// then `--idle-conns` more opened and left idle; what each idle connection costs.
-
 pub async fn idle_case(
     mode: IoMode,
     args: &Args,

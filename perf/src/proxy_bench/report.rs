@@ -37,43 +37,41 @@ pub fn report(
         "{:<42} {:>12} {:>12}   HAProxy 2.6 anchor",
         "case (median)", "io_uring", "epoll"
     );
-    println!(
-        "{:<42} {:>12.0} {:>12.0}   ~{HAPROXY_HANDSHAKES:.0}/s (client-bound)",
-        "full TLS 1.3 connections/s (hs+101+echo)", hs_sum[0].rate, hs_sum[1].rate
+    let both = |f: &dyn Fn(usize) -> f64| [f(0), f(1)];
+    row(
+        "full TLS 1.3 connections/s (hs+101+echo)",
+        both(&|i| hs_sum[i].rate),
+        &format!("~{HAPROXY_HANDSHAKES:.0}/s (client-bound)"),
     );
-    println!(
-        "{:<42} {:>11.0}% {:>11.0}%   66%",
+    percent_row(
         "  proxy CPU while measuring",
-        hs_sum[0].proxy_cpu * 100.0,
-        hs_sum[1].proxy_cpu * 100.0
+        both(&|i| hs_sum[i].proxy_cpu),
+        "66%",
     );
-    println!(
-        "{:<42} {:>12.0} {:>12.0}",
+    row(
         "  per proxy CPU-second",
-        hs_sum[0].rate / hs_sum[0].proxy_cpu.max(1e-9),
-        hs_sum[1].rate / hs_sum[1].proxy_cpu.max(1e-9)
+        both(&|i| hs_sum[i].rate / hs_sum[i].proxy_cpu.max(1e-9)),
+        "",
     );
-    println!(
-        "{:<42} {:>12.0} {:>12.0}   (52,600 keep-alive HTTPS req/s)",
-        format!("ws messages/s ({} conns, ping-pong)", args.ws_conns),
-        msg_sum[0].rate,
-        msg_sum[1].rate
+    row(
+        &format!("ws messages/s ({} conns, ping-pong)", args.ws_conns),
+        both(&|i| msg_sum[i].rate),
+        "(52,600 keep-alive HTTPS req/s)",
     );
-    println!(
-        "{:<42} {:>11.0}% {:>11.0}%",
+    percent_row(
         "  proxy CPU while measuring",
-        msg_sum[0].proxy_cpu * 100.0,
-        msg_sum[1].proxy_cpu * 100.0
+        both(&|i| msg_sum[i].proxy_cpu),
+        "",
     );
-    println!(
-        "{:<42} {:>12.0} {:>12.0}   {HAPROXY_IDLE_BYTES:.0}",
-        format!("RSS bytes per idle TLS ws conn ({})", args.idle_conns),
-        idle[0].rss_bytes_per_conn,
-        idle[1].rss_bytes_per_conn
+    row(
+        &format!("RSS bytes per idle TLS ws conn ({})", args.idle_conns),
+        both(&|i| idle[i].rss_bytes_per_conn),
+        &format!("{HAPROXY_IDLE_BYTES:.0}"),
     );
-    println!(
-        "{:<42} {:>12.0} {:>12.0}",
-        "  of which live heap (counted)", idle[0].heap_bytes_per_conn, idle[1].heap_bytes_per_conn
+    row(
+        "  of which live heap (counted)",
+        both(&|i| idle[i].heap_bytes_per_conn),
+        "",
     );
     for (m, r) in modes.iter().zip(idle) {
         println!(
@@ -86,46 +84,40 @@ pub fn report(
     }
 
     let mut cases = Vec::new();
-    for (i, m) in modes.iter().enumerate() {
-        let p = mode_name(*m);
-        cases.push(Case {
-            name: format!("{p}_tls_handshakes_per_s"),
-            value: hs_sum[i].rate.round(),
-            unit: "1/s",
-        });
+    let mut add = |mode: IoMode, name: &str, value: f64, unit| {
+        let name = format!("{}_{name}", mode_name(mode));
+        cases.push(Case { name, value, unit });
+    };
+    let percent = |share: f64| (share * 1000.0).round() / 10.0;
+    for (&m, t) in modes.iter().zip(hs_sum) {
+        add(m, "tls_handshakes_per_s", t.rate.round(), "1/s");
     }
-    for (i, m) in modes.iter().enumerate() {
-        cases.push(Case {
-            name: format!("{}_ws_messages_per_s", mode_name(*m)),
-            value: msg_sum[i].rate.round(),
-            unit: "1/s",
-        });
+    for (&m, t) in modes.iter().zip(msg_sum) {
+        add(m, "ws_messages_per_s", t.rate.round(), "1/s");
     }
-    for (i, m) in modes.iter().enumerate() {
-        cases.push(Case {
-            name: format!("{}_idle_conn_bytes", mode_name(*m)),
-            value: idle[i].rss_bytes_per_conn.round(),
-            unit: "B",
-        });
+    for (&m, r) in modes.iter().zip(idle) {
+        add(m, "idle_conn_bytes", r.rss_bytes_per_conn.round(), "B");
     }
     // Context for the figures above: how busy the proxy was, and its counted heap.
-    for (i, m) in modes.iter().enumerate() {
-        let p = mode_name(*m);
-        cases.push(Case {
-            name: format!("{p}_tls_handshakes_proxy_cpu"),
-            value: (hs_sum[i].proxy_cpu * 1000.0).round() / 10.0,
-            unit: "%",
-        });
-        cases.push(Case {
-            name: format!("{p}_ws_messages_proxy_cpu"),
-            value: (msg_sum[i].proxy_cpu * 1000.0).round() / 10.0,
-            unit: "%",
-        });
-        cases.push(Case {
-            name: format!("{p}_idle_conn_heap_bytes"),
-            value: idle[i].heap_bytes_per_conn.round(),
-            unit: "B",
-        });
+    for (i, &m) in modes.iter().enumerate() {
+        add(
+            m,
+            "tls_handshakes_proxy_cpu",
+            percent(hs_sum[i].proxy_cpu),
+            "%",
+        );
+        add(
+            m,
+            "ws_messages_proxy_cpu",
+            percent(msg_sum[i].proxy_cpu),
+            "%",
+        );
+        add(
+            m,
+            "idle_conn_heap_bytes",
+            idle[i].heap_bytes_per_conn.round(),
+            "B",
+        );
     }
     let results = Results {
         scenario: "proxy",
@@ -138,4 +130,32 @@ pub fn report(
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!("\nwrote {}", args.out.display());
     Ok(())
+}
+
+/// A table row: the label, the io_uring and epoll figures, then the anchor (if any).
+fn row(label: &str, v: [f64; 2], anchor: &str) {
+    println!(
+        "{label:<42} {:>12.0} {:>12.0}{}",
+        v[0],
+        v[1],
+        anchor_column(anchor)
+    );
+}
+
+/// A row of CPU shares (1.0 = one core), shown in percent.
+fn percent_row(label: &str, v: [f64; 2], anchor: &str) {
+    println!(
+        "{label:<42} {:>11.0}% {:>11.0}%{}",
+        v[0] * 100.0,
+        v[1] * 100.0,
+        anchor_column(anchor)
+    );
+}
+
+fn anchor_column(anchor: &str) -> String {
+    if anchor.is_empty() {
+        String::new()
+    } else {
+        format!("   {anchor}")
+    }
 }

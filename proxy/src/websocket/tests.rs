@@ -139,63 +139,43 @@ fn every_prefix_of_a_frame_needs_more_bytes() {
 
 #[test]
 fn malformed_headers_are_protocol_errors() {
+    use FrameError::*;
+    let top_bit = 0x8000_0000_0000_0001;
+    let too_large = TooLarge {
+        len: 1 << 32,
+        max: 1 << 20,
+    };
     let cases: &[(&str, &[u8], FrameError)] = &[
+        ("RSV1 set", b"\xc1\x00", ReservedBits { byte: 0xc1 }),
+        ("RSV3 set", b"\x92\x00", ReservedBits { byte: 0x92 }),
+        ("opcode 3", b"\x83\x00", ReservedOpcode(3)),
+        ("opcode 0xb", b"\x8b\x00", ReservedOpcode(0xb)),
+        ("opcode 0xf, no FIN", b"\x0f\x00", ReservedOpcode(0xf)),
+        ("fragmented ping", b"\x09\x00", FragmentedControl),
+        ("fragmented close", b"\x08\x02\x03\xe8", FragmentedControl),
         (
-            "RSV1 set",
-            b"\xc1\x00",
-            FrameError::ReservedBits { byte: 0xc1 },
-        ),
-        (
-            "RSV3 set",
-            b"\x92\x00",
-            FrameError::ReservedBits { byte: 0x92 },
-        ),
-        ("opcode 3", b"\x83\x00", FrameError::ReservedOpcode(3)),
-        ("opcode 0xb", b"\x8b\x00", FrameError::ReservedOpcode(0xb)),
-        ("opcode 0xf", b"\x0f\x00", FrameError::ReservedOpcode(0xf)),
-        (
-            "fragmented ping",
-            b"\x09\x00",
-            FrameError::FragmentedControl,
-        ),
-        (
-            "fragmented close",
-            b"\x08\x02\x03\xe8",
-            FrameError::FragmentedControl,
-        ),
-        (
-            "ping with a 16-bit length",
+            "ping, 16-bit length",
             b"\x89\x7e\x00\x7e",
-            FrameError::ControlTooLong(126),
+            ControlTooLong(126),
         ),
+        ("close, 64-bit length", b"\x88\x7f", ControlTooLong(127)),
         (
-            "close with a 64-bit length",
-            b"\x88\x7f",
-            FrameError::ControlTooLong(127),
-        ),
-        (
-            "16-bit length for 5 bytes",
+            "16-bit length of 5",
             b"\x81\x7e\x00\x05",
-            FrameError::NonMinimalLength(5),
+            NonMinimalLength(5),
         ),
         (
-            "64-bit length for 200 bytes",
-            b"\x82\x7f\x00\x00\x00\x00\x00\x00\x00\xc8",
-            FrameError::NonMinimalLength(200),
+            "64-bit length of 200",
+            b"\x82\x7f\0\0\0\0\0\0\0\xc8",
+            NonMinimalLength(200),
         ),
         (
-            "64-bit length with the top bit",
-            b"\x82\x7f\x80\x00\x00\x00\x00\x00\x00\x01",
-            FrameError::NonMinimalLength(0x8000_0000_0000_0001),
+            "64-bit top bit",
+            b"\x82\x7f\x80\0\0\0\0\0\0\x01",
+            NonMinimalLength(top_bit),
         ),
-        (
-            "over the caller's limit, before the payload arrives",
-            b"\x82\x7f\x00\x00\x00\x01\x00\x00\x00\x00",
-            FrameError::TooLarge {
-                len: 1 << 32,
-                max: 1 << 20,
-            },
-        ),
+        // Refused as soon as the header shows it, before the payload arrives.
+        ("over the limit", b"\x82\x7f\0\0\0\x01\0\0\0\0", too_large),
     ];
     for (what, bytes, want) in cases {
         assert_eq!(parse_frame(bytes, 1 << 20).as_ref(), Err(want), "{what}");
