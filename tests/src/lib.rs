@@ -9,6 +9,7 @@ pub mod packet;
 pub mod plane;
 pub mod ports;
 pub mod procfs;
+pub mod rng;
 pub mod storm;
 pub mod tempdir;
 pub mod terminator;

@@ -15,6 +15,7 @@ use proxy_tests::{
     fixture::{xdp as action, PinDir},
     netns::{run_in, unique_prefix, NetNs},
     packet::{parse, tcp_flags, Ip, PacketBuilder},
+    rng::Rng,
 };
 
 const CONFIG: &str = r#"
@@ -67,17 +68,6 @@ backends = [
 ]
 "#;
 
-/// xorshift64*: deterministic "random" addresses, so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[test]
 fn terminator_and_kernel_choose_the_same_node() {
     let pins = PinDir::new(&format!("{}-ring", unique_prefix())).expect("pin dir");
@@ -93,7 +83,7 @@ fn terminator_and_kernel_choose_the_same_node() {
         .expect("load");
         let balancer = Balancer::from_config(&config, &mut dp).expect("maps");
         let fd = dp.program_fd().expect("fd");
-        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut rng = Rng::new(0x5eed_1234_abcd_0001);
         let mut mismatches = Vec::new();
         let mut checked = 0;
         for (l4, ws, count) in [("rpc-l4", "wss", 10_000), ("rpc6-l4", "wss6", 1_000)] {
@@ -106,11 +96,11 @@ fn terminator_and_kernel_choose_the_same_node() {
                 .unwrap()
                 .address;
             for _ in 0..count {
-                let r = rng.next();
+                let r = rng.next_u64();
                 let client: IpAddr = match vip.ip() {
                     IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from((r >> 32) as u32)),
                     IpAddr::V6(_) => {
-                        IpAddr::V6(Ipv6Addr::from(((r as u128) << 64) | rng.next() as u128))
+                        IpAddr::V6(Ipv6Addr::from(((r as u128) << 64) | rng.next_u64() as u128))
                     }
                 };
                 let ip = match (client, vip.ip()) {
