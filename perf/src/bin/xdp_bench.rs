@@ -47,8 +47,8 @@ use proxy::{
     maglev::{MaglevRing, RingMember},
 };
 use proxy_common::{
-    ticks_from_ns, v4_words, Backend, Reason, Settings, VipKey, VipMeta, BACKEND_PRESENT,
-    DEFAULT_RING_SIZE, FAMILY_V4, LAST_SEEN_REFRESH_NS, NEXT_HOP_TTL_NS, PROTO_TCP,
+    ticks_from_ns, v4_words, Backend, Reason, Settings, VipMeta, BACKEND_PRESENT,
+    DEFAULT_RING_SIZE, FAMILY_V4, LAST_SEEN_REFRESH_NS, NEXT_HOP_TTL_NS,
 };
 use proxy_tests::{
     fixture::{test_run_unsupported, xdp, PinDir},
