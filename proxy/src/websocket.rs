@@ -65,11 +65,8 @@ pub mod close_code {
     /// The server goes down (shutdown, listener removed).
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    pub const INTERNAL_ERROR: u16 = 1011;
     /// The service restarts; the client should reconnect.
     pub const SERVICE_RESTART: u16 = 1012;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
 
     /// Whether `code` may appear in a close frame: the registered codes except the ones
     /// reserved for reporting (1004, 1005, 1006, 1015), and the application range 3000-4999.

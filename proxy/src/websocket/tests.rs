@@ -1,60 +1,18 @@
 use super::*;
 
+/// RFC 6455 §5.7's masking key.
+const KEY: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
+
 /// RFC 6455 §5.7's examples: (description, bytes, fin, opcode, mask, payload).
 #[expect(clippy::type_complexity, reason = "a plain table")]
+#[rustfmt::skip]
 const RFC_EXAMPLES: &[(&str, &[u8], bool, Opcode, Option<[u8; 4]>, &[u8])] = &[
-    (
-        "unmasked text",
-        b"\x81\x05Hello",
-        true,
-        Opcode::Text,
-        None,
-        b"Hello",
-    ),
-    (
-        "masked text",
-        &[
-            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-        ],
-        true,
-        Opcode::Text,
-        Some([0x37, 0xfa, 0x21, 0x3d]),
-        b"Hello",
-    ),
-    (
-        "first fragment",
-        b"\x01\x03Hel",
-        false,
-        Opcode::Text,
-        None,
-        b"Hel",
-    ),
-    (
-        "last fragment",
-        b"\x80\x02lo",
-        true,
-        Opcode::Continuation,
-        None,
-        b"lo",
-    ),
-    (
-        "unmasked ping",
-        b"\x89\x05Hello",
-        true,
-        Opcode::Ping,
-        None,
-        b"Hello",
-    ),
-    (
-        "masked pong",
-        &[
-            0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-        ],
-        true,
-        Opcode::Pong,
-        Some([0x37, 0xfa, 0x21, 0x3d]),
-        b"Hello",
-    ),
+    ("unmasked text", b"\x81\x05Hello", true, Opcode::Text, None, b"Hello"),
+    ("masked text", b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58", true, Opcode::Text, KEY, b"Hello"),
+    ("first fragment", b"\x01\x03Hel", false, Opcode::Text, None, b"Hel"),
+    ("last fragment", b"\x80\x02lo", true, Opcode::Continuation, None, b"lo"),
+    ("unmasked ping", b"\x89\x05Hello", true, Opcode::Ping, None, b"Hello"),
+    ("masked pong", b"\x8a\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58", true, Opcode::Pong, KEY, b"Hello"),
 ];
 
 #[test]
@@ -145,6 +103,7 @@ fn malformed_headers_are_protocol_errors() {
         len: 1 << 32,
         max: 1 << 20,
     };
+    #[rustfmt::skip]
     let cases: &[(&str, &[u8], FrameError)] = &[
         ("RSV1 set", b"\xc1\x00", ReservedBits { byte: 0xc1 }),
         ("RSV3 set", b"\x92\x00", ReservedBits { byte: 0x92 }),
@@ -153,27 +112,11 @@ fn malformed_headers_are_protocol_errors() {
         ("opcode 0xf, no FIN", b"\x0f\x00", ReservedOpcode(0xf)),
         ("fragmented ping", b"\x09\x00", FragmentedControl),
         ("fragmented close", b"\x08\x02\x03\xe8", FragmentedControl),
-        (
-            "ping, 16-bit length",
-            b"\x89\x7e\x00\x7e",
-            ControlTooLong(126),
-        ),
+        ("ping, 16-bit length", b"\x89\x7e\x00\x7e", ControlTooLong(126)),
         ("close, 64-bit length", b"\x88\x7f", ControlTooLong(127)),
-        (
-            "16-bit length of 5",
-            b"\x81\x7e\x00\x05",
-            NonMinimalLength(5),
-        ),
-        (
-            "64-bit length of 200",
-            b"\x82\x7f\0\0\0\0\0\0\0\xc8",
-            NonMinimalLength(200),
-        ),
-        (
-            "64-bit top bit",
-            b"\x82\x7f\x80\0\0\0\0\0\0\x01",
-            NonMinimalLength(top_bit),
-        ),
+        ("16-bit length of 5", b"\x81\x7e\x00\x05", NonMinimalLength(5)),
+        ("64-bit length of 200", b"\x82\x7f\0\0\0\0\0\0\0\xc8", NonMinimalLength(200)),
+        ("64-bit top bit", b"\x82\x7f\x80\0\0\0\0\0\0\x01", NonMinimalLength(top_bit)),
         // Refused as soon as the header shows it, before the payload arrives.
         ("over the limit", b"\x82\x7f\0\0\0\x01\0\0\0\0", too_large),
     ];
