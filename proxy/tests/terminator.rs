@@ -20,7 +20,7 @@ use proxy::{
 };
 use proxy_tests::{
     certs::TestCert,
-    clients::{ws_client, wss_client},
+    clients::{assert_binary_echo, assert_text_echo, ws_client, wss_client},
     echo::echo_node,
     procfs,
     tempdir::TempDir,
@@ -71,17 +71,11 @@ fn websocket_messages_pass_byte_exact_in_both_modes() {
             .contains("get_chain_id"));
         // A large message: many TCP segments and relay buffers.
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        ws.send(Message::binary(big.clone())).unwrap();
-        assert_eq!(
-            ws.read().unwrap().into_data(),
-            big,
-            "{mode:?}: large message corrupted"
-        );
+        assert_binary_echo(&mut ws, &big, &format!("{mode:?}"));
         // A fragmented message (continuation frames) passes untouched: the node reassembles.
         for i in 0..50 {
             let m = format!("message {i}");
-            ws.send(Message::text(m.clone())).unwrap();
-            assert_eq!(ws.read().unwrap().into_text().unwrap(), m);
+            assert_text_echo(&mut ws, &m);
         }
         ws.close(None).unwrap();
         t.shutdown();
@@ -165,8 +159,7 @@ fn retries_another_node_when_the_chosen_one_refuses() {
         let (t, addr) = start(mode, listener(&[("dead", dead), ("alive", node)]));
         for _ in 0..5 {
             let mut ws = ws_client(addr);
-            ws.send(Message::text("ping")).unwrap();
-            assert_eq!(ws.read().unwrap().into_text().unwrap(), "ping");
+            assert_text_echo(&mut ws, "ping");
         }
         t.shutdown();
     }
@@ -211,8 +204,7 @@ fn idle_timeout_closes_both_sides() {
         let idle = Duration::from_millis(400);
         let (t, addr) = start(mode, listener(&[("node-a", node)]).idle_timeout(idle));
         let mut ws = ws_client(addr);
-        ws.send(Message::text("still here")).unwrap();
-        assert_eq!(ws.read().unwrap().into_text().unwrap(), "still here");
+        assert_text_echo(&mut ws, "still here");
         let started = Instant::now();
         let r = ws.read();
         assert!(
@@ -243,8 +235,7 @@ fn per_client_limit_and_graceful_shutdown() {
             0,
             "{mode:?}: a third connection from one client was served"
         );
-        a.send(Message::text("ok")).unwrap();
-        assert_eq!(a.read().unwrap().into_text().unwrap(), "ok");
+        assert_text_echo(&mut a, "ok");
         // SIGTERM path: stop accepting; live connections are closed after the grace period.
         let started = Instant::now();
         t.shutdown();
@@ -279,8 +270,7 @@ fn tls_per_sni_certificates_and_reload_in_both_modes() {
         for (name, pem) in [("eu.example.test", eu_pem), ("us.example.test", us_pem)] {
             let mut ws =
                 wss_client(addr, name, pem).unwrap_or_else(|e| panic!("{mode:?} {name}: {e}"));
-            ws.send(Message::text(name)).unwrap();
-            assert_eq!(ws.read().unwrap().into_text().unwrap(), name);
+            assert_text_echo(&mut ws, name);
         }
         // Unknown name: no certificate, the handshake fails with an alert.
         assert!(
@@ -300,8 +290,7 @@ fn tls_per_sni_certificates_and_reload_in_both_modes() {
             resolver.reload_changed(),
             vec!["eu.example.test".to_string()]
         );
-        live.send(Message::text("after reload")).unwrap();
-        assert_eq!(live.read().unwrap().into_text().unwrap(), "after reload");
+        assert_text_echo(&mut live, "after reload");
         assert!(
             wss_client(addr, "eu.example.test", fresh_pem).is_ok(),
             "{mode:?}: new certificate not served"
@@ -488,8 +477,7 @@ fn shutdown_closes_live_connections_of_every_listener() {
         let mut a = ws_client(t.local_addrs[0]);
         let mut b = ws_client(t.local_addrs[1]);
         for ws in [&mut a, &mut b] {
-            ws.send(Message::text("hi")).unwrap();
-            assert_eq!(ws.read().unwrap().into_text().unwrap(), "hi");
+            assert_text_echo(ws, "hi");
         }
         let started = Instant::now();
         t.shutdown();

@@ -30,7 +30,7 @@ use proxy::{
 };
 use proxy_tests::{
     certs::TestCert,
-    clients::{wss_client, WssClient},
+    clients::{assert_binary_echo, assert_text_echo, wss_client, WssClient},
     echo::echo_node,
     tempdir::TempDir,
     terminator::{io_modes as modes, upstream_table, TerminatorBuilder, TestListener},
@@ -578,7 +578,6 @@ fn wss(p: &Proxy) -> WssClient {
 
 #[test]
 fn tls_relay_is_byte_exact_for_large_and_small_messages_after_idle_periods() {
-    use tungstenite::Message;
     for mode in modes() {
         let p = Proxy::start(mode, "relay");
         let mut ws = wss(&p);
@@ -589,16 +588,10 @@ fn tls_relay_is_byte_exact_for_large_and_small_messages_after_idle_periods() {
             let big: Vec<u8> = (0..3_000_000u32)
                 .map(|i| (i.wrapping_mul(31).wrapping_add(round) % 251) as u8)
                 .collect();
-            ws.send(Message::binary(big.clone())).unwrap();
-            assert_eq!(
-                ws.read().unwrap().into_data(),
-                big,
-                "{mode:?} round {round}: large message corrupted"
-            );
+            assert_binary_echo(&mut ws, &big, &format!("{mode:?} round {round}"));
             for i in 0..20 {
                 let m = format!("{{\"id\":{i},\"method\":\"call\",\"params\":[]}}");
-                ws.send(Message::text(m.clone())).unwrap();
-                assert_eq!(ws.read().unwrap().into_text().unwrap(), m, "{mode:?}");
+                assert_text_echo(&mut ws, &m);
             }
             // Back to idle between rounds (epoll: stale readiness, buffer released).
             thread::sleep(Duration::from_millis(200));

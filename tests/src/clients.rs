@@ -2,6 +2,7 @@
 //! chosen loopback source address, and over rustls trusting one test certificate.
 
 use std::{
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     sync::Arc,
     time::Duration,
@@ -10,6 +11,8 @@ use std::{
 pub type WsClient = tungstenite::WebSocket<TcpStream>;
 pub type WssClient =
     tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+use tungstenite::{Message, WebSocket};
 
 /// How long a client read waits before the test fails instead of hanging.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,4 +72,20 @@ pub fn wss_client(addr: SocketAddr, name: &str, ca_pem: &[u8]) -> Result<WssClie
     )
     .map(|(ws, _)| ws)
     .map_err(|e| e.to_string())
+}
+
+/// Sends `text` and asserts the same text comes back (the echo node's answer).
+pub fn assert_text_echo<S: Read + Write>(ws: &mut WebSocket<S>, text: &str) {
+    ws.send(Message::text(text)).expect("send a text message");
+    let back = ws.read().expect("read the echo");
+    assert_eq!(back.into_text().expect("a text echo").as_str(), text);
+}
+
+/// Sends `data` as one binary message and asserts it comes back byte for byte; `ctx` says
+/// which case failed.
+pub fn assert_binary_echo<S: Read + Write>(ws: &mut WebSocket<S>, data: &[u8], ctx: &str) {
+    ws.send(Message::binary(data.to_vec()))
+        .expect("send a binary message");
+    let back = ws.read().expect("read the echo").into_data();
+    assert!(back == data, "{ctx}: large message corrupted");
 }

@@ -89,6 +89,19 @@ impl ConfigBuilder {
         self.push_listener(name, address, mode, pool, None)
     }
 
+    /// Sets `key` on the listener added last (e.g. `hash = "source"`).
+    pub fn listener_key(mut self, key: &str, value: impl Into<Value>) -> Self {
+        let last = self
+            .root
+            .get_mut("listener")
+            .and_then(Value::as_array_mut)
+            .and_then(|l| l.last_mut())
+            .and_then(Value::as_table_mut)
+            .expect("listener_key after a listener");
+        last.insert(key.into(), value.into());
+        self
+    }
+
     /// A `tls` listener serving each `(server name, certbot directory)`.
     pub fn tls_listener(
         self,
