@@ -1,1 +1,2 @@
 pub mod node_sim;
+pub mod proxy_bench;

@@ -5,7 +5,7 @@
 //! pinned to healthy nodes are untouched; the node comes back after `rise` checks.
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -14,82 +14,57 @@ use std::{
 };
 
 use proxy::{
-    balancer::MemoryMaps,
     config::{Config, IoChoice},
     health::{checks::unix_now, rules::BackendState},
-    plane::{upstream_set, ControlPlane, Event, Inputs, PlaneOptions},
+    plane::{upstream_set, Event, Inputs},
 };
-use proxy_perf::node_sim::{Control, NodeSim, NodeSimConfig};
+use proxy_perf::node_sim::{Control, NodeSim, NodeSimConfig, NodeSimHandle};
+use proxy_tests::{
+    clients::{ws_client_from, WsClient},
+    config::{Backend, ConfigBuilder},
+    plane::{start_plane, TestPlane},
+    ports::free_port,
+    terminator::init_crypto,
+};
 
 const INTERVAL_MS: u64 = 250;
 const FALL: u64 = 2;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(port: u16, nodes: &[SocketAddr]) -> Config {
-    let backends: String = nodes
+    let backends: Vec<Backend> = nodes
         .iter()
         .enumerate()
-        .map(|(i, a)| {
-            format!(
-                "  {{ name = \"node-{}\", address = \"{a}\", weight = 100 }},\n",
-                i + 1
-            )
-        })
+        .map(|(i, a)| Backend::new(format!("node-{}", i + 1), a).weight(100))
         .collect();
-    let text = format!(
-        r#"
-[balancer]
-interfaces = ["lo"]
-snat_v4 = "192.0.2.254"
-ring_size = 1009
-
-[terminator]
-workers = 1
-max_connections = 1000
-max_connections_per_client = 100
-shutdown_grace_secs = 1
-
-[[listener]]
-name = "wss"
-address = "127.0.0.1:{port}"
-mode = "ws"
-pool = "eu"
-
-[pools.eu]
-backends = [
-{backends}]
-
-[pools.eu.health]
-check = "bitshares-ws"
-interval_ms = {INTERVAL_MS}
-timeout_ms = 500
-rise = 2
-fall = {FALL}
-margin_secs = 1
-"#
-    );
-    Config::parse(&text, "health e2e").expect("config")
+    let health = "pools.eu.health";
+    ConfigBuilder::loopback()
+        .terminator(1, 1)
+        .connection_limits(1000, 100)
+        .listener("wss", format!("127.0.0.1:{port}"), "ws", "eu")
+        .pool("eu", &backends)
+        .set(health, "check", "bitshares-ws")
+        .set(health, "interval_ms", INTERVAL_MS as i64)
+        .set(health, "timeout_ms", 500)
+        .set(health, "rise", 2)
+        .set(health, "fall", FALL as i64)
+        .set(health, "margin_secs", 1)
+        .build("health e2e")
 }
 
-type Plane = ControlPlane<MemoryMaps>;
+type Plane = TestPlane;
 
-/// A plane as `proxy run` builds it, with in-memory maps and the given terminator I/O.
-fn start_plane(config: &Config, io: IoChoice) -> (Plane, Inputs, SocketAddr) {
-    let options = PlaneOptions {
-        io,
-        stats_interval_secs: 0,
-    };
-    let (plane, inputs) =
-        ControlPlane::new(config, MemoryMaps::default(), options, unix_now()).unwrap();
-    let proxy = plane.listener_addrs("wss").unwrap()[0];
-    (plane, inputs, proxy)
+/// Three simulated nodes: 1 s blocks, maintenance every 30 s (a shortened mainnet).
+async fn spawn_nodes() -> (Vec<NodeSimHandle>, Vec<SocketAddr>) {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(
+            NodeSim::spawn(NodeSimConfig::fast(1_000, 30))
+                .await
+                .expect("node sim"),
+        );
+    }
+    let addrs = nodes.iter().map(|n| n.addr).collect();
+    (nodes, addrs)
 }
 
 /// Feeds probe reports to the plane (what `proxy run` does, with the wall clock's `now`:
@@ -132,19 +107,11 @@ fn choice(plane: &Plane, src: u8) -> String {
 }
 
 /// A websocket client through the proxy from 127.0.0.`src` that calls `get_chain_id`.
-fn rpc_client(src: u8, proxy: SocketAddr) -> tungstenite::WebSocket<TcpStream> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::from(([127, 0, 0, src], 0)).into())
-        .unwrap();
-    sock.connect(&proxy.into()).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    tungstenite::client(format!("ws://{proxy}/"), s)
-        .expect("upgrade through the proxy")
-        .0
+fn rpc_client(src: u8, proxy: SocketAddr) -> WsClient {
+    ws_client_from(src, proxy, Duration::from_secs(5)).expect("upgrade through the proxy")
 }
 
-fn call_chain_id(ws: &mut tungstenite::WebSocket<TcpStream>, id: u64) -> Result<(), String> {
+fn call_chain_id(ws: &mut WsClient, id: u64) -> Result<(), String> {
     let req = format!(r#"{{"id":{id},"method":"call","params":["database","get_chain_id",[]]}}"#);
     ws.send(tungstenite::Message::text(req))
         .map_err(|e| e.to_string())?;
@@ -163,19 +130,10 @@ fn call_chain_id(ws: &mut tungstenite::WebSocket<TcpStream>, id: u64) -> Result<
 
 #[tokio::test(flavor = "current_thread")]
 async fn stalled_node_leaves_and_comes_back_without_touching_others() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        // 1 s blocks, maintenance every 30 s: a shortened mainnet.
-        nodes.push(
-            NodeSim::spawn(NodeSimConfig::fast(1_000, 30))
-                .await
-                .expect("node sim"),
-        );
-    }
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    init_crypto();
+    let (nodes, addrs) = spawn_nodes().await;
     let config = config(free_port(), &addrs);
-    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Epoll);
+    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Epoll, unix_now(), "wss");
 
     let all_up = |p: &Plane| {
         (1..=3).all(|i| p.board().state("eu", &format!("node-{i}")) == Some(BackendState::Up))
@@ -267,20 +225,12 @@ async fn stalled_node_leaves_and_comes_back_without_touching_others() {
 /// meanwhile (retry), and after the backoff it gets traffic again.
 #[tokio::test(flavor = "current_thread")]
 async fn refusing_node_is_ejected_by_failed_connects() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(
-            NodeSim::spawn(NodeSimConfig::fast(1_000, 30))
-                .await
-                .expect("node sim"),
-        );
-    }
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    init_crypto();
+    let (nodes, addrs) = spawn_nodes().await;
     // No [pools.eu.health]: only the data path reports.
     let mut config = config(free_port(), &addrs);
     config.pools.get_mut("eu").unwrap().health = None;
-    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Uring);
+    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Uring, unix_now(), "wss");
     // The plane's clock: connect results arrive "now"; the backoff is then run out by
     // advancing it, not by sleeping.
     let t0 = unix_now();

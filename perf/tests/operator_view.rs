@@ -13,7 +13,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -24,67 +24,44 @@ use std::{
 };
 
 use proxy::{
-    balancer::MemoryMaps,
     config::{Config, IoChoice},
     health::{checks::unix_now, rules::BackendState},
     observe::catalog,
-    plane::{install_metrics_exporter, upstream_set, ControlPlane, Event, Inputs, PlaneOptions},
+    plane::{install_metrics_exporter, upstream_set, Event, Inputs},
 };
 use proxy_perf::node_sim::{NodeSim, NodeSimConfig};
+use proxy_tests::{
+    clients::{ws_client_from, WsClient},
+    config::{Backend, ConfigBuilder},
+    plane::{start_plane, TestPlane},
+    ports::free_port,
+    terminator::init_crypto,
+};
 
 const NODES: usize = 3;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(port: u16, metrics: SocketAddr, nodes: &[SocketAddr]) -> Config {
-    let backends: String = nodes
+    let backends: Vec<Backend> = nodes
         .iter()
         .enumerate()
-        .map(|(i, a)| format!("  {{ name = \"node-{}\", address = \"{a}\" }},\n", i + 1))
+        .map(|(i, a)| Backend::new(format!("node-{}", i + 1), a))
         .collect();
-    let text = format!(
-        r#"
-[balancer]
-interfaces = ["lo"]
-snat_v4 = "192.0.2.254"
-ring_size = 1009
-
-[admin]
-metrics = "{metrics}"
-
-[terminator]
-workers = 1
-shutdown_grace_secs = 1
-
-[[listener]]
-name = "wss"
-address = "127.0.0.1:{port}"
-mode = "ws"
-pool = "eu"
-
-[pools.eu]
-backends = [
-{backends}]
-
-[pools.eu.health]
-check = "bitshares-ws"
-interval_ms = 250
-timeout_ms = 500
-rise = 2
-fall = 2
-margin_secs = 1
-"#
-    );
-    Config::parse(&text, "operator view").expect("config")
+    let health = "pools.eu.health";
+    ConfigBuilder::loopback()
+        .set("admin", "metrics", metrics.to_string())
+        .terminator(1, 1)
+        .listener("wss", format!("127.0.0.1:{port}"), "ws", "eu")
+        .pool("eu", &backends)
+        .set(health, "check", "bitshares-ws")
+        .set(health, "interval_ms", 250)
+        .set(health, "timeout_ms", 500)
+        .set(health, "rise", 2)
+        .set(health, "fall", 2)
+        .set(health, "margin_secs", 1)
+        .build("operator view")
 }
 
-type Plane = ControlPlane<MemoryMaps>;
+type Plane = TestPlane;
 
 /// Runs the plane as `proxy run` does (probe reports, a one-second tick, wall-clock `now`)
 /// for `d`.
@@ -133,16 +110,9 @@ fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
 }
 
 /// A WebSocket client through the proxy from 127.0.0.`src` that completes one call.
-fn client(src: u8, proxy: SocketAddr) -> tungstenite::WebSocket<TcpStream> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::from(([127, 0, 0, src], 0)).into())
-        .unwrap();
-    sock.connect(&proxy.into()).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut ws = tungstenite::client(format!("ws://{proxy}/"), s)
-        .expect("upgrade through the proxy")
-        .0;
+fn client(src: u8, proxy: SocketAddr) -> WsClient {
+    let mut ws =
+        ws_client_from(src, proxy, Duration::from_secs(5)).expect("upgrade through the proxy");
     ws.send(tungstenite::Message::text(
         r#"{"id":1,"method":"call","params":["database","get_chain_id",[]]}"#,
     ))
@@ -257,7 +227,7 @@ fn prom_query(prom: SocketAddr, q: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "current_thread")]
 async fn stats_page_prometheus_and_dashboard_show_the_live_region() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    init_crypto();
     let mut nodes = Vec::new();
     for _ in 0..NODES {
         nodes.push(
@@ -270,13 +240,7 @@ async fn stats_page_prometheus_and_dashboard_show_the_live_region() {
     let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let config = config(free_port(), metrics, &addrs);
     install_metrics_exporter(metrics).expect("metrics exporter");
-    let options = PlaneOptions {
-        io: IoChoice::Epoll,
-        stats_interval_secs: 0,
-    };
-    let (mut plane, mut inputs) =
-        ControlPlane::new(&config, MemoryMaps::default(), options, unix_now()).unwrap();
-    let proxy = plane.listener_addrs("wss").unwrap()[0];
+    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Epoll, unix_now(), "wss");
     let started = Instant::now();
     while !(1..=NODES)
         .all(|i| plane.board().state("eu", &format!("node-{i}")) == Some(BackendState::Up))

@@ -372,9 +372,8 @@ mod tests {
     /// path and chmodded after, the name would appear by IN_CREATE and change by IN_ATTRIB.)
     #[test]
     fn admin_socket_appears_with_its_final_mode() {
-        let dir = std::env::temp_dir().join(format!("pxt-admin-mode-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = proxy_tests::tempdir::TempDir::new("admin-mode").unwrap();
+        let dir = tmp.path();
         let path = dir.join("admin.sock");
         // A stale socket to replace, as after a crash.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
@@ -440,12 +439,11 @@ mod tests {
         let client = UnixStream::connect(&path).unwrap();
         let (_server_side, _) = listener.accept().unwrap();
         drop(client);
-        let left: Vec<_> = std::fs::read_dir(&dir)
+        let left: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("admin.sock")]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn row(name: &str, nat_ports: Option<NatOccupancy>) -> BackendRow {

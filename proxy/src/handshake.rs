@@ -656,6 +656,8 @@ pub mod conformance;
 mod tests {
     use super::conformance::*;
     use super::*;
+    // The test kit's seeded generator: a failure replays from its seed.
+    use proxy_tests::rng::Rng;
 
     /// Feeds `buf` one byte at a time; returns the first decision that is not NeedMore
     /// and the length at which it came.
@@ -1252,21 +1254,6 @@ mod tests {
         );
     }
 
-    /// xorshift64*: deterministic pseudo-random numbers without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
     fn mutate(rng: &mut Rng, mut x: Vec<u8>) -> Vec<u8> {
         const INTERESTING: &[u8] = b"\r\n :,;\t\0\x7f\xff/?#*0123456789Hh.=";
         for _ in 0..=rng.below(4) {
@@ -1274,7 +1261,7 @@ mod tests {
             let byte = if rng.below(2) == 0 {
                 INTERESTING[rng.below(INTERESTING.len())]
             } else {
-                rng.next() as u8
+                rng.next_u64() as u8
             };
             match rng.below(6) {
                 0 if at < x.len() => x[at] = byte,
@@ -1320,10 +1307,10 @@ mod tests {
                 ..Limits::default()
             },
         ];
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         for i in 0..6000 {
             let x = if i % 10 == 9 {
-                (0..rng.below(300)).map(|_| rng.next() as u8).collect()
+                (0..rng.below(300)).map(|_| rng.next_u64() as u8).collect()
             } else {
                 {
                     let seed = seeds[rng.below(seeds.len())].clone();
@@ -1362,7 +1349,7 @@ mod tests {
     #[test]
     fn fuzz_upgrade_response() {
         let seed = cat(&[&response_101(&GOOD_101), b"\x81\x00"]);
-        let mut rng = Rng(42);
+        let mut rng = Rng::new(42);
         for _ in 0..6000 {
             let x = mutate(&mut rng, seed.clone());
             let whole = check_upgrade_response(&x, KEY);

@@ -12,3 +12,4 @@ pub mod maglev;
 pub mod observe;
 pub mod plane;
 pub mod terminator;
+pub mod websocket;

@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -15,149 +15,59 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{SinkExt, StreamExt};
 use proxy::{
-    balancer::{MemoryMaps, PoolChange, PoolChangeKind},
+    balancer::{PoolChange, PoolChangeKind},
     config::{Config, IoChoice},
-    plane::{ControlPlane, Event, ListenerChangeKind, Outcome, PlaneOptions, ReloadChanges},
+    plane::{Event, ListenerChangeKind, Outcome, ReloadChanges},
+};
+use proxy_tests::{
+    clients::{ws_client_from, WsClient},
+    config::{Backend, ConfigBuilder},
+    echo::greeting_nodes,
+    plane::{start_plane, TestPlane},
+    ports::{free_port, free_ports_on},
+    terminator::init_crypto,
 };
 use tungstenite::Message;
 
-/// WebSocket nodes on one tokio thread: greet with their name, then echo.
-fn start_nodes(names: &[&str]) -> Vec<SocketAddr> {
-    let listeners: Vec<(String, std::net::TcpListener)> = names
-        .iter()
-        .map(|n| (n.to_string(), TcpListener::bind("127.0.0.1:0").unwrap()))
-        .collect();
-    let addrs = listeners
-        .iter()
-        .map(|(_, l)| l.local_addr().unwrap())
-        .collect();
-    thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            for (name, l) in listeners {
-                l.set_nonblocking(true).unwrap();
-                let l = tokio::net::TcpListener::from_std(l).unwrap();
-                tokio::spawn(async move {
-                    while let Ok((s, _)) = l.accept().await {
-                        let name = name.clone();
-                        tokio::spawn(async move {
-                            let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                                return;
-                            };
-                            if ws
-                                .send(tokio_tungstenite::tungstenite::Message::text(name))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                            while let Some(Ok(m)) = ws.next().await {
-                                if m.is_text() && ws.send(m).await.is_err() {
-                                    return;
-                                }
-                            }
-                        });
-                    }
-                });
-            }
-            std::future::pending::<()>().await;
-        });
-    });
-    addrs
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(port: u16, nodes: &[(&str, SocketAddr, u32)]) -> Config {
-    let backends: String = nodes
+    let backends: Vec<Backend> = nodes
         .iter()
-        .map(|(n, a, w)| format!("  {{ name = \"{n}\", address = \"{a}\", weight = {w} }},\n"))
+        .map(|(n, a, w)| Backend::new(*n, a).weight(*w))
         .collect();
-    let text = format!(
-        r#"
-[balancer]
-interfaces = ["lo"]
-snat_v4 = "192.0.2.254"
-ring_size = 1009
-
-[terminator]
-workers = 2
-max_connections = 4000
-max_connections_per_client = 4000
-shutdown_grace_secs = 2
-
-[[listener]]
-name = "wss"
-address = "127.0.0.1:{port}"
-mode = "ws"
-pool = "eu"
-
-[pools.eu]
-backends = [
-{backends}]
-"#
-    );
-    Config::parse(&text, "reload test").expect("config")
-}
-
-/// A plane as `proxy run` builds it (in-memory maps); returns it with the listener's address.
-fn start_plane(config: &Config, io: IoChoice) -> (ControlPlane<MemoryMaps>, SocketAddr) {
-    let options = PlaneOptions {
-        io,
-        stats_interval_secs: 0,
-    };
-    let (plane, _inputs) = ControlPlane::new(config, MemoryMaps::default(), options, 0).unwrap();
-    let addr = plane.listener_addrs("wss").unwrap()[0];
-    (plane, addr)
+    ConfigBuilder::loopback()
+        .terminator(2, 2)
+        .connection_limits(4000, 4000)
+        .listener("wss", format!("127.0.0.1:{port}"), "ws", "eu")
+        .pool("eu", &backends)
+        .build("reload test")
 }
 
 /// What SIGHUP does once the file is parsed.
-fn reload(plane: &mut ControlPlane<MemoryMaps>, config: &Config) -> ReloadChanges {
+fn reload(plane: &mut TestPlane, config: &Config) -> ReloadChanges {
     match plane.handle(Event::Reload(Box::new(config.clone())), 0) {
         Outcome::Reloaded(Ok(changes)) => changes,
         other => panic!("reload: {other:?}"),
     }
 }
 
-/// Connects from 127.0.0.`src` (all of 127/8 is loopback): different client addresses
-/// land on different nodes, as real clients do.
-fn connect_from(src: u8, addr: SocketAddr) -> (tungstenite::WebSocket<TcpStream>, String) {
+/// Connects from 127.0.0.`src`: different client addresses land on different nodes, as
+/// real clients do.
+fn connect_from(src: u8, addr: SocketAddr) -> (WsClient, String) {
     try_connect_from(src, addr).unwrap_or_else(|e| panic!("{addr}: {e}"))
 }
 
 /// Connects and reads the node's greeting (its name).
-fn try_connect_from(
-    src: u8,
-    addr: SocketAddr,
-) -> Result<(tungstenite::WebSocket<TcpStream>, String), String> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::from(([127, 0, 0, src], 0)).into())
-        .unwrap();
-    sock.connect(&addr.into())
-        .map_err(|e| format!("connect: {e}"))?;
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (mut ws, _) =
-        tungstenite::client(format!("ws://{addr}/"), s).map_err(|e| format!("upgrade: {e}"))?;
+fn try_connect_from(src: u8, addr: SocketAddr) -> Result<(WsClient, String), String> {
+    let mut ws = ws_client_from(src, addr, Duration::from_secs(10))?;
     let greeting = ws.read().map_err(|e| format!("greeting: {e}"))?;
     Ok((ws, greeting.into_text().unwrap().to_string()))
 }
 
 #[test]
 fn thousand_connections_survive_a_reload_that_adds_and_drains() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let nodes = start_nodes(&["node-a", "node-b", "node-c"]);
+    init_crypto();
+    let nodes = greeting_nodes(&["node-a", "node-b", "node-c"]);
     let port = free_port();
     let before = config(
         port,
@@ -173,7 +83,7 @@ fn thousand_connections_survive_a_reload_that_adds_and_drains() {
     );
 
     for mode in [IoChoice::Epoll, IoChoice::Uring] {
-        let (mut plane, addr) = start_plane(&before, mode);
+        let (mut plane, _inputs, addr) = start_plane(&before, mode, 0, "wss");
 
         // 1,000 connections over 10 client threads.
         let stop = Arc::new(AtomicBool::new(false));
@@ -184,7 +94,7 @@ fn thousand_connections_survive_a_reload_that_adds_and_drains() {
             let (stop, exchanged, ready_tx) = (stop.clone(), exchanged.clone(), ready_tx.clone());
             workers.push(thread::spawn(
                 move || -> Result<BTreeMap<String, usize>, String> {
-                    let mut conns: Vec<(tungstenite::WebSocket<TcpStream>, String)> = (0..100u8)
+                    let mut conns: Vec<(WsClient, String)> = (0..100u8)
                         .map(|i| connect_from(2 + (w as u8 * 100 + i) % 250, addr))
                         .collect();
                     let mut by_node = BTreeMap::new();
@@ -283,36 +193,13 @@ fn thousand_connections_survive_a_reload_that_adds_and_drains() {
 }
 
 fn listeners_config(listeners: &[(&str, u16, &str)], nodes: &[SocketAddr]) -> Config {
-    let listeners: String = listeners
-        .iter()
-        .map(|(name, port, pool)| {
-            format!(
-                "[[listener]]\nname = \"{name}\"\naddress = \"{}\"\nmode = \"ws\"\npool = \"{pool}\"\n\n",
-                local(*port)
-            )
-        })
-        .collect();
-    let text = format!(
-        r#"
-[balancer]
-interfaces = ["lo"]
-snat_v4 = "192.0.2.254"
-ring_size = 1009
-
-[terminator]
-workers = 1
-shutdown_grace_secs = 3
-
-{listeners}
-[pools.eu]
-backends = [{{ name = "node-a", address = "{}" }}]
-
-[pools.us]
-backends = [{{ name = "node-b", address = "{}" }}]
-"#,
-        nodes[0], nodes[1]
-    );
-    Config::parse(&text, "listener reload test").expect("config")
+    let mut b = ConfigBuilder::loopback().terminator(1, 3);
+    for (name, port, pool) in listeners {
+        b = b.listener(name, local(*port), "ws", pool);
+    }
+    b.pool("eu", &[Backend::new("node-a", nodes[0])])
+        .pool("us", &[Backend::new("node-b", nodes[1])])
+        .build("listener reload test")
 }
 
 /// The listener test's own loopback address: the terminator binds with `SO_REUSEPORT`, so a
@@ -321,14 +208,6 @@ const LISTENER_IP: [u8; 4] = [127, 0, 1, 1];
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from((LISTENER_IP, port))
-}
-
-/// `N` distinct free ports on `LISTENER_IP` (all held until all are picked).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind(local(0)).unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// Waits until nothing accepts on `port` any more (the stopped instance's workers notice
@@ -343,7 +222,7 @@ fn wait_refused(port: u16) {
     panic!("port {port} still accepts after its listener was removed");
 }
 
-fn echo(ws: &mut tungstenite::WebSocket<TcpStream>, what: &str) -> Result<(), String> {
+fn echo(ws: &mut WsClient, what: &str) -> Result<(), String> {
     ws.send(Message::text(what)).map_err(|e| e.to_string())?;
     match ws.read().map_err(|e| e.to_string())? {
         m if m.to_text().ok() == Some(what) => Ok(()),
@@ -353,9 +232,9 @@ fn echo(ws: &mut tungstenite::WebSocket<TcpStream>, what: &str) -> Result<(), St
 
 #[test]
 fn reload_adds_removes_and_replaces_listeners_without_touching_the_others() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let nodes = start_nodes(&["node-a", "node-b"]);
-    let [keep, gone, moved_from, moved_to, repooled, added] = free_ports();
+    init_crypto();
+    let nodes = greeting_nodes(&["node-a", "node-b"]);
+    let [keep, gone, moved_from, moved_to, repooled, added] = free_ports_on(LISTENER_IP.into());
     let before = listeners_config(
         &[
             ("keep", keep, "eu"),
@@ -374,22 +253,16 @@ fn reload_adds_removes_and_replaces_listeners_without_touching_the_others() {
         ],
         &nodes,
     );
-    let options = PlaneOptions {
-        io: IoChoice::Epoll,
-        stats_interval_secs: 0,
-    };
-    let (mut plane, _inputs) =
-        ControlPlane::new(&before, MemoryMaps::default(), options, 0).unwrap();
+    let (mut plane, _inputs, _) = start_plane(&before, IoChoice::Epoll, 0, "keep");
     // One live connection on every listener of the old file.
-    let mut live: Vec<(u16, tungstenite::WebSocket<TcpStream>)> =
-        [keep, gone, moved_from, repooled]
-            .into_iter()
-            .map(|port| {
-                let (ws, node) = connect_from(2, local(port));
-                assert_eq!(node, "node-a");
-                (port, ws)
-            })
-            .collect();
+    let mut live: Vec<(u16, WsClient)> = [keep, gone, moved_from, repooled]
+        .into_iter()
+        .map(|port| {
+            let (ws, node) = connect_from(2, local(port));
+            assert_eq!(node, "node-a");
+            (port, ws)
+        })
+        .collect();
 
     let changes = reload(&mut plane, &after);
     let kinds: Vec<(&str, ListenerChangeKind)> = changes

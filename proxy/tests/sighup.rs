@@ -11,45 +11,34 @@ use std::{
 };
 
 use proxy::admin::{call, Request, Response};
-use proxy_tests::netns::{run_in, NetNs};
+use proxy_tests::{
+    config::{Backend, ConfigBuilder},
+    netns::{run_in, NetNs},
+};
 
 const FIRST: u16 = 18080;
 const SECOND: u16 = 18081;
 
 fn config_text(dir: &Path, pin_dir: &str, backends: &[&str], listeners: &[(&str, u16)]) -> String {
-    let backends: Vec<String> = backends
+    let backends: Vec<Backend> = backends
         .iter()
-        .enumerate()
-        .map(|(i, n)| format!("{{ name = \"{n}\", address = \"127.0.0.1:{}\" }}", 9001 + i))
+        .zip(9001..)
+        .map(|(n, port)| Backend::new(*n, format!("127.0.0.1:{port}")))
         .collect();
-    let listeners: String = listeners
-        .iter()
-        .map(|(name, port)| {
-            format!("[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nmode = \"ws\"\npool = \"eu\"\n\n")
-        })
-        .collect();
-    format!(
-        r#"
-[balancer]
-interfaces = ["lo"]
-ring_size = 1009
-max_flows = 1024
-pin_dir = "{pin_dir}"
-
-[terminator]
-workers = 1
-shutdown_grace_secs = 1
-
-[admin]
-socket = "{}"
-
-{listeners}
-[pools.eu]
-backends = [{}]
-"#,
-        dir.join("admin.sock").display(),
-        backends.join(", ")
-    )
+    let mut b = ConfigBuilder::new(&["lo"])
+        .set("balancer", "ring_size", 1009)
+        .set("balancer", "max_flows", 1024)
+        .set("balancer", "pin_dir", pin_dir)
+        .terminator(1, 1)
+        .set(
+            "admin",
+            "socket",
+            dir.join("admin.sock").display().to_string(),
+        );
+    for (name, port) in listeners {
+        b = b.listener(name, format!("127.0.0.1:{port}"), "ws", "eu");
+    }
+    b.pool("eu", &backends).text()
 }
 
 /// Kills the proxy if the test ends before it exits, and removes the test's files.

@@ -3,173 +3,61 @@
 //! nodes.
 
 use std::{
-    collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    sync::{Arc, Once},
     thread,
     time::{Duration, Instant},
 };
 
 use proxy::{
     handshake::Limits,
-    maglev::{MaglevRing, RingMember},
     terminator::{
-        handler::ListenerCtx,
         io::IoMode,
-        server::{ConnLimits, ListenerSpec, Terminator},
-        tls::{CertSource, SniResolver, TlsAcceptor},
-        upstream::{Upstream, UpstreamSet, UpstreamTable},
+        server::Terminator,
+        tls::{SniResolver, TlsAcceptor},
     },
+    websocket::{encode_frame, Opcode},
+};
+use proxy_tests::{
+    certs::TestCert,
+    clients::{assert_binary_echo, assert_text_echo, ws_client, wss_client},
+    echo::echo_node,
+    procfs,
+    tempdir::TempDir,
+    terminator::{io_modes as modes, upstream_table, TerminatorBuilder, TestListener},
 };
 use tungstenite::Message;
 
-fn init_crypto() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    });
+/// The listener the tests start, relaying to `nodes`.
+fn listener(nodes: &[(&str, SocketAddr)]) -> TestListener {
+    TestListener::new("wss-test", upstream_table(nodes))
 }
 
-/// A WebSocket echo node (and a JSON-RPC-over-POST echo) on loopback.
-fn echo_node() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            thread::spawn(move || serve_node(s));
-        }
-    });
-    addr
+/// Two workers, 64 connections per client.
+fn start(mode: IoMode, listener: TestListener) -> (Terminator, SocketAddr) {
+    start_limited(mode, listener, 64)
 }
 
-fn serve_node(s: TcpStream) {
-    let mut peek = [0u8; 4];
-    if s.peek(&mut peek).is_ok() && &peek == b"POST" {
-        return serve_post(s);
-    }
-    let Ok(mut ws) = tungstenite::accept(s) else {
-        return;
-    };
-    while let Ok(msg) = ws.read() {
-        if msg.is_close() {
-            break;
-        }
-        if (msg.is_text() || msg.is_binary()) && ws.send(msg).is_err() {
-            break;
-        }
-    }
-}
-
-fn serve_post(mut s: TcpStream) {
-    // Reads to EOF (the client half-closes), then answers: proves half-close works.
-    let mut all = Vec::new();
-    let _ = s.read_to_end(&mut all);
-    let body_at = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
-        .unwrap_or(all.len());
-    let body = &all[body_at..];
-    let _ = write!(
-        s,
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = s.write_all(body);
-}
-
-fn table(nodes: &[(&str, SocketAddr)]) -> UpstreamTable {
-    let mut ring = MaglevRing::new(1009).unwrap();
-    let members: Vec<RingMember> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, (n, _))| RingMember {
-            id: i as u32,
-            name: n.to_string(),
-            weight: 1,
-        })
-        .collect();
-    ring.rebuild(&members).unwrap();
-    let backends: HashMap<u32, Upstream> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, (n, a))| {
-            (
-                i as u32,
-                Upstream {
-                    id: i as u32,
-                    name: n.to_string(),
-                    addr: *a,
-                },
-            )
-        })
-        .collect();
-    UpstreamTable::new(UpstreamSet { ring, backends })
-}
-
-struct Setup {
-    tls: Option<TlsAcceptor>,
-    idle: Duration,
+fn start_limited(
+    mode: IoMode,
+    listener: TestListener,
     per_client: usize,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Self {
-            tls: None,
-            idle: Duration::from_secs(30),
-            per_client: 64,
-        }
-    }
-}
-
-fn start(mode: IoMode, upstreams: UpstreamTable, setup: Setup) -> (Terminator, SocketAddr) {
-    init_crypto();
-    let ctx = Arc::new(ListenerCtx {
-        name: "wss-test".into(),
-        observe: Default::default(),
-        limits: Limits::default(),
-        upstreams,
-        handshake_timeout: Duration::from_millis(800),
-        connect_timeout: Duration::from_millis(500),
-        idle_timeout: setup.idle,
-    });
-    let spec = ListenerSpec {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        ctx,
-        tls: setup.tls,
-    };
-    let t = Terminator::start(
-        mode,
-        2,
-        vec![spec],
-        ConnLimits::new(1000, setup.per_client),
-        Duration::from_millis(300),
-    )
-    .expect("terminator starts");
+) -> (Terminator, SocketAddr) {
+    let t = TerminatorBuilder::new(mode)
+        .workers(2)
+        .limits(1000, per_client)
+        .listener(listener)
+        .start()
+        .expect("terminator starts");
     let addr = t.local_addrs[0];
     (t, addr)
-}
-
-fn modes() -> [IoMode; 2] {
-    [IoMode::Epoll, IoMode::Uring]
-}
-
-fn ws_client(addr: SocketAddr) -> tungstenite::WebSocket<TcpStream> {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let (ws, resp) =
-        tungstenite::client(format!("ws://{addr}/"), s).expect("upgrade through the proxy");
-    assert_eq!(resp.status(), 101);
-    ws
 }
 
 #[test]
 fn websocket_messages_pass_byte_exact_in_both_modes() {
     let node = echo_node();
     for mode in modes() {
-        let (t, addr) = start(mode, table(&[("node-a", node)]), Setup::default());
+        let (t, addr) = start(mode, listener(&[("node-a", node)]));
         let mut ws = ws_client(addr);
         ws.send(Message::text(
             "{\"id\":1,\"method\":\"call\",\"params\":[\"database\",\"get_chain_id\",[]]}",
@@ -183,17 +71,11 @@ fn websocket_messages_pass_byte_exact_in_both_modes() {
             .contains("get_chain_id"));
         // A large message: many TCP segments and relay buffers.
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        ws.send(Message::binary(big.clone())).unwrap();
-        assert_eq!(
-            ws.read().unwrap().into_data(),
-            big,
-            "{mode:?}: large message corrupted"
-        );
+        assert_binary_echo(&mut ws, &big, &format!("{mode:?}"));
         // A fragmented message (continuation frames) passes untouched: the node reassembles.
         for i in 0..50 {
             let m = format!("message {i}");
-            ws.send(Message::text(m.clone())).unwrap();
-            assert_eq!(ws.read().unwrap().into_text().unwrap(), m);
+            assert_text_echo(&mut ws, &m);
         }
         ws.close(None).unwrap();
         t.shutdown();
@@ -204,7 +86,7 @@ fn websocket_messages_pass_byte_exact_in_both_modes() {
 fn handshake_fed_byte_by_byte_then_fragmented_frames() {
     let node = echo_node();
     for mode in modes() {
-        let (t, addr) = start(mode, table(&[("node-a", node)]), Setup::default());
+        let (t, addr) = start(mode, listener(&[("node-a", node)]));
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.set_nodelay(true).unwrap();
@@ -222,15 +104,14 @@ fn handshake_fed_byte_by_byte_then_fragmented_frames() {
             rest.push(b[0]);
         }
         // "Hel" + "lo" as two masked frames (FIN=0 text, then FIN=1 continuation).
-        let frame = |fin_op: u8, payload: &[u8]| {
-            let mask = [1u8, 2, 3, 4];
-            let mut f = vec![fin_op, 0x80 | payload.len() as u8];
-            f.extend_from_slice(&mask);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = |fin: bool, opcode: Opcode, payload: &[u8]| {
+            let mut f = Vec::new();
+            encode_frame(&mut f, fin, opcode, payload, Some([1, 2, 3, 4]));
             f
         };
-        s.write_all(&frame(0x01, b"Hel")).unwrap();
-        s.write_all(&frame(0x80, b"lo")).unwrap();
+        s.write_all(&frame(false, Opcode::Text, b"Hel")).unwrap();
+        s.write_all(&frame(true, Opcode::Continuation, b"lo"))
+            .unwrap();
         let mut echo = [0u8; 7];
         s.read_exact(&mut echo).unwrap();
         assert_eq!(
@@ -246,7 +127,7 @@ fn handshake_fed_byte_by_byte_then_fragmented_frames() {
 fn json_rpc_post_with_half_close() {
     let node = echo_node();
     for mode in modes() {
-        let (t, addr) = start(mode, table(&[("node-a", node)]), Setup::default());
+        let (t, addr) = start(mode, listener(&[("node-a", node)]));
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let body =
@@ -275,15 +156,10 @@ fn retries_another_node_when_the_chosen_one_refuses() {
             .unwrap()
     };
     for mode in modes() {
-        let (t, addr) = start(
-            mode,
-            table(&[("dead", dead), ("alive", node)]),
-            Setup::default(),
-        );
+        let (t, addr) = start(mode, listener(&[("dead", dead), ("alive", node)]));
         for _ in 0..5 {
             let mut ws = ws_client(addr);
-            ws.send(Message::text("ping")).unwrap();
-            assert_eq!(ws.read().unwrap().into_text().unwrap(), "ping");
+            assert_text_echo(&mut ws, "ping");
         }
         t.shutdown();
     }
@@ -293,7 +169,7 @@ fn retries_another_node_when_the_chosen_one_refuses() {
 fn rejects_bad_handshakes_with_fixed_texts() {
     let node = echo_node();
     for mode in modes() {
-        let (t, addr) = start(mode, table(&[("node-a", node)]), Setup::default());
+        let (t, addr) = start(mode, listener(&[("node-a", node)]));
         for (req, status) in [
             ("GET /admin HTTP/1.1\r\nHost: t\r\n\r\n", "404"),
             ("DELETE / HTTP/1.1\r\nHost: t\r\n\r\n", "405"),
@@ -325,14 +201,10 @@ fn rejects_bad_handshakes_with_fixed_texts() {
 fn idle_timeout_closes_both_sides() {
     let node = echo_node();
     for mode in modes() {
-        let setup = Setup {
-            idle: Duration::from_millis(400),
-            ..Default::default()
-        };
-        let (t, addr) = start(mode, table(&[("node-a", node)]), setup);
+        let idle = Duration::from_millis(400);
+        let (t, addr) = start(mode, listener(&[("node-a", node)]).idle_timeout(idle));
         let mut ws = ws_client(addr);
-        ws.send(Message::text("still here")).unwrap();
-        assert_eq!(ws.read().unwrap().into_text().unwrap(), "still here");
+        assert_text_echo(&mut ws, "still here");
         let started = Instant::now();
         let r = ws.read();
         assert!(
@@ -352,11 +224,7 @@ fn idle_timeout_closes_both_sides() {
 fn per_client_limit_and_graceful_shutdown() {
     let node = echo_node();
     for mode in modes() {
-        let setup = Setup {
-            per_client: 2,
-            ..Default::default()
-        };
-        let (t, addr) = start(mode, table(&[("node-a", node)]), setup);
+        let (t, addr) = start_limited(mode, listener(&[("node-a", node)]), 2);
         let mut a = ws_client(addr);
         let _b = ws_client(addr);
         let mut c = TcpStream::connect(addr).unwrap();
@@ -367,8 +235,7 @@ fn per_client_limit_and_graceful_shutdown() {
             0,
             "{mode:?}: a third connection from one client was served"
         );
-        a.send(Message::text("ok")).unwrap();
-        assert_eq!(a.read().unwrap().into_text().unwrap(), "ok");
+        assert_text_echo(&mut a, "ok");
         // SIGTERM path: stop accepting; live connections are closed after the grace period.
         let started = Instant::now();
         t.shutdown();
@@ -388,106 +255,60 @@ fn per_client_limit_and_graceful_shutdown() {
     }
 }
 
-fn write_cert_dir(root: &std::path::Path, name: &str) -> CertSource {
-    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("fullchain.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("privkey.pem"), ck.key_pair.serialize_pem()).unwrap();
-    CertSource {
-        server_name: name.to_string(),
-        dir,
-    }
-}
-
-fn tls_client(
-    addr: SocketAddr,
-    name: &str,
-    ca_pem: &[u8],
-) -> Result<tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>, String>
-{
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), server_name).unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let stream = rustls::StreamOwned::new(conn, tcp);
-    tungstenite::client(format!("wss://{name}/"), stream)
-        .map(|(ws, _)| ws)
-        .map_err(|e| e.to_string())
-}
-
 #[test]
 fn tls_per_sni_certificates_and_reload_in_both_modes() {
-    init_crypto();
     let node = echo_node();
-    let dir = std::env::temp_dir().join(format!("pxt-certs-{}", std::process::id()));
+    let dir = TempDir::new("certs").unwrap();
+    let write_cert = |name: &str| TestCert::write(&dir.path().join(name), name).unwrap();
     for mode in modes() {
-        let eu = write_cert_dir(&dir, "eu.example.test");
-        let us = write_cert_dir(&dir, "us.example.test");
-        let eu_pem = std::fs::read(eu.dir.join("fullchain.pem")).unwrap();
-        let us_pem = std::fs::read(us.dir.join("fullchain.pem")).unwrap();
-        let resolver = SniResolver::load(&[eu.clone(), us.clone()], None).unwrap();
+        let eu = write_cert("eu.example.test");
+        let us = write_cert("us.example.test");
+        let (eu_pem, us_pem) = (eu.cert_pem.as_bytes(), us.cert_pem.as_bytes());
+        let resolver = SniResolver::load(&[eu.source(), us.source()], None).unwrap();
         let acceptor = TlsAcceptor::new(resolver.clone());
-        let (t, addr) = start(
-            mode,
-            table(&[("node-a", node)]),
-            Setup {
-                tls: Some(acceptor),
-                ..Default::default()
-            },
-        );
-        for (name, pem) in [("eu.example.test", &eu_pem), ("us.example.test", &us_pem)] {
+        let (t, addr) = start(mode, listener(&[("node-a", node)]).tls(acceptor));
+        for (name, pem) in [("eu.example.test", eu_pem), ("us.example.test", us_pem)] {
             let mut ws =
-                tls_client(addr, name, pem).unwrap_or_else(|e| panic!("{mode:?} {name}: {e}"));
-            ws.send(Message::text(name)).unwrap();
-            assert_eq!(ws.read().unwrap().into_text().unwrap(), name);
+                wss_client(addr, name, pem).unwrap_or_else(|e| panic!("{mode:?} {name}: {e}"));
+            assert_text_echo(&mut ws, name);
         }
         // Unknown name: no certificate, the handshake fails with an alert.
         assert!(
-            tls_client(addr, "other.example.test", &eu_pem).is_err(),
+            wss_client(addr, "other.example.test", eu_pem).is_err(),
             "{mode:?}"
         );
         // A live connection survives a certificate swap; new handshakes get the new one;
         // a broken file keeps the old certificate.
-        let mut live = tls_client(addr, "eu.example.test", &eu_pem).unwrap();
-        let fresh = write_cert_dir(&dir, "eu.example.test");
+        let mut live = wss_client(addr, "eu.example.test", eu_pem).unwrap();
+        let fresh = write_cert("eu.example.test");
         // Changes are seen by modification time: stamp them later instead of sleeping
         // past the file system's timestamp granularity.
         touch_later(&fresh.dir.join("fullchain.pem"), 10);
         touch_later(&fresh.dir.join("privkey.pem"), 10);
-        let fresh_pem = std::fs::read(fresh.dir.join("fullchain.pem")).unwrap();
+        let fresh_pem = fresh.cert_pem.as_bytes();
         assert_eq!(
             resolver.reload_changed(),
             vec!["eu.example.test".to_string()]
         );
-        live.send(Message::text("after reload")).unwrap();
-        assert_eq!(live.read().unwrap().into_text().unwrap(), "after reload");
+        assert_text_echo(&mut live, "after reload");
         assert!(
-            tls_client(addr, "eu.example.test", &fresh_pem).is_ok(),
+            wss_client(addr, "eu.example.test", fresh_pem).is_ok(),
             "{mode:?}: new certificate not served"
         );
         assert!(
-            tls_client(addr, "eu.example.test", &eu_pem).is_err(),
+            wss_client(addr, "eu.example.test", eu_pem).is_err(),
             "{mode:?}: old certificate still served"
         );
         std::fs::write(fresh.dir.join("privkey.pem"), b"garbage").unwrap();
         touch_later(&fresh.dir.join("privkey.pem"), 20);
         assert!(resolver.reload_changed().is_empty());
         assert!(
-            tls_client(addr, "eu.example.test", &fresh_pem).is_ok(),
+            wss_client(addr, "eu.example.test", fresh_pem).is_ok(),
             "{mode:?}: broken file replaced a good certificate"
         );
         drop(live);
         t.shutdown();
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Sets a file's modification time `secs` seconds ahead of now.
@@ -498,14 +319,7 @@ fn touch_later(path: &std::path::Path, secs: u64) {
 }
 
 fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
+    procfs::rss_bytes(std::process::id()).unwrap()
 }
 
 /// A node that pushes `total` bytes of binary messages as fast as the socket takes them,
@@ -560,7 +374,7 @@ fn slow_reader_backpressure_keeps_memory_flat() {
     for mode in modes() {
         let total = 256 * 1024 * 1024;
         let (node, progress) = pushing_node(total);
-        let (t, addr) = start(mode, table(&[("pusher", node)]), Setup::default());
+        let (t, addr) = start(mode, listener(&[("pusher", node)]));
         let mut ws = ws_client(addr);
         ws.send(Message::text("subscribe")).unwrap();
         let before = rss_bytes();
@@ -609,7 +423,7 @@ fn conformance_table_through_the_server() {
         cases.len()
     );
     for mode in modes() {
-        let (t, addr) = start(mode, table(&[("node-a", node)]), Setup::default());
+        let (t, addr) = start(mode, listener(&[("node-a", node)]));
         for c in &cases {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -645,38 +459,25 @@ fn conformance_table_through_the_server() {
 /// (they share the worker's registry, so their ids must not collide).
 #[test]
 fn shutdown_closes_live_connections_of_every_listener() {
-    init_crypto();
     let node = echo_node();
     for mode in modes() {
         let spec = |name: &str| {
-            let ctx = Arc::new(ListenerCtx {
-                name: name.into(),
-                observe: Default::default(),
-                limits: Limits::default(),
-                upstreams: table(&[("node-a", node)]),
-                handshake_timeout: Duration::from_secs(2),
-                connect_timeout: Duration::from_millis(500),
-                idle_timeout: Duration::from_secs(30),
-            });
-            ListenerSpec {
-                addr: "127.0.0.1:0".parse().unwrap(),
-                ctx,
-                tls: None,
-            }
+            TestListener::new(name, upstream_table(&[("node-a", node)])).timeouts(
+                Duration::from_secs(2),
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+            )
         };
-        let t = Terminator::start(
-            mode,
-            1,
-            vec![spec("a"), spec("b")],
-            ConnLimits::new(100, 100),
-            Duration::from_millis(300),
-        )
-        .unwrap();
+        let t = TerminatorBuilder::new(mode)
+            .limits(100, 100)
+            .listener(spec("a"))
+            .listener(spec("b"))
+            .start()
+            .unwrap();
         let mut a = ws_client(t.local_addrs[0]);
         let mut b = ws_client(t.local_addrs[1]);
         for ws in [&mut a, &mut b] {
-            ws.send(Message::text("hi")).unwrap();
-            assert_eq!(ws.read().unwrap().into_text().unwrap(), "hi");
+            assert_text_echo(ws, "hi");
         }
         let started = Instant::now();
         t.shutdown();

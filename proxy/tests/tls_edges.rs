@@ -8,30 +8,32 @@
 //! is skipped with a printed reason, never silently passed.
 
 use std::{
-    collections::HashMap,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{Arc, Once},
     thread,
     time::{Duration, Instant},
 };
 
 use proxy::{
-    handshake::Limits,
-    maglev::{MaglevRing, RingMember},
     observe::{
         page::{BackendView, PoolView, Quantiles, RegionView},
         Pages, StatsBoard,
     },
     terminator::{
-        handler::{ListenerCtx, Observe},
+        handler::Observe,
         io::IoMode,
-        server::{ConnLimits, ListenerSpec, Terminator},
-        tls::{CertSource, SniResolver, TlsAcceptor},
-        upstream::{Upstream, UpstreamSet, UpstreamTable},
+        server::Terminator,
+        tls::{SniResolver, TlsAcceptor},
     },
+};
+use proxy_tests::{
+    certs::TestCert,
+    clients::{assert_binary_echo, assert_text_echo, wss_client, WssClient},
+    echo::echo_node,
+    tempdir::TempDir,
+    terminator::{io_modes as modes, upstream_table, TerminatorBuilder, TestListener},
 };
 
 const NAME: &str = "eu.example.test";
@@ -39,79 +41,8 @@ const LISTENER: &str = "wss-edges";
 /// Every external tool run is bounded: a hang is a failure, not a stuck test.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn init_crypto() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    });
-}
-
-fn modes() -> [IoMode; 2] {
-    [IoMode::Epoll, IoMode::Uring]
-}
-
-/// A WebSocket echo node (the upstream of the listener; `/stats` lists its name).
-fn echo_node() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            thread::spawn(move || {
-                let Ok(mut ws) = tungstenite::accept(s) else {
-                    return;
-                };
-                while let Ok(msg) = ws.read() {
-                    if msg.is_close()
-                        || ((msg.is_text() || msg.is_binary()) && ws.send(msg).is_err())
-                    {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-fn table(node: SocketAddr) -> UpstreamTable {
-    let mut ring = MaglevRing::new(1009).unwrap();
-    ring.rebuild(&[RingMember {
-        id: 0,
-        name: "node-a".into(),
-        weight: 1,
-    }])
-    .unwrap();
-    let backends = HashMap::from([(
-        0,
-        Upstream {
-            id: 0,
-            name: "node-a".into(),
-            addr: node,
-        },
-    )]);
-    UpstreamTable::new(UpstreamSet { ring, backends })
-}
-
-/// A temp directory removed on drop (also when an assertion fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("pxt-tls-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A terminator with one TLS listener serving `eu.example.test` (certbot layout, rcgen
-/// self-signed ECDSA P-256 certificate), no default certificate.
+/// self-signed ECDSA P-256 certificate), no default certificate, relaying to an echo node.
 struct Proxy {
     t: Option<Terminator>,
     port: u16,
@@ -123,46 +54,21 @@ struct Proxy {
 
 impl Proxy {
     fn start(mode: IoMode, tag: &str) -> Self {
-        init_crypto();
-        let dir = TempDir::new(&format!("{tag}-{mode:?}"));
-        let ck = rcgen::generate_simple_self_signed(vec![NAME.to_string()]).unwrap();
-        let cert_dir = dir.0.join("live").join(NAME);
-        std::fs::create_dir_all(&cert_dir).unwrap();
-        std::fs::write(cert_dir.join("fullchain.pem"), ck.cert.pem()).unwrap();
-        std::fs::write(cert_dir.join("privkey.pem"), ck.key_pair.serialize_pem()).unwrap();
-        let ca = dir.0.join("ca.pem");
-        std::fs::write(&ca, ck.cert.pem()).unwrap();
-        let resolver = SniResolver::load(
-            &[CertSource {
-                server_name: NAME.into(),
-                dir: cert_dir,
-            }],
-            None,
-        )
-        .unwrap();
+        let dir = TempDir::new(&format!("tls-{tag}-{mode:?}")).unwrap();
+        let cert = TestCert::write(&dir.path().join("live").join(NAME), NAME).unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &cert.cert_pem).unwrap();
+        let resolver = SniResolver::load(&[cert.source()], None).unwrap();
         let node = echo_node();
-        let ctx = Arc::new(ListenerCtx {
-            name: LISTENER.into(),
-            observe: published_stats(),
-            limits: Limits::default(),
-            upstreams: table(node),
-            handshake_timeout: Duration::from_millis(800),
-            connect_timeout: Duration::from_millis(500),
-            idle_timeout: Duration::from_secs(30),
-        });
-        let spec = ListenerSpec {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            ctx,
-            tls: Some(TlsAcceptor::new(resolver)),
-        };
-        let t = Terminator::start(
-            mode,
-            1,
-            vec![spec],
-            ConnLimits::new(1000, 1000),
-            Duration::from_millis(200),
-        )
-        .expect("terminator starts");
+        let t = TerminatorBuilder::new(mode)
+            .grace(Duration::from_millis(200))
+            .listener(
+                TestListener::new(LISTENER, upstream_table(&[("node-a", node)]))
+                    .observe(published_stats())
+                    .tls(TlsAcceptor::new(resolver)),
+            )
+            .start()
+            .expect("terminator starts");
         let port = t.local_addrs[0].port();
         Self {
             t: Some(t),
@@ -456,7 +362,7 @@ fn session_resumption_on_tls12_and_tls13() {
     for mode in modes() {
         let p = Proxy::start(mode, "resume");
         for (version, name) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
-            let sess = p.dir.0.join(format!("session{version}.pem"));
+            let sess = p.dir.path().join(format!("session{version}.pem"));
             let _ = std::fs::remove_file(&sess);
             let ctx = format!("{mode:?} {version}");
             let base = [
@@ -665,37 +571,16 @@ fn plain_http_and_a_stalled_handshake_are_closed() {
 }
 
 /// A rustls + tungstenite client through the proxy (verifying the certificate).
-fn wss_client(
-    p: &Proxy,
-) -> tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
+fn wss(p: &Proxy) -> WssClient {
     let pem = std::fs::read(&p.ca).unwrap();
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(NAME).unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let (ws, resp) = tungstenite::client(
-        format!("wss://{NAME}/"),
-        rustls::StreamOwned::new(conn, tcp),
-    )
-    .expect("upgrade over TLS");
-    assert_eq!(resp.status(), 101);
-    ws
+    wss_client(SocketAddr::from(([127, 0, 0, 1], p.port)), NAME, &pem).expect("upgrade over TLS")
 }
 
 #[test]
 fn tls_relay_is_byte_exact_for_large_and_small_messages_after_idle_periods() {
-    use tungstenite::Message;
     for mode in modes() {
         let p = Proxy::start(mode, "relay");
-        let mut ws = wss_client(&p);
+        let mut ws = wss(&p);
         // Idle first: the relay waits with its small buffers (which also take ciphertext).
         thread::sleep(Duration::from_millis(300));
         for round in 0..3 {
@@ -703,16 +588,10 @@ fn tls_relay_is_byte_exact_for_large_and_small_messages_after_idle_periods() {
             let big: Vec<u8> = (0..3_000_000u32)
                 .map(|i| (i.wrapping_mul(31).wrapping_add(round) % 251) as u8)
                 .collect();
-            ws.send(Message::binary(big.clone())).unwrap();
-            assert_eq!(
-                ws.read().unwrap().into_data(),
-                big,
-                "{mode:?} round {round}: large message corrupted"
-            );
+            assert_binary_echo(&mut ws, &big, &format!("{mode:?} round {round}"));
             for i in 0..20 {
                 let m = format!("{{\"id\":{i},\"method\":\"call\",\"params\":[]}}");
-                ws.send(Message::text(m.clone())).unwrap();
-                assert_eq!(ws.read().unwrap().into_text().unwrap(), m, "{mode:?}");
+                assert_text_echo(&mut ws, &m);
             }
             // Back to idle between rounds (epoll: stale readiness, buffer released).
             thread::sleep(Duration::from_millis(200));

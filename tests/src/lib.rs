@@ -1,6 +1,16 @@
+pub mod certs;
+pub mod clients;
+pub mod config;
 pub mod cpu;
+pub mod echo;
 pub mod fixture;
 pub mod netns;
 pub mod packet;
+pub mod plane;
+pub mod ports;
+pub mod procfs;
+pub mod rng;
 pub mod storm;
+pub mod tempdir;
+pub mod terminator;
 pub mod topology;

@@ -20,6 +20,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
+    config::{Backend, ConfigBuilder},
     netns::{self, NetNs},
     topology::{self, Lab},
 };
@@ -32,30 +33,27 @@ pub const NODE_PORT: u16 = 8080;
 /// defaults for everything else (NAT ports, timeouts, table sizes): only interfaces, NAT
 /// address, listener and pool are given.
 pub fn l4_config(lab: &Lab, pin_dir: &str) -> String {
-    let ifaces: Vec<String> = lab
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    let backends: Vec<String> = lab
+    let backends: Vec<Backend> = lab
         .nodes
         .iter()
         .map(|n| {
-            format!(
-                "{{ name = \"node-{}\", address = \"{}:{NODE_PORT}\" }}",
-                n.index, n.addr
+            Backend::new(
+                format!("node-{}", n.index),
+                format!("{}:{NODE_PORT}", n.addr),
             )
         })
         .collect();
-    format!(
-        "[balancer]\ninterfaces = [{}]\nsnat_v4 = \"{}\"\npin_dir = \"{pin_dir}\"\n\n\
-         [[listener]]\nname = \"rpc\"\naddress = \"{}:{VIP_PORT}\"\nmode = \"l4\"\npool = \"storm\"\n\n\
-         [pools.storm]\nbackends = [ {} ]\n",
-        ifaces.join(", "),
-        topology::SNAT_ADDR,
-        topology::VIP,
-        backends.join(", "),
-    )
+    ConfigBuilder::new(&lab.lb_interfaces())
+        .set("balancer", "snat_v4", topology::SNAT_ADDR.to_string())
+        .set("balancer", "pin_dir", pin_dir)
+        .listener(
+            "rpc",
+            format!("{}:{VIP_PORT}", topology::VIP),
+            "l4",
+            "storm",
+        )
+        .pool("storm", &backends)
+        .text()
 }
 
 /// A node server in a namespace: answers each connection's first line with a short response

@@ -24,6 +24,7 @@ use proxy::{
 };
 use proxy_common::backend_counter_index;
 use proxy_tests::{
+    config::{Backend, ConfigBuilder},
     netns::{self, NetNs},
     topology::{self, Lab},
 };
@@ -62,41 +63,23 @@ fn start_node_server(ns: &NetNs, addr: Ipv4Addr, name: String) {
 }
 
 fn config_text(lab: &Lab, pin_dir: &str) -> String {
-    let ifaces: Vec<String> = lab
-        .lb_interfaces()
+    let backends: Vec<Backend> = lab
+        .nodes
         .iter()
-        .map(|i| format!("\"{i}\""))
+        .zip([100, 100, 200])
+        .map(|(node, weight)| {
+            let address = format!("{}:{NODE_PORT}", node.addr);
+            Backend::new(format!("node-{}", node.index), address).weight(weight)
+        })
         .collect();
-    let mut backends = String::new();
-    for (node, weight) in lab.nodes.iter().zip([100, 100, 200]) {
-        backends += &format!(
-            "  {{ name = \"node-{}\", address = \"{}:{NODE_PORT}\", weight = {weight} }},\n",
-            node.index, node.addr
-        );
-    }
-    format!(
-        r#"
-[balancer]
-interfaces = [{}]
-snat_v4 = "{}"
-nat_ports = [10000, 60000]
-ring_size = 65537
-pin_dir = "{pin_dir}"
-
-[[listener]]
-name = "rpc"
-address = "{}:{PORT}"
-mode = "l4"
-pool = "{POOL}"
-
-[pools.{POOL}]
-backends = [
-{backends}]
-"#,
-        ifaces.join(", "),
-        topology::SNAT_ADDR,
-        topology::VIP
-    )
+    ConfigBuilder::new(&lab.lb_interfaces())
+        .set("balancer", "snat_v4", topology::SNAT_ADDR.to_string())
+        .set("balancer", "nat_ports", vec![10000, 60000])
+        .set("balancer", "ring_size", 65537)
+        .set("balancer", "pin_dir", pin_dir)
+        .listener("rpc", format!("{}:{PORT}", topology::VIP), "l4", POOL)
+        .pool(POOL, &backends)
+        .text()
 }
 
 /// Connects from the client namespace and returns the greeting's node name.

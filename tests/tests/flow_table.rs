@@ -7,9 +7,15 @@
 //! so no routes are needed: forwarded packets end as XDP_PASS (no next hop) either way.
 //! Root only; CI runs as root.
 
-use std::{net::Ipv4Addr, thread::sleep, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    thread::sleep,
+    time::Duration,
+};
 
 use proxy::{
+    balancer::vip_key,
+    config::Protocol,
     ebpf::{
         kernel_tick_ns, test_run::run_xdp, CounterTotals, DataPlane, DataPlaneError, LoadOptions,
     },
@@ -83,12 +89,7 @@ fn configure(dp: &mut DataPlane) {
     )
     .expect("backend");
     dp.set_vip(
-        &VipKey {
-            addr: v4_words(VIP.octets()),
-            port: VIP_PORT.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-        },
+        &vip_key(SocketAddr::from((VIP, VIP_PORT)), Protocol::Tcp),
         &VipMeta::default(),
     )
     .expect("vip");
@@ -654,12 +655,7 @@ fn ports_are_per_backend_and_per_snat_address() {
     )
     .expect("backend 2");
     dp.set_vip(
-        &VipKey {
-            addr: v4_words(vip2.octets()),
-            port: VIP_PORT.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-        },
+        &vip_key(SocketAddr::from((vip2, VIP_PORT)), Protocol::Tcp),
         &VipMeta {
             vip_num: 1,
             ..VipMeta::default()

@@ -12,77 +12,47 @@ use proxy::{
     plane::upstream_set,
 };
 use proxy_tests::{
+    config::{Backend, ConfigBuilder},
     fixture::{xdp as action, PinDir},
     netns::{run_in, unique_prefix, NetNs},
     packet::{parse, tcp_flags, Ip, PacketBuilder},
+    rng::Rng,
 };
 
-const CONFIG: &str = r#"
-[balancer]
-interfaces = ["lo"]
-snat_v4 = "192.0.2.254"
-snat_v6 = "2001:db8:ff::1"
-nat_ports = [10000, 60000]
-pin_dir = "PIN_DIR"
-
-[[listener]]
-name = "rpc-l4"
-address = "203.0.113.10:8090"
-mode = "l4"
-pool = "eu"
-hash = "source"
-
-[[listener]]
-name = "wss"
-address = "203.0.113.10:443"
-mode = "ws"
-pool = "eu"
-
-[[listener]]
-name = "rpc6-l4"
-address = "[2001:db8:10::10]:8090"
-mode = "l4"
-pool = "eu6"
-hash = "source"
-
-[[listener]]
-name = "wss6"
-address = "[2001:db8:10::10]:443"
-mode = "ws"
-pool = "eu6"
-
-[pools.eu]
-backends = [
-  { name = "node-a", address = "198.51.100.11:8090", weight = 100 },
-  { name = "node-b", address = "198.51.100.12:8090", weight = 100 },
-  { name = "node-c", address = "198.51.100.13:8090", weight = 200 },
-  { name = "node-d", address = "198.51.100.14:8090", weight = 50 },
-]
-
-[pools.eu6]
-backends = [
-  { name = "node-a6", address = "[2001:db8:b::11]:8090", weight = 1 },
-  { name = "node-b6", address = "[2001:db8:b::12]:8090", weight = 1 },
-  { name = "node-c6", address = "[2001:db8:b::13]:8090", weight = 2 },
-]
-"#;
-
-/// xorshift64*: deterministic "random" addresses, so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
+/// Two VIPs (IPv4, IPv6), each with an `l4` listener hashing by source and a `ws` one.
+fn config(pin_dir: &str) -> Config {
+    let eu = [
+        ("a", 11, 100),
+        ("b", 12, 100),
+        ("c", 13, 200),
+        ("d", 14, 50),
+    ]
+    .map(|(n, host, w)| {
+        Backend::new(format!("node-{n}"), format!("198.51.100.{host}:8090")).weight(w)
+    });
+    let eu6 = [("a6", 11, 1), ("b6", 12, 1), ("c6", 13, 2)].map(|(n, host, w)| {
+        Backend::new(format!("node-{n}"), format!("[2001:db8:b::{host}]:8090")).weight(w)
+    });
+    ConfigBuilder::new(&["lo"])
+        .set("balancer", "snat_v4", "192.0.2.254")
+        .set("balancer", "snat_v6", "2001:db8:ff::1")
+        .set("balancer", "nat_ports", vec![10000, 60000])
+        .set("balancer", "pin_dir", pin_dir)
+        .listener("rpc-l4", "203.0.113.10:8090", "l4", "eu")
+        .listener_key("hash", "source")
+        .listener("wss", "203.0.113.10:443", "ws", "eu")
+        .listener("rpc6-l4", "[2001:db8:10::10]:8090", "l4", "eu6")
+        .listener_key("hash", "source")
+        .listener("wss6", "[2001:db8:10::10]:443", "ws", "eu6")
+        .pool("eu", &eu)
+        .pool("eu6", &eu6)
+        .build("ring_agreement")
 }
 
 #[test]
 fn terminator_and_kernel_choose_the_same_node() {
     let pins = PinDir::new(&format!("{}-ring", unique_prefix())).expect("pin dir");
-    let text = CONFIG.replace("PIN_DIR", &pins.path().display().to_string());
-    let config = Config::parse(&text, "ring_agreement").expect("config");
+    let config = config(&pins.path().display().to_string());
     let ns = NetNs::new("ring").expect("namespace");
     let mismatches = run_in(&ns, move || {
         let b = &config.balancer;
@@ -93,7 +63,7 @@ fn terminator_and_kernel_choose_the_same_node() {
         .expect("load");
         let balancer = Balancer::from_config(&config, &mut dp).expect("maps");
         let fd = dp.program_fd().expect("fd");
-        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut rng = Rng::new(0x5eed_1234_abcd_0001);
         let mut mismatches = Vec::new();
         let mut checked = 0;
         for (l4, ws, count) in [("rpc-l4", "wss", 10_000), ("rpc6-l4", "wss6", 1_000)] {
@@ -106,11 +76,11 @@ fn terminator_and_kernel_choose_the_same_node() {
                 .unwrap()
                 .address;
             for _ in 0..count {
-                let r = rng.next();
+                let r = rng.next_u64();
                 let client: IpAddr = match vip.ip() {
                     IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from((r >> 32) as u32)),
                     IpAddr::V6(_) => {
-                        IpAddr::V6(Ipv6Addr::from(((r as u128) << 64) | rng.next() as u128))
+                        IpAddr::V6(Ipv6Addr::from(((r as u128) << 64) | rng.next_u64() as u128))
                     }
                 };
                 let ip = match (client, vip.ip()) {

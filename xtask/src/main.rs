@@ -74,21 +74,9 @@ fn main() -> Result<()> {
         }
         Task::Demo { duration } => {
             setup()?;
-            let mut args = vec![
-                "run",
-                "--release",
-                "--locked",
-                "-p",
-                "proxy-perf",
-                "--bin",
-                "demo",
-                "--",
-            ];
-            let d;
-            if let Some(secs) = duration {
-                d = secs.to_string();
-                args.extend(["--duration", &d]);
-            }
+            let args: Vec<String> = duration
+                .map(|secs| vec!["--duration".into(), secs.to_string()])
+                .unwrap_or_default();
             cargo(
                 &root,
                 &[
@@ -101,7 +89,7 @@ fn main() -> Result<()> {
                     "proxy",
                 ],
             )?;
-            cargo(&root, &args)
+            run_perf_bin(&root, "demo", &args)
         }
         Task::Bench { scenario, args } => {
             setup()?;
@@ -115,20 +103,25 @@ fn main() -> Result<()> {
                     known.join("\n  ")
                 );
             };
-            let mut a = vec![
-                "run",
-                "--release",
-                "--locked",
-                "-p",
-                "proxy-perf",
-                "--bin",
-                bin,
-                "--",
-            ];
-            a.extend(args.iter().map(String::as_str));
-            cargo(&root, &a)
+            run_perf_bin(&root, bin, &args)
         }
     }
+}
+
+/// `cargo run` of one of `perf/`'s binaries (release, locked) with `args`.
+fn run_perf_bin(root: &Path, bin: &str, args: &[String]) -> Result<()> {
+    let mut a = vec![
+        "run",
+        "--release",
+        "--locked",
+        "-p",
+        "proxy-perf",
+        "--bin",
+        bin,
+        "--",
+    ];
+    a.extend(args.iter().map(String::as_str));
+    cargo(root, &a)
 }
 
 /// Bench scenarios: name, binary in `perf/`, what it measures.

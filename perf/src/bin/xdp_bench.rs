@@ -30,17 +30,25 @@
 //! (two veth pairs, permanent neighbour entries, removed at exit) and runs from a thread that
 //! entered it, pinned to one CPU.
 
-use std::{collections::HashMap, net::Ipv4Addr, os::fd::RawFd, path::PathBuf, time::Instant};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    os::fd::RawFd,
+    path::PathBuf,
+    time::Instant,
+};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use proxy::{
+    balancer::vip_key,
+    config::Protocol,
     ebpf::{kernel_tick_ns, test_run::run_xdp, CounterTotals, DataPlane, LoadOptions},
     maglev::{MaglevRing, RingMember},
 };
 use proxy_common::{
-    ticks_from_ns, v4_words, Backend, Reason, Settings, VipKey, VipMeta, BACKEND_PRESENT,
-    DEFAULT_RING_SIZE, FAMILY_V4, LAST_SEEN_REFRESH_NS, NEXT_HOP_TTL_NS, PROTO_TCP,
+    ticks_from_ns, v4_words, Backend, Reason, Settings, VipMeta, BACKEND_PRESENT,
+    DEFAULT_RING_SIZE, FAMILY_V4, LAST_SEEN_REFRESH_NS, NEXT_HOP_TTL_NS,
 };
 use proxy_tests::{
     fixture::{test_run_unsupported, xdp, PinDir},
@@ -173,12 +181,7 @@ fn configure(dp: &mut DataPlane) -> Result<()> {
         },
     )?;
     dp.set_vip(
-        &VipKey {
-            addr: v4_words(VIP.octets()),
-            port: VIP_PORT.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-        },
+        &vip_key(SocketAddr::from((VIP, VIP_PORT)), Protocol::Tcp),
         &VipMeta {
             vip_num: VIP_NUM,
             flags: 0,
@@ -346,36 +349,23 @@ fn run_bench(
                 .is_none_or(|o| o == *c || *c == "baseline")
         })
         .collect();
+    // Passed up untouched: the baseline program, and the lookup floor's hit.
+    let passed = Expect {
+        action: xdp::PASS,
+        reason: None,
+        new_flows: 0,
+        vip_packets: 0,
+    };
     let mut samples: Vec<(&'static str, Vec<u32>)> =
         cases.iter().map(|n| (*n, Vec::new())).collect();
     let started = Instant::now();
     for _ in 0..args.rounds {
         for (name, v) in samples.iter_mut() {
             let ns = match *name {
-                "baseline" => b.measure(
-                    b.baseline_fd,
-                    &ack,
-                    b.cli_ifindex,
-                    Expect {
-                        action: xdp::PASS,
-                        reason: None,
-                        new_flows: 0,
-                        vip_packets: 0,
-                    },
-                )?,
+                "baseline" => b.measure(b.baseline_fd, &ack, b.cli_ifindex, passed)?,
                 "lru_hit" => b.measure(b.prog_fd, &ack, b.cli_ifindex, fwd)?,
                 // XDP_PASS means the flow was found (the program drops on a miss).
-                "lookup_floor" => b.measure(
-                    b.floor_fd,
-                    &ack,
-                    b.cli_ifindex,
-                    Expect {
-                        action: xdp::PASS,
-                        reason: None,
-                        new_flows: 0,
-                        vip_packets: 0,
-                    },
-                )?,
+                "lookup_floor" => b.measure(b.floor_fd, &ack, b.cli_ifindex, passed)?,
                 "reply" => b.measure(
                     b.prog_fd,
                     &reply,

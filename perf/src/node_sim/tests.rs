@@ -71,6 +71,21 @@ async fn ws_connect(url: &str) -> Ws {
     timeout(T, connect_async(url)).await.unwrap().unwrap().0
 }
 
+/// A websocket to `node` subscribed to object notices with callback `cb`.
+async fn subscribed(node: &NodeSimHandle, cb: u64, clear_filter: bool) -> Ws {
+    let mut ws = ws_connect(&node.ws_url()).await;
+    let args = json!([cb, clear_filter]);
+    ws_call(
+        &mut ws,
+        1,
+        json!("database"),
+        "set_subscribe_callback",
+        args,
+    )
+    .await;
+    ws
+}
+
 /// Next text message, parsed (panics on close, error or timeout).
 async fn ws_recv(ws: &mut Ws) -> Value {
     loop {
@@ -252,15 +267,7 @@ async fn websocket_session() {
 #[tokio::test]
 async fn maintenance_schedule() {
     let node = NodeSim::spawn(NodeSimConfig::fast(100, 2)).await.unwrap();
-    let mut ws = ws_connect(&node.ws_url()).await;
-    ws_call(
-        &mut ws,
-        1,
-        json!("database"),
-        "set_subscribe_callback",
-        json!([1, false]),
-    )
-    .await;
+    let mut ws = subscribed(&node, 1, false).await;
     let start = Instant::now();
     let mut seen: Vec<(Instant, Value)> = Vec::new();
     while start.elapsed() < Duration::from_millis(4500) {
@@ -426,15 +433,7 @@ async fn control_refuse_accept() {
 #[tokio::test]
 async fn control_die() {
     let node = NodeSim::spawn(fast_no_maint()).await.unwrap();
-    let mut ws = ws_connect(&node.ws_url()).await;
-    ws_call(
-        &mut ws,
-        1,
-        json!("database"),
-        "set_subscribe_callback",
-        json!([1, true]),
-    )
-    .await;
+    let mut ws = subscribed(&node, 1, true).await;
     ws_recv(&mut ws).await; // notices flowing
     assert_eq!(node.connections(), 1);
 
@@ -468,15 +467,7 @@ async fn control_die() {
 #[tokio::test]
 async fn control_heavy_push() {
     let node = NodeSim::spawn(fast_no_maint()).await.unwrap();
-    let mut ws = ws_connect(&node.ws_url()).await;
-    ws_call(
-        &mut ws,
-        1,
-        json!("database"),
-        "set_subscribe_callback",
-        json!([3, true]),
-    )
-    .await;
+    let mut ws = subscribed(&node, 3, true).await;
 
     // Counts notices and distinct blocks over a window.
     async fn window(ws: &mut Ws, ms: u64) -> (usize, usize, usize) {

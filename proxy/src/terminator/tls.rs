@@ -494,24 +494,23 @@ impl<S: Io> Io for TlsIo<S> {
 
 #[cfg(test)]
 mod tests {
+    use proxy_tests::{certs::TestCert, tempdir::TempDir};
+
     use super::*;
     use crate::config::tests::GOOD;
 
     #[test]
     fn certificates_are_checked_against_their_server_name() {
-        let dir = std::env::temp_dir().join(format!("pxt-cfgcert-{}", std::process::id()));
-        let cert_dir = dir.join("eu");
-        std::fs::create_dir_all(&cert_dir).unwrap();
-        let ck = rcgen::generate_simple_self_signed(vec!["eu.example.test".to_string()]).unwrap();
-        std::fs::write(cert_dir.join("fullchain.pem"), ck.cert.pem()).unwrap();
-        std::fs::write(cert_dir.join("privkey.pem"), ck.key_pair.serialize_pem()).unwrap();
+        let dir = TempDir::new("cfgcert").unwrap();
+        let cert_dir = dir.path().join("eu");
+        TestCert::write(&cert_dir, "eu.example.test").unwrap();
         let listener = |name: &str| {
             format!(
                 "\n[[listener]]\nname = \"wss\"\naddress = \"203.0.113.10:443\"\nmode = \"tls\"\npool = \"eu\"\n[listener.tls]\ncertificates = [ {{ server_name = \"{name}\", dir = \"{}\" }} ]\n",
                 cert_dir.display()
             )
         };
-        let file = dir.join("proxy.toml");
+        let file = dir.path().join("proxy.toml");
         std::fs::write(&file, format!("{GOOD}{}", listener("eu.example.test"))).unwrap();
         Config::load(&file, check_certificates).expect("matching certificate");
         std::fs::write(&file, format!("{GOOD}{}", listener("us.example.test"))).unwrap();
@@ -529,6 +528,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no private key"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
