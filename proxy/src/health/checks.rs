@@ -125,7 +125,9 @@ async fn ws_call(ws: &mut Ws, request: &str, id: u64) -> Result<Value, String> {
     Err("connection closed before the answer".into())
 }
 
-fn result_of(v: Value) -> Result<Value, String> {
+/// The `result` of a JSON-RPC answer, or the node's `error` as text. Public for the fuzz
+/// targets (tests/fuzz).
+pub fn result_of(v: Value) -> Result<Value, String> {
     if let Some(e) = v.get("error") {
         let msg = e.get("message").and_then(Value::as_str).unwrap_or("error");
         return Err(format!(
@@ -171,7 +173,8 @@ async fn http_call(addr: SocketAddr, path: &str, body: &str) -> Result<Value, St
     result_of(v)
 }
 
-fn parse_dgp(v: &Value) -> Result<HeadSample, String> {
+/// The head sample in a `get_dynamic_global_properties` result. Public for the fuzz targets.
+pub fn parse_dgp(v: &Value) -> Result<HeadSample, String> {
     let num = v
         .get("head_block_number")
         .and_then(Value::as_u64)
@@ -184,7 +187,8 @@ fn parse_dgp(v: &Value) -> Result<HeadSample, String> {
     HeadSample::from_chain_fields(unix_now(), num, time, next).map_err(|e| e.to_string())
 }
 
-fn parse_params(v: &Value) -> Result<ChainParams, String> {
+/// The chain's timing in a `get_global_properties` result. Public for the fuzz targets.
+pub fn parse_params(v: &Value) -> Result<ChainParams, String> {
     let p = v.get("parameters").ok_or("no parameters")?;
     let get = |k: &str| {
         p.get(k)
