@@ -2,7 +2,8 @@
 //! backends like the fixture table's (tests/tests/xdp_fixtures.rs), runs every input through
 //! BPF_PROG_TEST_RUN. Checked per packet: the verdict is DROP, PASS, TX or REDIRECT (ABORTED
 //! means a map the program relies on was missing), the frame keeps its length (full NAT never
-//! grows or shrinks it), and a frame the program rewrote carries a valid IPv4 header checksum
+//! grows or shrinks it), a frame sent out (TX, REDIRECT) comes from a device's MAC address,
+//! and a frame the program rewrote carries a valid IPv4 header checksum
 //! and TCP/UDP checksum whenever the frame it was given did (incremental updates keep an
 //! error that was already there, so only valid inputs can be held to it).
 //!
@@ -600,6 +601,15 @@ fuzz_target!(init: LAB.with(|l| *l.borrow_mut() = Some(load())), |data: &[u8]| {
             "frame changed length ({})",
             xdp::name(out.action)
         );
+        if matches!(out.action, xdp::TX | xdp::REDIRECT) {
+            // Sent out of one of the balancer's devices, so from its MAC address.
+            let src_mac = &out.packet[6..12];
+            assert!(
+                src_mac == CLI_DEV_MAC || src_mac == BK_DEV_MAC,
+                "{} with source MAC {src_mac:02x?}, not a device's",
+                xdp::name(out.action)
+            );
+        }
         if out.packet != frame && verify_checksums(&frame).is_ok() {
             CHECKED.fetch_add(1, Relaxed);
             if let Err(e) = verify_checksums(&out.packet) {
