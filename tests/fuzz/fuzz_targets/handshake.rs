@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
             total_len,
             ..
         } => assert!(head_len <= total_len && *total_len == buf.len()),
-        Decision::Stats { head_len } => assert!(*head_len <= buf.len()),
+        Decision::Stats { head_len, .. } => assert!(*head_len <= buf.len()),
         Decision::NeedMore => {}
     }
     // One prefix per input, at a place the fuzzer controls (the selector's high bits and
