@@ -4,11 +4,13 @@
 //! target/fuzz/corpus/<target>/, crashing inputs to target/fuzz/artifacts/<target>/, each
 //! run's output to target/fuzz/logs/<target>.log.
 //!
-//! Toolchain: the stable one with `RUSTC_BOOTSTRAP=1` (cargo-fuzz passes `-Z` flags), so a
-//! machine with only stable can fuzz; `PROXY_FUZZ_TOOLCHAIN=nightly` uses the rustup nightly
-//! instead, and a failed stable build is retried on the nightly when one is installed.
-//! No sanitizer (`--sanitizer none`): the parsers are safe Rust, where what a fuzzer finds is
-//! a panic (overflow checks and debug assertions are on), and ASan would halve the rate.
+//! Toolchain: the one `cargo xtask` runs on (stable), with `RUSTC_BOOTSTRAP=1` so that any
+//! nightly-only flag cargo-fuzz passes is accepted (with `--sanitizer none` it passes none
+//! today; ASan's `-Zsanitizer` works this way too), so a machine with only stable can fuzz.
+//! `PROXY_FUZZ_TOOLCHAIN=nightly` uses the rustup nightly instead, and a failed stable build
+//! is retried on the nightly when one is installed. No sanitizer: the parsers are safe Rust,
+//! where what a fuzzer finds is a panic (overflow checks and debug assertions are on), and
+//! ASan would slow every execution.
 
 use std::{
     fs,
