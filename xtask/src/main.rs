@@ -11,6 +11,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
+
 /// Debian packages the project needs (eBPF toolchain, network tools for tests and demo,
 /// peers for benchmarks).
 const APT_PACKAGES: &[&str] = &[
@@ -55,6 +57,18 @@ enum Task {
         #[arg(long)]
         duration: Option<u64>,
     },
+    /// Setup, then the fuzz targets in tests/fuzz (all in turn, or one), 60 s each by default.
+    Fuzz {
+        /// One target (`handshake`, `upgrade_response`, `health_answer`, `agent_feed`,
+        /// `config`, `xdp`); default: every target in turn.
+        target: Option<String>,
+        /// Stop each target after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Stop each target after this many executions.
+        #[arg(long)]
+        runs: Option<u64>,
+    },
     /// Setup, then a benchmark scenario: `xdp`, `proxy` or `storm`.
     Bench {
         scenario: String,
@@ -90,6 +104,14 @@ fn main() -> Result<()> {
                 ],
             )?;
             run_perf_bin(&root, "demo", &args)
+        }
+        Task::Fuzz {
+            target,
+            seconds,
+            runs,
+        } => {
+            setup()?;
+            fuzz::fuzz(&root, target.as_deref(), seconds, runs)
         }
         Task::Bench { scenario, args } => {
             setup()?;
@@ -216,6 +238,7 @@ fn setup() -> Result<()> {
         }
         run(&mut cmd)?;
     }
+    fuzz::ensure_cargo_fuzz()?;
     eprintln!("setup: ok");
     Ok(())
 }
@@ -257,6 +280,8 @@ fn test(root: &Path) -> Result<()> {
     )?;
     clippy_bpf(root)?;
     cargo(root, &["test", "--locked", "--release"])?;
+    // Every fuzz target briefly (seeds plus what the fuzzer finds in that time).
+    fuzz::fuzz(root, None, Some(fuzz::CI_SECONDS), None)?;
     Ok(())
 }
 
