@@ -15,7 +15,7 @@ use std::{
 
 use proxy::{
     config::{Config, IoChoice},
-    health::{checks::unix_now, rules::BackendState},
+    health::{checks::unix_now, pool::ChainState, rules::BackendState},
     plane::{upstream_set, Event, Inputs},
 };
 use proxy_perf::node_sim::{Control, NodeSim, NodeSimConfig, NodeSimHandle};
@@ -333,4 +333,83 @@ async fn probes_read_the_chain_from_a_simulated_node() {
             .kind,
         ProbeErrorKind::Connect
     );
+}
+
+/// A chain halt is not a node failure: all three nodes stall at (nearly) the same head, so each
+/// one's own verdict turns stale, yet all of them stay in the ring and clients keep reading;
+/// `/stats.json` says the chain halted. When the nodes resume together, the halt is over.
+#[tokio::test(flavor = "current_thread")]
+async fn a_chain_halt_keeps_the_pool_serving() {
+    init_crypto();
+    let (nodes, addrs) = spawn_nodes().await;
+    let config = config(free_port(), &addrs);
+    let (mut plane, mut inputs, proxy) = start_plane(&config, IoChoice::Epoll, unix_now(), "wss");
+    let state_of_all = |p: &Plane, s: BackendState| {
+        (1..=3).all(|i| p.board().state("eu", &format!("node-{i}")) == Some(s))
+    };
+    pump_until(&mut plane, &mut inputs, Duration::from_secs(5), |p| {
+        state_of_all(p, BackendState::Up)
+    })
+    .await
+    .expect("all nodes up");
+
+    for n in &nodes {
+        n.set_mode(Control::Stall).await.unwrap();
+    }
+    pump_until(&mut plane, &mut inputs, Duration::from_secs(20), |p| {
+        state_of_all(p, BackendState::Down)
+    })
+    .await
+    .expect("every node's own verdict turns stale");
+    for i in 1..=3 {
+        assert!(
+            available(&plane, &format!("node-{i}")),
+            "node-{i} left the ring during a chain halt"
+        );
+    }
+    let d = plane.pool_decision("eu").expect("a pool decision").clone();
+    assert!(
+        matches!(d.chain, ChainState::Halted { .. }),
+        "{:?}",
+        d.chain
+    );
+    assert_eq!(d.kept_in.len(), 3, "{d:?}");
+    // Clients still read state through the proxy.
+    tokio::task::spawn_blocking(move || {
+        let mut ws = rpc_client(2, proxy);
+        call_chain_id(&mut ws, 1)
+    })
+    .await
+    .unwrap()
+    .expect("a call during the halt");
+    plane.handle(Event::Tick, unix_now());
+    let pages = plane.stats_pages();
+    let body = String::from_utf8_lossy(&pages.json);
+    let json: serde_json::Value =
+        serde_json::from_str(body.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(json["pools"][0]["chain_state"], "halted", "{json}");
+    assert!(
+        json["pools"][0]["chain_note"]
+            .as_str()
+            .unwrap()
+            .starts_with("chain halted at block "),
+        "{json}"
+    );
+    assert_eq!(json["pools"][0]["backends"][0]["state"], "kept", "{json}");
+
+    for n in &nodes {
+        n.set_mode(Control::Resume).await.unwrap();
+    }
+    pump_until(&mut plane, &mut inputs, Duration::from_secs(10), |p| {
+        state_of_all(p, BackendState::Up)
+            && p.pool_decision("eu").is_some_and(|d| {
+                matches!(d.chain, ChainState::Advancing { .. }) && d.kept_in.is_empty()
+            })
+    })
+    .await
+    .expect("the chain resumes and the halt is over");
+    drop(plane.shutdown());
+    for n in nodes {
+        n.shutdown().await;
+    }
 }

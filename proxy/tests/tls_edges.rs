@@ -443,6 +443,7 @@ fn published_stats() -> Observe {
             best_head_age_secs: Some(1),
             clients: 0,
             nodes_up: 1,
+            panic: false,
             backends: vec![node],
         }],
     }));

@@ -23,6 +23,13 @@ fn default_fall() -> u32 {
 fn default_path() -> String {
     "/".into()
 }
+fn default_panic_threshold() -> u32 {
+    DEFAULT_PANIC_THRESHOLD_PERCENT
+}
+
+/// Below this share of a pool's nodes in the ring, the least-bad ones stay in (Envoy's panic
+/// threshold): a region serves slightly stale data rather than none.
+pub const DEFAULT_PANIC_THRESHOLD_PERCENT: u32 = 50;
 
 /// Which probe a pool runs.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -63,12 +70,23 @@ pub struct HealthConfig {
     pub slow_start_secs: u64,
     /// Agent feed: the node answers `GET /agent` on this port with up/down/drain/NN%.
     pub agent_port: Option<u16>,
+    /// When fewer than this percentage of the pool's nodes would stay in the ring, the
+    /// least-bad nodes (answering, only stale or lagging) stay in; 0 turns it off. A chain
+    /// halt (every answering node stale at the same head) keeps all of them in.
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold_percent: u32,
 }
 
 impl HealthConfig {
     /// Problems for `check-config`, each naming its key under `at`.
     pub fn problems(&self, at: &str) -> Vec<String> {
         let mut p = Vec::new();
+        if self.panic_threshold_percent > 100 {
+            p.push(format!(
+                "{at}.panic_threshold_percent = {}: at most 100",
+                self.panic_threshold_percent
+            ));
+        }
         if self.interval_ms < 100 {
             p.push(format!(
                 "{at}.interval_ms = {}: at least 100",

@@ -4,6 +4,7 @@
 //! flows are left alone (a lagging node still serves its clients until they reconnect).
 
 pub mod checks;
+pub mod pool;
 pub mod rules;
 
 use std::{

@@ -20,6 +20,7 @@ pub const BACKEND_HEAD_AGE: &str = "proxy_backend_head_age_seconds";
 pub const POOL_BEST_HEAD: &str = "proxy_pool_best_head_block";
 pub const POOL_CHAIN_STATE: &str = "proxy_pool_chain_state";
 pub const POOL_NODES_UP: &str = "proxy_pool_nodes_up";
+pub const POOL_PANIC: &str = "proxy_pool_panic";
 pub const RING_VERSION: &str = "proxy_ring_version";
 pub const PROBE_FAILURES: &str = "proxy_health_probe_failures_total";
 pub const AGENT_FAILURES: &str = "proxy_health_agent_failures_total";
@@ -59,6 +60,7 @@ pub const SERIES: &[(&str, Kind, Option<Unit>, &str)] = &[
     (POOL_BEST_HEAD, Kind::Gauge, None, "Highest head block number reported by any node of the pool."),
     (POOL_CHAIN_STATE, Kind::Gauge, None, "1 for the pool's chain state (advancing, halted, unknown); the others read 0."),
     (POOL_NODES_UP, Kind::Gauge, None, "Nodes of the pool that take new connections."),
+    (POOL_PANIC, Kind::Gauge, None, "1 while fewer of the pool's nodes are healthy than its panic threshold (the least-bad stay in)."),
     (RING_VERSION, Kind::Gauge, None, "Version of a listener's Maglev ring: grows by one at every change written to the kernel."),
     (PROBE_FAILURES, Kind::Counter, None, "Failed active health probes, by pool, backend and kind of failure (connect, timeout, bad_json, rpc_error, ...)."),
     (AGENT_FAILURES, Kind::Counter, None, "Failed agent polls, by pool, backend and kind of failure."),

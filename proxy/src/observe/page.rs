@@ -31,13 +31,16 @@ pub struct PoolView {
     pub best_head_age_secs: Option<i64>,
     pub clients: i64,
     pub nodes_up: usize,
+    /// Fewer healthy nodes than the panic threshold: the least-bad are kept in.
+    pub panic: bool,
     pub backends: Vec<BackendView>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct BackendView {
     pub name: String,
-    /// `up`, `down`, `unknown`, `ejected`, `drained`.
+    /// `up`, `down`, `unknown`, `ejected`, `drained`, `kept` (out by its own health, kept in
+    /// by a chain halt or the panic threshold).
     pub state: String,
     /// Why, in words.
     pub reason: String,
@@ -255,6 +258,7 @@ mod tests {
                 best_head_age_secs: Some(1),
                 clients: 7,
                 nodes_up: 1,
+                panic: false,
                 backends: vec![
                     BackendView {
                         name: "node-<a>".into(),

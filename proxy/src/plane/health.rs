@@ -4,13 +4,16 @@
 
 use std::collections::HashMap;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{ControlPlane, DataPath};
 use crate::{
     balancer::BalancerError,
     config::{Config, HealthConfig},
-    health::{ConnectEvent, Report},
+    health::{
+        pool::{self, ChainState, PoolDecision},
+        BackendHealth, ConnectEvent, Report,
+    },
 };
 
 /// The health settings of every checked pool.
@@ -40,14 +43,14 @@ impl<M: DataPath> ControlPlane<M> {
                 .unwrap_or_default();
             info!(pool = %report.pool, backend = %report.name, "health: {change}: {why}");
         }
-        self.apply_desired(&report.pool, &report.name, now);
+        self.apply_pool(&report.pool, now);
     }
 
     /// A data-path connect result (passive ejection).
     pub fn on_connect(&mut self, ev: ConnectEvent, now: i64) {
         if self.board.connect_result(&ev, now) {
             info!(pool = %ev.pool, backend = %ev.backend, "passive health: ejected after failed connects");
-            self.apply_desired(&ev.pool, &ev.backend, now);
+            self.apply_pool(&ev.pool, now);
         }
     }
 
@@ -56,27 +59,75 @@ impl<M: DataPath> ControlPlane<M> {
         if !self.board.ramping(now + 1) && !self.board.ejections_pending(now) {
             return;
         }
-        let names: Vec<(String, String)> = self
-            .balancer
-            .pools()
-            .flat_map(|(p, bs)| bs.iter().map(move |b| (p.to_string(), b.name.clone())))
-            .collect();
-        for (p, n) in names {
-            self.apply_desired(&p, &n, now);
+        let pools: Vec<String> = self.balancer.pools().map(|(p, _)| p.to_string()).collect();
+        for p in pools {
+            self.apply_pool(&p, now);
         }
     }
 
-    fn apply_desired(&mut self, pool: &str, name: &str, now: i64) {
-        let (available, ramp) = self.board.desired(pool, name, now);
-        match self
-            .balancer
-            .set_health(pool, name, available, ramp, &mut self.maps)
-        {
-            Ok(true) => self.listeners.refresh(&self.balancer),
-            Ok(false) => {}
-            // Removed meanwhile: its probe stops at the next sync.
-            Err(BalancerError::NoBackend { .. }) | Err(BalancerError::NoPool(_)) => {}
-            Err(e) => error!(pool, backend = name, "applying health failed: {e:#}"),
+    /// Each node's own verdict, then the pool's (chain halt, panic threshold), to the ring.
+    pub(super) fn apply_pool(&mut self, pool: &str, now: i64) {
+        let Some(members) = self.balancer.backends(pool) else {
+            return;
+        };
+        let own: Vec<(String, bool, u32, bool, BackendHealth)> = members
+            .iter()
+            .map(|m| {
+                let (available, ramp) = self.board.desired(pool, &m.name, now);
+                let h = self.board.view(pool, &m.name, now);
+                (m.name.clone(), available, ramp, m.weight == 0, h)
+            })
+            .collect();
+        let threshold = self
+            .board
+            .config(pool)
+            .map_or(0, |c| c.panic_threshold_percent);
+        let decision = pool::decide(
+            &own.iter()
+                .map(|(name, available, _, drained, h)| pool::Member {
+                    name,
+                    available: *available,
+                    drained: *drained,
+                    health: h,
+                })
+                .collect::<Vec<_>>(),
+            threshold,
+        );
+        self.log_pool_change(pool, &decision, now);
+        let mut changed = false;
+        for (name, available, ramp, _, _) in &own {
+            let available = *available || decision.keeps(name);
+            match self
+                .balancer
+                .set_health(pool, name, available, *ramp, &mut self.maps)
+            {
+                Ok(c) => changed |= c,
+                // Removed meanwhile: its probe stops at the next sync.
+                Err(BalancerError::NoBackend { .. }) | Err(BalancerError::NoPool(_)) => {}
+                Err(e) => error!(pool, backend = %name, "applying health failed: {e:#}"),
+            }
+        }
+        if changed {
+            self.listeners.refresh(&self.balancer);
+        }
+        self.pool_decisions.insert(pool.to_string(), decision);
+    }
+
+    /// Says loudly when a pool enters or leaves a chain halt or its panic threshold.
+    fn log_pool_change(&self, pool: &str, new: &PoolDecision, now: i64) {
+        let old = self.pool_decisions.get(pool);
+        let was_halted = old.is_some_and(|d| matches!(d.chain, ChainState::Halted { .. }));
+        let halted = matches!(new.chain, ChainState::Halted { .. });
+        if halted && !was_halted {
+            warn!(pool, kept_in = ?new.kept_in, "{}: every answering node is stale at the same head; they all stay in", new.chain.describe(now));
+        } else if was_halted && !halted {
+            info!(pool, "chain resumed: {}", new.chain.describe(now));
+        }
+        let was_panic = old.is_some_and(|d| d.panic);
+        if new.panic && (!was_panic || old.map(|d| &d.kept_in) != Some(&new.kept_in)) {
+            warn!(pool, kept_in = ?new.kept_in, "panic threshold: too few healthy nodes; the least-bad ones stay in the ring");
+        } else if was_panic && !new.panic {
+            info!(pool, "panic over: enough healthy nodes again");
         }
     }
 }

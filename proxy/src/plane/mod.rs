@@ -148,6 +148,8 @@ pub struct ControlPlane<M: DataPath> {
     /// The `/stats` pages the terminator serves, rendered every tick.
     stats_board: StatsBoard,
     health_gauges: public::HealthGauges,
+    /// Each pool's last decision (chain state, panic, nodes kept in).
+    pool_decisions: std::collections::HashMap<String, crate::health::pool::PoolDecision>,
 }
 
 impl<M: DataPath> ControlPlane<M> {
@@ -197,6 +199,7 @@ impl<M: DataPath> ControlPlane<M> {
             meters,
             stats_board,
             health_gauges: public::HealthGauges::default(),
+            pool_decisions: Default::default(),
         };
         plane.publish_stats(now);
         Ok((plane, Inputs { health, connects }))
@@ -251,7 +254,13 @@ impl<M: DataPath> ControlPlane<M> {
     /// Renders the `/stats` pages (and, when `/metrics` is served, the health, chain and ring
     /// gauges) from the state at `now`.
     fn publish_stats(&mut self, now: i64) {
-        let view = public::region_view(&self.balancer, &self.board, &self.meters, now);
+        let view = public::region_view(
+            &self.balancer,
+            &self.board,
+            &self.meters,
+            &self.pool_decisions,
+            now,
+        );
         if self.export_metrics {
             self.health_gauges
                 .export(&self.balancer, &self.board, &view, now);
@@ -263,6 +272,11 @@ impl<M: DataPath> ControlPlane<M> {
     /// The data paths' meters (latency, clients) by backend.
     pub fn meters(&self) -> &Arc<Meters> {
         &self.meters
+    }
+
+    /// A pool's last decision: chain state, panic threshold, nodes kept in.
+    pub fn pool_decision(&self, pool: &str) -> Option<&crate::health::pool::PoolDecision> {
+        self.pool_decisions.get(pool)
     }
 
     /// The `/stats` pages as published now.

@@ -9,7 +9,13 @@ use metrics::gauge;
 
 use crate::{
     balancer::{BackendState as Member, Balancer},
-    health::{checks::AgentReport, rules::BackendState, rules::Verdict, Board},
+    health::{
+        checks::AgentReport,
+        pool::{ChainState, PoolDecision},
+        rules::BackendState,
+        rules::Verdict,
+        Board,
+    },
     observe::{
         catalog,
         page::{BackendView, PoolView, Quantiles, RegionView},
@@ -22,11 +28,13 @@ pub(super) fn region_view(
     balancer: &Balancer,
     board: &Board,
     meters: &Meters,
+    decisions: &HashMap<String, PoolDecision>,
     now: i64,
 ) -> RegionView {
     let mut pools = Vec::new();
     for (pool, members) in balancer.pools() {
-        pools.push(pool_view(pool, members, board, meters, now));
+        let d = decisions.get(pool);
+        pools.push(pool_view(pool, members, board, meters, d, now));
     }
     RegionView {
         generated_at_unix: now,
@@ -37,7 +45,14 @@ pub(super) fn region_view(
     }
 }
 
-fn pool_view(pool: &str, members: &[Member], board: &Board, meters: &Meters, now: i64) -> PoolView {
+fn pool_view(
+    pool: &str,
+    members: &[Member],
+    board: &Board,
+    meters: &Meters,
+    decision: Option<&PoolDecision>,
+    now: i64,
+) -> PoolView {
     let healths: Vec<_> = members
         .iter()
         .map(|m| board.view(pool, &m.name, now))
@@ -58,7 +73,14 @@ fn pool_view(pool: &str, members: &[Member], board: &Board, meters: &Meters, now
                         .map(|x| Quantiles::of(&f(x)))
                         .unwrap_or_default()
                 };
-            let (state, reason) = state_words(m, h);
+            let (mut state, mut reason) = state_words(m, h);
+            if let Some(d) = decision.filter(|d| d.keeps(&m.name)) {
+                let why = match d.chain {
+                    ChainState::Halted { .. } => "kept in: the chain halted",
+                    _ => "kept in: too few healthy nodes (panic threshold)",
+                };
+                (state, reason) = ("kept", format!("{why}; {reason}"));
+            }
             BackendView {
                 name: m.name.clone(),
                 state: state.to_string(),
@@ -82,20 +104,22 @@ fn pool_view(pool: &str, members: &[Member], board: &Board, meters: &Meters, now
             }
         })
         .collect();
-    let (chain_state, chain_note) = match best {
-        None => ("unknown", "no head reported yet".to_string()),
-        Some(b) => {
-            let age = (now - b.head_block_time_unix).max(0);
-            (
-                "advancing",
-                format!("head {} ({} s old)", b.head_block_number, age),
-            )
+    let (chain_state, chain_note) = match decision.map(|d| d.chain) {
+        Some(c @ ChainState::Halted { .. }) | Some(c @ ChainState::Advancing { .. }) => {
+            (c.label(), c.describe(now))
         }
+        _ => ("unknown", "no head reported yet".to_string()),
     };
+    let panic = decision.is_some_and(|d| d.panic);
     PoolView {
         name: pool.to_string(),
         chain_state: chain_state.into(),
-        chain_note,
+        chain_note: if panic {
+            format!("{chain_note}; too few healthy nodes: the least-bad stay in")
+        } else {
+            chain_note
+        },
+        panic,
         best_head_block: best.map(|b| b.head_block_number),
         best_head_age_secs: best.map(|b| (now - b.head_block_time_unix).max(0)),
         clients: backends.iter().map(|b| b.clients).sum(),
@@ -213,6 +237,11 @@ impl HealthGauges {
             }
             gauge!(catalog::POOL_CHAIN_STATE, "pool" => p.name.clone(), "state" => state).set(1.0);
             gauge!(catalog::POOL_NODES_UP, "pool" => p.name.clone()).set(p.nodes_up as f64);
+            gauge!(catalog::POOL_PANIC, "pool" => p.name.clone()).set(if p.panic {
+                1.0
+            } else {
+                0.0
+            });
             if let Some(b) = p.best_head_block {
                 gauge!(catalog::POOL_BEST_HEAD, "pool" => p.name.clone()).set(b as f64);
             }
