@@ -52,6 +52,8 @@ pub enum Request {
         name: String,
         weight: u32,
     },
+    /// The region as `/stats.json` shows it (for `proxy check`).
+    Status,
 }
 
 /// One backend in a `list` answer.
@@ -83,6 +85,9 @@ pub struct Response {
     pub message: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<BackendRow>,
+    /// The answer to `Status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<crate::observe::page::RegionView>>,
 }
 
 impl Response {
@@ -91,6 +96,7 @@ impl Response {
             ok: true,
             message: message.into(),
             backends: Vec::new(),
+            status: None,
         }
     }
     pub fn err(message: impl Into<String>) -> Self {
@@ -98,6 +104,7 @@ impl Response {
             ok: false,
             message: message.into(),
             backends: Vec::new(),
+            status: None,
         }
     }
 }

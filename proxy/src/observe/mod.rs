@@ -6,6 +6,7 @@
 //! second and publishes the bytes on a [`StatsBoard`] that the terminator serves as they are.
 
 pub mod catalog;
+pub mod check;
 pub mod latency;
 pub mod page;
 

@@ -4,13 +4,13 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Seconds between the page's own refreshes.
 pub const REFRESH_SECS: u32 = 5;
 
 /// Everything the page shows.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RegionView {
     /// Unix seconds the view was taken.
     pub generated_at_unix: i64,
@@ -20,7 +20,7 @@ pub struct RegionView {
     pub pools: Vec<PoolView>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PoolView {
     pub name: String,
     /// `advancing`, `halted` or `unknown`.
@@ -36,7 +36,7 @@ pub struct PoolView {
     pub backends: Vec<BackendView>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackendView {
     pub name: String,
     /// `up`, `down`, `unknown`, `ejected`, `drained`, `kept` (out by its own health, kept in
@@ -58,7 +58,7 @@ pub struct BackendView {
 }
 
 /// p50 and p99 in milliseconds (None: no observation yet).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
 pub struct Quantiles {
     pub p50: Option<f64>,
     pub p99: Option<f64>,

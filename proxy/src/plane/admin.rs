@@ -12,7 +12,7 @@ use proxy_common::backend_counter_index;
 
 impl<M: DataPath> ControlPlane<M> {
     /// Applies a request to the balancer and the terminator's tables; answers it.
-    pub fn on_admin(&mut self, req: Request, _now: i64) -> Response {
+    pub fn on_admin(&mut self, req: Request, now: i64) -> Response {
         let (balancer, maps) = (&mut self.balancer, &mut self.maps);
         let result = match &req {
             Request::List => {
@@ -20,6 +20,19 @@ impl<M: DataPath> ControlPlane<M> {
                     backends: backend_rows(balancer, maps, &self.board),
                     ..Response::ok("ok")
                 }
+            }
+            Request::Status => {
+                let view = super::public::region_view(
+                    balancer,
+                    &self.board,
+                    &self.meters,
+                    &self.pool_decisions,
+                    now,
+                );
+                return Response {
+                    status: Some(Box::new(view)),
+                    ..Response::ok("ok")
+                };
             }
             Request::Add {
                 pool,
