@@ -1,2 +1,3 @@
+pub mod demo;
 pub mod node_sim;
 pub mod proxy_bench;

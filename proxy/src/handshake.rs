@@ -4,12 +4,14 @@
 //! The terminator reads client bytes into a growing buffer and calls [`inspect`] after
 //! every read. It acts on the first answer that is not [`Decision::NeedMore`]:
 //!
-//! * [`Decision::Upgrade`]: forward exactly `head_len` bytes to the backend, read its
-//!   answer into a buffer and call [`check_upgrade_response`] until it returns
-//!   `Ok(Some(_))`; only then relay in both directions. A client must not send frames
-//!   before it has seen the 101 (RFC 6455 §4.1), so client bytes that arrive in a later
-//!   read before that point are a protocol violation and the connection should be closed.
-//! * [`Decision::JsonRpcPost`]: forward exactly `total_len` bytes (head and body).
+//! * [`Decision::Upgrade`]: send its canonical `head` (not the client's bytes) to the
+//!   backend, read its answer into a buffer and call [`check_upgrade_response`] until it
+//!   returns `Ok(Some(_))`; only then relay in both directions. A client must not send
+//!   frames before it has seen the 101 (RFC 6455 §4.1), so client bytes that arrive in a
+//!   later read before that point are a protocol violation and the connection should be
+//!   closed.
+//! * [`Decision::JsonRpcPost`]: send its canonical `head`, then the body (the client's
+//!   bytes `head_len..total_len`).
 //! * [`Decision::Stats`]: answer the request locally.
 //! * [`Decision::Reject`]: send [`Reject::response`] and close.
 //!
@@ -22,8 +24,9 @@
 //! 1. Framing ([RFC 9112]): a request starting with an empty line is refused with 400
 //!    (the SHOULD-ignore of §2.2 is not needed by any WebSocket or JSON-RPC client). The
 //!    head is parsed with `httparse` (bare LF line endings are accepted as `httparse`
-//!    accepts them). More than `max_head_bytes` without the end of the head, or more
-//!    than [`MAX_HEADERS`] fields → 431. A well-formed request line whose version is
+//!    accepts them, and the node gets CRLF: see "the canonical head" below). More than
+//!    `max_head_bytes` without the end of the head, or more than [`MAX_HEADERS`] fields
+//!    → 431. A well-formed request line whose version is
 //!    `HTTP/d.d` but neither 1.0 nor 1.1 (e.g. `HTTP/2.0`, the HTTP/2 preface) → 505.
 //!    Every other syntax error (bad tokens, NUL or other control bytes, obs-fold,
 //!    whitespace before the colon, header line without a colon) → 400.
@@ -61,6 +64,39 @@
 //!
 //! Not checked here: `Origin` (the API is public), `Sec-WebSocket-Protocol` and
 //! `Sec-WebSocket-Extensions` (negotiated end to end with the backend).
+//!
+//! # What the node receives: the canonical head
+//!
+//! The head sent to the node is re-serialised from what was parsed and accepted, never the
+//! client's bytes, so the node cannot read a framing the checks above did not see:
+//!
+//! * request line `METHOD SP target SP HTTP/1.1 CRLF`, the target byte for byte;
+//! * every field, in the order received, as `Name: value CRLF`: the name as the client
+//!   spelled it (names are case-insensitive, RFC 9110 §5.1, so there is nothing to gain
+//!   from re-casing them, and a node that logs them sees what the client sent), one space
+//!   after the colon, the value without leading or trailing whitespace (an empty value
+//!   is written `Name:` with nothing after the colon); `Content-Length` is written from
+//!   the parsed number (`002` → `2`);
+//! * then one empty line (`CRLF`).
+//!
+//! Every field is kept, hop-by-hop ones included: after the first request the connection
+//! is relayed end to end, so `Connection`/`Upgrade` and the rest belong to the client and
+//! the node. The proxy adds no field (no `X-Forwarded-For`); one sent by the client is
+//! passed on as it is.
+//!
+//! The ambiguous framings, each decided one way (rows in [`conformance`]):
+//!
+//! | input | decision |
+//! | --- | --- |
+//! | bare LF line endings (all or some lines) | normalised: the node gets CRLF (RFC 9112 §2.2 lets a recipient accept them; re-serialising leaves no room for a node to split lines differently) |
+//! | CR not followed by LF | 400 |
+//! | obs-fold (a field line starting with SP/HTAB) | 400 (RFC 9112 §5.2 allows rejecting) |
+//! | whitespace between field name and colon | 400 (RFC 9112 §5.1 requires it) |
+//! | two `Host` fields (equal or not, any case) | 400 |
+//! | `Transfer-Encoding` with `Content-Length` | 400 (any `Transfer-Encoding` is refused) |
+//! | two `Content-Length` fields (equal or not), or a list | 400 |
+//! | whitespace around a field value, none after the colon | normalised |
+//! | leading zeros in `Content-Length` | normalised |
 //!
 //! Every rejection text is a fixed short string: input is never echoed.
 //! The module does no I/O, allocates little, and never panics on any input.
@@ -126,20 +162,26 @@ impl Default for Limits {
 pub enum Decision {
     /// Not enough bytes yet: feed more.
     NeedMore,
-    /// A valid RFC 6455 upgrade: forward `head_len` bytes verbatim to the backend, then
-    /// expect its 101 (see [`check_upgrade_response`]).
+    /// A valid RFC 6455 upgrade: send `head` to the backend, then expect its 101 (see
+    /// [`check_upgrade_response`]).
     Upgrade {
-        /// Length of the request head, which is the whole buffer.
+        /// Length of the client's request head, which is the whole buffer.
         head_len: usize,
+        /// The canonical head to send to the node instead of the client's bytes (see the
+        /// module docs).
+        head: Vec<u8>,
         /// The `Sec-WebSocket-Key` value (without surrounding whitespace).
         key: String,
         /// The `Host` value (without surrounding whitespace).
         host: String,
     },
-    /// A JSON-RPC over HTTP `POST`: forward head and body (`total_len` bytes) verbatim.
+    /// A JSON-RPC over HTTP `POST`: send `head`, then the body (the buffer's bytes
+    /// `head_len..total_len`) as received.
     JsonRpcPost {
-        /// Length of the request head; the body follows it.
+        /// Length of the client's request head; the body follows it.
         head_len: usize,
+        /// The canonical head to send to the node instead of the client's (module docs).
+        head: Vec<u8>,
         /// `head_len` plus `Content-Length`: the whole buffer.
         total_len: usize,
         /// The `Host` value (without surrounding whitespace).
@@ -358,11 +400,51 @@ fn inspect_inner(buf: &[u8], limits: &Limits) -> Result<Decision, Reject> {
         _ => return Err(Reject::new(400, R_HOST)),
     };
 
+    let line = RequestLine { method, target };
     if is_get {
-        check_websocket(buf, head_len, headers, host)
+        check_websocket(buf, head_len, line, headers, host)
     } else {
-        check_post(buf, head_len, headers, host, limits)
+        check_post(buf, head_len, line, headers, host, limits)
     }
+}
+
+/// The accepted request line, kept to write the canonical head.
+#[derive(Clone, Copy)]
+struct RequestLine<'a> {
+    method: &'a str,
+    target: &'a str,
+}
+
+/// The head the node receives (module docs, "the canonical head"). Called only on a
+/// request that passed every check, so the version is HTTP/1.1 and a `Content-Length`
+/// is only digits.
+fn canonical_head(line: RequestLine<'_>, headers: &[httparse::Header<'_>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(line.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(line.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in headers {
+        out.extend_from_slice(h.name.as_bytes());
+        out.push(b':');
+        let mut value = trim_ows(h.value);
+        if h.name.eq_ignore_ascii_case("content-length") {
+            // Digits only (checked); "0" stays, "002" becomes "2".
+            while let [b'0', rest @ ..] = value {
+                if rest.is_empty() {
+                    break;
+                }
+                value = rest;
+            }
+        }
+        if !value.is_empty() {
+            out.push(b' ');
+            out.extend_from_slice(value);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// `httparse` refused the version of a request line whose method and target were fine:
@@ -401,6 +483,7 @@ fn unsupported_version(window: &[u8], over_limit: bool) -> Result<Decision, Reje
 fn check_websocket(
     buf: &[u8],
     head_len: usize,
+    line: RequestLine<'_>,
     headers: &[httparse::Header<'_>],
     host: String,
 ) -> Result<Decision, Reject> {
@@ -431,6 +514,7 @@ fn check_websocket(
     }
     Ok(Decision::Upgrade {
         head_len,
+        head: canonical_head(line, headers),
         key,
         host,
     })
@@ -439,6 +523,7 @@ fn check_websocket(
 fn check_post(
     buf: &[u8],
     head_len: usize,
+    line: RequestLine<'_>,
     headers: &[httparse::Header<'_>],
     host: String,
     limits: &Limits,
@@ -474,6 +559,7 @@ fn check_post(
         std::cmp::Ordering::Greater => Err(Reject::new(400, R_ONE_REQUEST)),
         std::cmp::Ordering::Equal => Ok(Decision::JsonRpcPost {
             head_len,
+            head: canonical_head(line, headers),
             total_len,
             host,
         }),
@@ -715,6 +801,75 @@ mod tests {
         assert_eq!(names.len(), cases.len());
     }
 
+    /// What the node receives for an accepted request: the canonical head, then the body.
+    fn forwarded(req: &[u8], d: &Decision) -> Option<Vec<u8>> {
+        match d {
+            Decision::Upgrade { head, .. } => Some(head.clone()),
+            Decision::JsonRpcPost {
+                head,
+                head_len,
+                total_len,
+                ..
+            } => Some(cat(&[head, &req[*head_len..*total_len]])),
+            _ => None,
+        }
+    }
+
+    /// The canonical form, checked line by line rather than against a second serialiser:
+    /// CRLF everywhere, `Name: value` with one space and no whitespace around the value.
+    fn assert_canonical(head: &[u8]) {
+        // obs-text values are passed on as bytes; check the ASCII structure only.
+        let ascii: Vec<u8> = head
+            .iter()
+            .map(|&b| if b.is_ascii() { b } else { b'?' })
+            .collect();
+        let text = std::str::from_utf8(&ascii).unwrap();
+        assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+        let body = &text[..text.len() - 2];
+        assert!(!body.replace("\r\n", "").contains(['\r', '\n']), "{text:?}");
+        let mut lines = body.split_terminator("\r\n");
+        let line = lines.next().unwrap();
+        let parts: Vec<&str> = line.split(' ').collect();
+        assert_eq!(parts.len(), 3, "{line:?}");
+        assert_eq!(parts[2], "HTTP/1.1");
+        for field in lines {
+            let (name, value) = field.split_once(':').unwrap();
+            assert!(is_token(name.as_bytes()), "{field:?}");
+            if !value.is_empty() {
+                let value = value
+                    .strip_prefix(' ')
+                    .unwrap_or_else(|| panic!("{field:?}"));
+                assert_eq!(value, value.trim_matches([' ', '\t']), "{field:?}");
+                assert!(!value.is_empty(), "{field:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn normalised_table() {
+        let cases = normalised_cases();
+        assert!(cases.len() >= 8);
+        for c in &cases {
+            let d = inspect(&c.req, &Limits::default());
+            let got = forwarded(&c.req, &d).unwrap_or_else(|| panic!("{}: {d:?}", c.name));
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&c.forwarded),
+                "{}",
+                c.name
+            );
+            let (Decision::Upgrade { head, .. } | Decision::JsonRpcPost { head, .. }) = &d else {
+                unreachable!()
+            };
+            assert_canonical(head);
+            // Canonical is a fixed point: the node's bytes, inspected again, stay as they are.
+            let again = inspect(&got, &Limits::default());
+            assert_eq!(forwarded(&got, &again), Some(got.clone()), "{}", c.name);
+            // Same decision when the bytes trickle in.
+            assert_eq!(feed_bytewise(&c.req, &Limits::default()).0, d, "{}", c.name);
+        }
+    }
+
     /// Parses a response produced here and checks status, framing and body.
     fn assert_well_formed(bytes: &[u8], status: u16) {
         let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -745,6 +900,7 @@ mod tests {
             inspect(BROWSER, &Limits::default()),
             Decision::Upgrade {
                 head_len: 495,
+                head: BROWSER.to_vec(),
                 key: "x3JJHMbDL1EzLkh9GBhXDw==".to_owned(),
                 host: "api.bts.example".to_owned(),
             }
@@ -759,6 +915,7 @@ mod tests {
                 inspect(&req, &Limits::default()),
                 Decision::Upgrade {
                     head_len: req.len(),
+                    head: req.clone(),
                     key: KEY.to_owned(),
                     host: "node.example:8090".to_owned(),
                 }
@@ -782,6 +939,17 @@ mod tests {
             inspect(&req, &Limits::default()),
             Decision::Upgrade {
                 head_len: req.len(),
+                // Names keep their case; values lose the whitespace around them.
+                head: request(
+                    "GET /ws HTTP/1.1",
+                    &[
+                        "hOST: node.example",
+                        "UPGRADE: WebSocket",
+                        "connection: keep-alive, UPGRADE",
+                        "sec-websocket-version: 13",
+                        "SEC-WEBSOCKET-KEY: dGhlIHNhbXBsZSBub25jZQ==",
+                    ]
+                ),
                 key: KEY.to_owned(),
                 host: "node.example".to_owned(),
             }
@@ -823,7 +991,7 @@ mod tests {
         ok(ws("host", &["Host: 192.0.2.7"]));
         ok(ws("", &["X-Latin1: caf\u{e9}"])); // obs-text in an unrelated field
         ok(ws("", &["Sec-WebSocket-Protocol: chat", "Origin: null"]));
-        // Bare LF line endings, as httparse accepts them.
+        // Bare LF line endings, as httparse accepts them (normalised: `normalised_table`).
         ok(
             b"GET /ws HTTP/1.1\nHost: a\nUpgrade: websocket\nConnection: upgrade\n\
               Sec-WebSocket-Version: 13\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\n"
@@ -977,6 +1145,7 @@ mod tests {
         let head_len = req.len() - RPC_BODY.len();
         let expected = Decision::JsonRpcPost {
             head_len,
+            head: req[..head_len].to_vec(),
             total_len: req.len(),
             host: "node.example".to_owned(),
         };
@@ -995,6 +1164,7 @@ mod tests {
                 head_len,
                 total_len,
                 host,
+                ..
             } => {
                 assert_eq!(total_len, req.len());
                 assert_eq!(head_len + body_len, total_len);
@@ -1321,6 +1491,23 @@ mod tests {
             let whole = inspect(&x, l);
             if let Decision::Reject(r) = &whole {
                 assert_well_formed(&r.response(), r.status);
+            }
+            if let Some(sent) = forwarded(&x, &whole) {
+                let (Decision::Upgrade { head, .. } | Decision::JsonRpcPost { head, .. }) = &whole
+                else {
+                    unreachable!()
+                };
+                assert_canonical(head);
+                // The canonical head may be a little longer than the client's ("a:b" gets a
+                // space), so the fixed point is checked without the head limit.
+                let unbounded = Limits {
+                    max_head_bytes: usize::MAX,
+                    ..l.clone()
+                };
+                assert_eq!(
+                    forwarded(&sent, &inspect(&sent, &unbounded)),
+                    Some(sent.clone())
+                );
             }
             for _ in 0..6 {
                 let end = rng.below(x.len() + 1);

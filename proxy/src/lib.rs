@@ -8,6 +8,7 @@ pub mod config;
 pub mod ebpf;
 pub mod handshake;
 pub mod health;
+pub mod logging;
 pub mod maglev;
 pub mod observe;
 pub mod plane;

@@ -10,6 +10,7 @@ use proxy::{
     config::{Config, IoChoice},
     ebpf::{DataPlane, LoadOptions},
     health::checks::unix_now,
+    logging::{self, LogFormat},
     plane::{install_metrics_exporter, ControlPlane, Event, Outcome, PlaneOptions},
     terminator::tls::check_certificates,
 };
@@ -19,6 +20,9 @@ use tracing::{error, info};
 #[derive(Parser)]
 #[command(version, about = "eBPF/XDP-assisted L4 proxy for blockchain API nodes")]
 struct Cli {
+    /// Log lines on stderr: text (colours only on a terminal) or json (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,13 +54,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_target(false)
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Backends { socket, action } => action.run(&socket).map_err(Into::into),
@@ -69,7 +68,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logging::fatal(cli.log_format, &e);
             ExitCode::FAILURE
         }
     }

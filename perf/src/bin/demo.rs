@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: the proxy on a built-in default that a newcomer can watch and poke.
 //! Builds the lab (client, balancer and three node namespaces), starts a simulated BitShares
 //! node in each, runs the real `proxy` binary with `config/demo.toml` inside the balancer
-//! namespace, checks that requests flow, prints what to try, and cleans up on Ctrl-C.
+//! namespace, checks that requests flow (JSON-RPC through XDP, and a `wss://` client through
+//! the TLS terminator), links this host to the balancer so a browser here can open `/stats`,
+//! prints what to try, and cleans up on Ctrl-C or after `--duration`.
 
 use std::{
     collections::BTreeMap,
@@ -19,7 +21,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use proxy_perf::node_sim::{NodeSim, NodeSimConfig};
+use proxy_perf::{
+    demo::{https_get, wss_landing, DemoCert, HostLink, WssSite, HOST_DEV},
+    node_sim::{NodeSim, NodeSimConfig},
+};
 use proxy_tests::{
     netns::{self, NetNs},
     topology::{self, Lab},
@@ -136,11 +141,54 @@ impl Drop for ProxyProcess {
     }
 }
 
+/// Loads the demo config; first writes the demo certificate its `tls` listener names, unless
+/// a valid one from an earlier run is there (so a browser that trusts it keeps trusting it).
+fn load_config(path: &std::path::Path) -> Result<(proxy::config::Config, WssSite)> {
+    use proxy::{config::Config, terminator::tls::check_certificates};
+    let text = std::fs::read_to_string(path)?;
+    let parsed = Config::parse(&text, &path.display().to_string())?;
+    let site = WssSite::from_config(&parsed)
+        .context("config/demo.toml has no IPv4 tls listener with a certificate")?;
+    if let Ok(config) = Config::load(path, check_certificates) {
+        println!("demo certificate: {} (reused)", site.cert.dir.display());
+        return Ok((config, site));
+    }
+    DemoCert::generate(&site.cert.dir, &site.server_name, site.vip())?;
+    println!(
+        "demo certificate: {} (new demo CA: {})",
+        site.cert.dir.display(),
+        site.cert.ca().display()
+    );
+    Ok((Config::load(path, check_certificates)?, site))
+}
+
+/// A `wss://` client from the client namespace; retried while health checks bring the nodes
+/// into the terminator's table.
+fn check_wss(lab: &Lab, site: &WssSite) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let landing = loop {
+        let s = site.clone();
+        let result = netns::run_in(&lab.client, move || {
+            wss_landing(&s.cert, s.addr, &s.server_name)
+        })?;
+        match result {
+            Ok(l) => break l,
+            Err(e) if Instant::now() > deadline => return Err(e.context("the wss:// check")),
+            Err(_) => thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    println!(
+        "  wss://{}/ws  TLS ended by the proxy ({}), WebSocket to a node: landed on {}, subscribed, notice at head {}",
+        site.server_name, site.listener, landing.node, landing.head
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config_path = root().join("config/demo.toml");
-    let config =
-        proxy::config::Config::load(&config_path, proxy::terminator::tls::check_certificates)?;
+    let (config, site) = load_config(&config_path)?;
     let proxy_bin = root().join("target/release/proxy");
     if !proxy_bin.exists() {
         bail!("{} not built: run `cargo xtask demo`", proxy_bin.display());
@@ -157,6 +205,11 @@ fn main() -> Result<()> {
     for node in &lab.nodes {
         start_sim_node(&node.ns, node.addr, format!("node-{}", node.index))?;
     }
+    // The tls listener binds the VIP in the balancer namespace (XDP passes its port to the
+    // stack), and this host reaches it over its own link.
+    lab.lb
+        .ip(&["addr", "add", &format!("{}/32", site.vip()), "dev", "lo"])?;
+    let host_link = HostLink::new(&lab.lb, site.vip())?;
     let log = root().join("target/demo-proxy.log");
     let log_file = std::fs::File::create(&log)?;
     // nsenter, not `ip netns exec`: the latter gives the proxy a private mount namespace, and
@@ -212,6 +265,15 @@ fn main() -> Result<()> {
         }
         println!("  {}:{port}  {what}: answers {seen:?}", topology::VIP);
     }
+    println!("checking: a wss:// client in the client namespace, /stats from this host ...");
+    check_wss(&lab, &site)?;
+    let (status, body) = https_get(&site.cert, site.addr, &site.server_name, "/stats")
+        .context("GET /stats from this host over the demo link")?;
+    println!(
+        "  https://{}/stats from this host: {status} ({} bytes)",
+        site.vip(),
+        body.len()
+    );
     // Where they went (new flows per node) and what the health checks say.
     thread::sleep(Duration::from_millis(1500));
     let list = Command::new(&proxy_bin)
@@ -241,13 +303,23 @@ fn main() -> Result<()> {
          \n  {bin} backends --socket {sock} drain demo node-3        # no new flows; live ones continue\
          \n  ip netns exec {lb} curl -s 127.0.0.1:9100/metrics | grep ^proxy_   # Prometheus\
          \n  edit config/demo.toml (weights), then: pkill -HUP -x proxy   # live reload of pools\
-         \n\nCtrl-C stops the proxy and removes the namespaces.",
+         \n\nThe wss:// side, from this machine (link {hdev} {haddr} -> {lbaddr} in the balancer, route to {vip}):\
+         \n  open https://{vip}/stats in a browser on this machine (certificate: {ca}; trust it as an authority, or accept the warning)\
+         \n  curl --cacert {ca} https://{vip}/stats.json\
+         \n  curl --cacert {ca} --resolve {host}:443:{vip} https://{host}/stats\
+         \n  ip netns exec {cl} curl -s --cacert {ca} --resolve {host}:443:{vip} -H 'content-type: application/json' -d '{dgp}' https://{host}/   # JSON-RPC over TLS\
+         \n\nCtrl-C (or the end of --duration) stops the proxy and removes the namespaces, the link and its route.",
         vip = topology::VIP,
         log = log.display(),
         bin = proxy_bin.display(),
         dgp = DGP,
         n1 = lab.nodes[0].ns.name(),
         sock = config.admin.socket.display(),
+        hdev = HOST_DEV,
+        haddr = host_link.host_addr,
+        lbaddr = host_link.lb_addr,
+        ca = site.cert.ca().display(),
+        host = site.server_name,
     );
     let deadline = args
         .duration
@@ -261,7 +333,8 @@ fn main() -> Result<()> {
     println!("stopping ...");
     drop(proxy);
     let _ = proxy::ebpf::DataPlane::remove_pins(&config.balancer.pin_dir);
+    drop(host_link);
     drop(lab);
-    println!("done: namespaces removed");
+    println!("done: namespaces, the host link and its route removed");
     Ok(())
 }

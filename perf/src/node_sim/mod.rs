@@ -49,7 +49,8 @@ pub use chain::{Block, Chain, ChainParams, MAINNET_CHAIN_ID};
 /// How to start a simulated node.
 #[derive(Debug, Clone)]
 pub struct NodeSimConfig {
-    /// Name shown in logs and in `/control/state` (never sent to RPC clients).
+    /// Name shown in logs and in `/control/state`; RPC clients only see it if they ask
+    /// with the simulator-only `node_sim_name` method (login API).
     pub name: String,
     /// The API port (HTTP POST and WebSocket). Port 0 picks a free port.
     pub listen: SocketAddr,

@@ -192,6 +192,9 @@ pub(crate) struct RpcCtx<'a> {
     pub statics: &'a Statics,
     /// Chain time (ms), for error timestamps.
     pub now_ms: i64,
+    /// The simulator's name, answered by the simulator-only `node_sim_name` (login API),
+    /// so a client behind a proxy can tell which node it landed on.
+    pub node_name: &'a str,
 }
 
 /// A transaction broadcast with a callback, confirmed by a notice in the next block.
@@ -421,6 +424,9 @@ fn call(
     match api {
         Api::Login => match name {
             "login" => Ok("true".into()),
+            // Not a BitShares method: only the simulator answers it (a real node says "no
+            // method"). The demo uses it to show which node a wss:// client landed on.
+            "node_sim_name" => Ok(Value::from(ctx.node_name).to_string()),
             "database" => Ok(API_DATABASE.to_string()),
             "network_broadcast" => Ok(API_NETWORK_BROADCAST.to_string()),
             "history" => Ok(API_HISTORY.to_string()),
@@ -630,6 +636,7 @@ mod tests {
             head: &head,
             statics: &statics,
             now_ms: 1_760_000_000_000,
+            node_name: "node-7",
         };
         serde_json::from_str(&handle_text(&ctx, sess, req.as_bytes())).expect("answer is JSON")
     }
@@ -643,6 +650,11 @@ mod tests {
             r#"{"id":1,"method":"call","params":[1,"login",["",""]]}"#,
         );
         assert_eq!(r, json!({"id":1,"jsonrpc":"2.0","result":true}));
+        let r = answer(
+            &mut s,
+            r#"{"id":1,"method":"call","params":["login","node_sim_name",[]]}"#,
+        );
+        assert_eq!(r["result"], "node-7");
         let r = answer(
             &mut s,
             r#"{"id":2,"method":"call","params":[1,"database",[]]}"#,

@@ -37,6 +37,7 @@ impl Shared {
             head: &head,
             statics: &self.statics,
             now_ms: self.now_ms(),
+            node_name: &self.name,
         };
         rpc::handle_text(&ctx, sess, text)
     }

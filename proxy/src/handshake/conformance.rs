@@ -556,5 +556,152 @@ pub fn hostile_cases() -> Vec<Case> {
         ),
         case("header line without colon", ws("", &["NoColonHere"]), 400),
         case("empty header name", ws("", &[": value"]), 400),
+        // Ambiguous framing: refused rather than normalised (module docs of `handshake`).
+        case(
+            "two Hosts, equal",
+            ws("", &["Host: node.example:8090"]),
+            400,
+        ),
+        case(
+            "two Hosts, differently cased names",
+            ws("", &["hOST: node.example:8090"]),
+            400,
+        ),
+        case(
+            "two Hosts with bare LF",
+            b"GET /ws HTTP/1.1\nHost: a\nHost: b\nUpgrade: websocket\nConnection: upgrade\n\
+              Sec-WebSocket-Version: 13\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\n"
+                .to_vec(),
+            400,
+        ),
+        case(
+            "obs-fold in Host",
+            ws("host", &["Host: node", " .example"]),
+            400,
+        ),
+        case(
+            "obs-fold with bare LF",
+            b"GET /ws HTTP/1.1\nHost: a\nX-Folded: a\n b\nUpgrade: websocket\n\
+              Connection: upgrade\nSec-WebSocket-Version: 13\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\n"
+                .to_vec(),
+            400,
+        ),
+        case("CR without LF in a field", ws("", &["X-A: a\rb"]), 400),
+        case(
+            "tab before colon",
+            ws("", &["Transfer-Encoding\t: chunked"]),
+            400,
+        ),
+        case(
+            "GET two zero lengths",
+            ws("", &["Content-Length: 0", "Content-Length: 0"]),
+            400,
+        ),
+        case(
+            "GET Content-Length and Transfer-Encoding",
+            ws("", &["Content-Length: 0", "Transfer-Encoding: chunked"]),
+            400,
+        ),
+        case(
+            "POST Transfer-Encoding: identity",
+            post("", &["Transfer-Encoding: identity"], "{}"),
+            400,
+        ),
+        case(
+            "POST Transfer-Encoding before Content-Length",
+            post(
+                "content-length",
+                &["Transfer-Encoding: chunked", "Content-Length: 2"],
+                "{}",
+            ),
+            400,
+        ),
+        case(
+            "POST obs-folded length",
+            post("content-length", &["Content-Length:", " 2"], "{}"),
+            400,
+        ),
+        case(
+            "POST length with a space inside",
+            post("content-length", &["Content-Length: 1 2"], "{}"),
+            400,
+        ),
+        case(
+            "POST conflicting lengths, differently cased names",
+            post("", &["content-length: 3"], "{}"),
+            400,
+        ),
+        case(
+            "POST conflicting lengths with bare LF",
+            b"POST / HTTP/1.1\nHost: a\nContent-Type: application/json\nContent-Length: 2\n\
+              Content-Length: 3\n\n{}"
+                .to_vec(),
+            400,
+        ),
+    ]
+}
+
+/// An accepted request whose head is not canonical, and exactly what the node must receive
+/// for it (canonical head, then any body as sent).
+pub struct Normalised {
+    pub name: &'static str,
+    pub req: Vec<u8>,
+    pub forwarded: Vec<u8>,
+}
+
+fn normalised(name: &'static str, req: &[u8], forwarded: &[u8]) -> Normalised {
+    Normalised {
+        name,
+        req: req.to_vec(),
+        forwarded: forwarded.to_vec(),
+    }
+}
+
+/// The accepted-but-ambiguous inputs and the canonical bytes each becomes (module docs of
+/// `handshake`, "the canonical head"). Every row is accepted with default limits.
+pub fn normalised_cases() -> Vec<Normalised> {
+    let canonical_ws = ws("", &[]);
+    vec![
+        normalised("already canonical", &canonical_ws, &canonical_ws),
+        normalised("browser", BROWSER, BROWSER),
+        normalised(
+            "bare LF line endings",
+            b"GET /ws HTTP/1.1\nHost: node.example:8090\nUpgrade: websocket\nConnection: Upgrade\n\
+              Sec-WebSocket-Version: 13\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\n",
+            &canonical_ws,
+        ),
+        normalised(
+            "CRLF and bare LF mixed",
+            b"GET /ws HTTP/1.1\r\nHost: node.example:8090\nUpgrade: websocket\r\n\
+              Connection: Upgrade\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\r\n",
+            &canonical_ws,
+        ),
+        normalised(
+            "odd spacing and mixed-case names",
+            b"GET /ws?x=1 HTTP/1.1\r\nhOST:node.example\r\nUPGRADE: \t WebSocket \t\r\n\
+              connection:keep-alive,  Upgrade   \r\nsec-websocket-version:\t13\r\n\
+              SEC-WEBSOCKET-KEY:   dGhlIHNhbXBsZSBub25jZQ==\t\r\nUser-Agent: a  b\tc \r\n\r\n",
+            b"GET /ws?x=1 HTTP/1.1\r\nhOST: node.example\r\nUPGRADE: WebSocket\r\n\
+              connection: keep-alive,  Upgrade\r\nsec-websocket-version: 13\r\n\
+              SEC-WEBSOCKET-KEY: dGhlIHNhbXBsZSBub25jZQ==\r\nUser-Agent: a  b\tc\r\n\r\n",
+        ),
+        normalised(
+            "empty values and obs-text",
+            &ws("", &["X-Empty:", "X-Blank: \t ", "X-Latin1: caf\u{e9}"]),
+            &ws("", &["X-Empty:", "X-Blank:", "X-Latin1: caf\u{e9}"]),
+        ),
+        normalised(
+            "POST length with leading zeros",
+            &post("content-length", &["Content-Length: 0002"], "{}"),
+            &post("", &[], "{}"),
+        ),
+        normalised(
+            "POST with bare LF and a CRLF body",
+            b"POST / HTTP/1.1\nHost: node.example\nContent-Type:application/json\n\
+              Content-Length: 4\n\n{}\r\n",
+            &post("", &[], "{}\r\n"),
+        ),
     ]
 }

@@ -1,6 +1,7 @@
 //! One client connection: read and validate the first request (with a deadline), pick the
 //! client's node, connect (retrying on refusal before any byte was forwarded), forward the
-//! request verbatim, check the node's `101`, then relay.
+//! request in its canonical form (never the client's head bytes), check the node's `101`,
+//! then relay.
 //!
 //! Everything sent to the client on failure is a short fixed text: never a backend address
 //! and never an internal error string.
@@ -139,7 +140,8 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         }
         None => return Ending::ClientGone,
     };
-    let (forward_len, ws_key) = match decision {
+    // What the node gets: the validator's canonical head (see `handshake`), then any body.
+    let (forward, ws_key) = match decision {
         Decision::NeedMore => unreachable!("read_until only returns final decisions"),
         Decision::Reject(r) => {
             counter!(catalog::HANDSHAKE_REJECTS, "listener" => ctx.name.clone(), "status" => r.status.to_string()).increment(1);
@@ -152,9 +154,23 @@ pub async fn handle<S: Io + 'static, K: Connector>(
             send_and_close(&*client, page.to_vec()).await;
             return Ending::Stats;
         }
-        Decision::Upgrade { head_len, key, .. } => (head_len, Some(key)),
-        Decision::JsonRpcPost { total_len, .. } => (total_len, None),
+        Decision::Upgrade {
+            head: canonical,
+            key,
+            ..
+        } => (canonical, Some(key)),
+        Decision::JsonRpcPost {
+            head: mut canonical,
+            head_len,
+            total_len,
+            ..
+        } => {
+            canonical.extend_from_slice(&head[head_len..total_len]);
+            (canonical, None)
+        }
     };
+    // The client's bytes are not kept for the life of the connection.
+    drop(head);
 
     let set = ctx.upstreams.current();
     let mut chosen: Option<(Rc<K::Stream>, Upstream)> = None;
@@ -184,9 +200,7 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         return Ending::NoBackend;
     };
     let requested_at = Instant::now();
-    // Moved, not copied: the request head is not kept for the life of the connection.
-    head.truncate(forward_len);
-    let (res, _) = backend.write_all(head).await;
+    let (res, _) = backend.write_all(forward).await;
     if res.is_err() {
         backend_error(&ctx, &up, "reset");
         send_and_close(&*client, bad_gateway()).await;
