@@ -139,6 +139,17 @@ fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener
 }
 
 /// Listens on `path` (replacing a stale socket), forwarding requests to `tx`.
+/// Serves the admin socket in a task of the current runtime; requests arrive on the receiver.
+pub fn spawn(path: PathBuf) -> mpsc::Receiver<Pending> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        if let Err(e) = serve(path.clone(), tx).await {
+            tracing::error!(socket = %path.display(), "admin API stopped: {e}");
+        }
+    });
+    rx
+}
+
 pub async fn serve(path: PathBuf, tx: mpsc::Sender<Pending>) -> std::io::Result<()> {
     let listener = bind_private(&path)?;
     listener.set_nonblocking(true)?;

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod balancer;
 pub mod chain;
+pub mod cli;
 pub mod config;
 pub mod ebpf;
 pub mod handshake;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use proxy::{
+    cli,
     config::{Config, IoChoice},
     ebpf::{DataPlane, LoadOptions},
     health::checks::unix_now,
@@ -43,6 +44,13 @@ enum Command {
     },
     /// Validate a configuration file and report every problem.
     CheckConfig { file: PathBuf },
+    /// Nagios/icinga plugin: the running proxy's health in one line, exit 0/1/2/3.
+    Check {
+        #[arg(long, default_value = proxy::admin::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[command(flatten)]
+        thresholds: proxy::observe::check::Thresholds,
+    },
     /// Inspect and change backends of a running proxy (admin socket).
     Backends {
         /// Admin socket of the running proxy (`admin.socket` in its config).
@@ -57,7 +65,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let result = match cli.command {
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file } => cli::check_config(&file),
+        Command::Check { socket, thresholds } => return cli::nagios_check(&socket, &thresholds),
         Command::Backends { socket, action } => action.run(&socket).map_err(Into::into),
         Command::Run {
             config,
@@ -72,19 +81,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn check_config(file: &std::path::Path) -> Result<()> {
-    let config = Config::load(file, check_certificates)?;
-    let backends: usize = config.pools.values().map(|p| p.backends.len()).sum();
-    println!(
-        "{}: ok ({} listeners, {} pools, {} backends)",
-        file.display(),
-        config.listeners.len(),
-        config.pools.len(),
-        backends
-    );
-    Ok(())
 }
 
 fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoChoice>) -> Result<()> {
@@ -126,13 +122,7 @@ async fn serve(
             .attach(iface)
             .with_context(|| format!("attaching XDP to {iface}"))?;
     }
-    let (admin_tx, mut admin_rx) = tokio::sync::mpsc::channel(16);
-    let socket = config.admin.socket.clone();
-    tokio::spawn(async move {
-        if let Err(e) = proxy::admin::serve(socket.clone(), admin_tx).await {
-            error!(socket = %socket.display(), "admin API stopped: {e}");
-        }
-    });
+    let mut admin_rx = proxy::admin::spawn(config.admin.socket.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

@@ -69,6 +69,20 @@ fn backends(socket: &Path) -> Option<Vec<String>> {
     Some(answer.backends.into_iter().map(|b| b.name).collect())
 }
 
+/// `proxy check` (the nagios plugin) against `socket`: exit code and its line.
+fn nagios(socket: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .arg("check")
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("running proxy check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
 fn accepts(ns: &NetNs, port: u16) -> bool {
     run_in(ns, move || {
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).is_ok()
@@ -158,6 +172,27 @@ fn sighup_reloads_the_running_proxy() {
     );
     assert!(accepts(&ns, FIRST), "the unchanged listener stopped");
 
+    // The nagios plugin reads the same proxy: OK with both nodes, WARNING with one drained.
+    let (code, line) = nagios(&socket);
+    assert_eq!(code, 0, "{line}");
+    assert!(line.starts_with("XDP-PROXY OK - 2/2 nodes up"), "{line}");
+    assert!(line.contains("| nodes_up=2;;;0;2 "), "{line}");
+    let drained = call(
+        &socket,
+        &Request::Drain {
+            pool: "eu".into(),
+            name: "node-b".into(),
+        },
+    )
+    .unwrap();
+    assert!(drained.ok, "{drained:?}");
+    let (code, line) = nagios(&socket);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.starts_with("XDP-PROXY WARNING - eu: 1/2 nodes up"),
+        "{line}"
+    );
+
     signal(&proxy.child, libc::SIGTERM);
     assert!(
         wait_for(Duration::from_secs(10), || proxy
@@ -171,4 +206,7 @@ fn sighup_reloads_the_running_proxy() {
     let status = proxy.child.wait().unwrap();
     assert!(status.success(), "{status}; log:\n{}", log_text());
     assert!(!socket.exists(), "the admin socket was left behind");
+    let (code, line) = nagios(&socket);
+    assert_eq!(code, 3, "{line}");
+    assert!(line.starts_with("XDP-PROXY UNKNOWN - "), "{line}");
 }

@@ -96,7 +96,10 @@ pub fn evaluate(view: &RegionView, t: &Thresholds) -> (Status, String) {
         t.crit_head_age,
         view.clients
     );
-    (status, format!("XDP-PROXY {} - {summary} | {perf}", status.word()))
+    (
+        status,
+        format!("XDP-PROXY {} - {summary} | {perf}", status.word()),
+    )
 }
 
 /// The line for a proxy that cannot be asked.
@@ -151,10 +154,22 @@ mod tests {
             line,
             "XDP-PROXY OK - 3/3 nodes up, best head 2 s old, 6 clients | nodes_up=3;;;0;3 head_age=2s;15;60;0 clients=6;;;0"
         );
-        assert_eq!(evaluate(&view(2, 3, Some(2), "advancing"), &t).0, Status::Warning);
-        assert_eq!(evaluate(&view(3, 3, Some(20), "advancing"), &t).0, Status::Warning);
-        assert_eq!(evaluate(&view(3, 3, Some(60), "advancing"), &t).0, Status::Critical);
-        assert_eq!(evaluate(&view(0, 3, Some(2), "advancing"), &t).0, Status::Critical);
+        assert_eq!(
+            evaluate(&view(2, 3, Some(2), "advancing"), &t).0,
+            Status::Warning
+        );
+        assert_eq!(
+            evaluate(&view(3, 3, Some(20), "advancing"), &t).0,
+            Status::Warning
+        );
+        assert_eq!(
+            evaluate(&view(3, 3, Some(60), "advancing"), &t).0,
+            Status::Critical
+        );
+        assert_eq!(
+            evaluate(&view(0, 3, Some(2), "advancing"), &t).0,
+            Status::Critical
+        );
         let (s, line) = evaluate(&view(3, 3, Some(95), "halted"), &t);
         assert_eq!(s, Status::Critical);
         assert!(line.contains("chain halted at block 7 for 95 s"), "{line}");
