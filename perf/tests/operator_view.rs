@@ -141,7 +141,9 @@ fn have(tool: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("SKIPPED part: `{tool}` is not installed (run `cargo xtask setup`)");
+        proxy_tests::skip::skipped(&format!(
+            "part needing `{tool}`: not installed (run `cargo xtask setup`)"
+        ));
     }
     ok
 }

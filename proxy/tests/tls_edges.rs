@@ -101,7 +101,9 @@ fn have(tool: &str, probe: &[&str]) -> bool {
         .status()
         .is_ok();
     if !ok {
-        eprintln!("SKIPPED: `{tool}` is not installed (run `cargo xtask setup`)");
+        proxy_tests::skip::skipped(&format!(
+            "`{tool}` is not installed (run `cargo xtask setup`)"
+        ));
     }
     ok
 }

@@ -10,6 +10,7 @@ pub mod plane;
 pub mod ports;
 pub mod procfs;
 pub mod rng;
+pub mod skip;
 pub mod storm;
 pub mod tempdir;
 pub mod terminator;

@@ -45,7 +45,7 @@ fn lab(name: &str, max_flows: u32) -> Option<(PinDir, DataPlane)> {
     let pins = PinDir::new(&format!("{}-{name}", unique_prefix())).expect("pin dir");
     let mut dp = load(&pins, max_flows).expect("load");
     if let Some(why) = test_run_unsupported(dp.program_fd().unwrap()).unwrap() {
-        eprintln!("skipped: {why}");
+        proxy_tests::skip::skipped(&why);
         return None;
     }
     configure(&mut dp);
@@ -371,7 +371,7 @@ fn draining_vip_keeps_its_flows_and_takes_no_new_ones() {
 fn tables_stay_consistent_under_writers_on_two_cpus() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
-        eprintln!("skipped: needs 2 CPUs, this machine has {cpus}");
+        proxy_tests::skip::skipped(&format!("needs 2 CPUs, this machine has {cpus}"));
         return;
     }
     // 256 flow slots (64 buckets), 512 NAT slots.

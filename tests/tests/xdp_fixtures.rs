@@ -1498,7 +1498,7 @@ fn xdp_fixture_table() {
         let mut dp = DataPlane::load(&opts).expect("load the XDP program");
         let prog_fd = dp.program_fd().expect("program fd");
         if let Some(reason) = test_run_unsupported(prog_fd).expect("probe BPF_PROG_TEST_RUN") {
-            eprintln!("SKIPPED: {reason}");
+            proxy_tests::skip::skipped(&reason);
             return Vec::new();
         }
         configure(&mut dp, &model);

@@ -279,10 +279,35 @@ fn test(root: &Path) -> Result<()> {
         ],
     )?;
     clippy_bpf(root)?;
-    cargo(root, &["test", "--locked", "--release"])?;
+    // Tests that cannot run here record why (tests/src/skip.rs); they are reported as
+    // skipped, never counted among the passed.
+    let skip_log = root.join("target/skipped-tests.txt");
+    let _ = std::fs::remove_file(&skip_log);
+    let cargo_path = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tested = run(Command::new(cargo_path)
+        .current_dir(root)
+        .env("PROXY_SKIP_LOG", &skip_log)
+        .args(["test", "--locked", "--release"]));
+    report_skips(&skip_log);
+    tested?;
     // Every fuzz target briefly (seeds plus what the fuzzer finds in that time).
     fuzz::fuzz(root, None, Some(fuzz::CI_SECONDS), None)?;
     Ok(())
+}
+
+/// Prints the tests that skipped themselves and why.
+fn report_skips(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    if lines.is_empty() {
+        println!("skipped tests: none");
+        return;
+    }
+    println!("skipped tests: {}", lines.len());
+    for l in lines {
+        let (test, why) = l.split_once('\t').unwrap_or((l, ""));
+        println!("  SKIPPED {test}: {why}");
+    }
 }
 
 /// Clippy for the eBPF crate on its own target, `bpfel-unknown-none` (the workspace clippy
