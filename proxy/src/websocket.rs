@@ -315,5 +315,68 @@ pub fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, FrameError> {
     }
 }
 
+/// Follows frame boundaries in one direction of a relayed WebSocket stream without keeping
+/// its bytes, so that the proxy can end that direction between two frames (a close frame
+/// may only go there). Feed it every byte in order.
+#[derive(Debug, Clone, Default)]
+pub struct FrameCursor {
+    /// Bytes of a header not complete yet (at most 14).
+    header: [u8; 14],
+    header_len: usize,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+    /// The stream is not WebSocket framing: no boundary is ever reported again.
+    lost: bool,
+}
+
+impl FrameCursor {
+    /// Whether the bytes fed so far end exactly between two frames.
+    pub fn at_boundary(&self) -> bool {
+        !self.lost && self.header_len == 0 && self.remaining == 0
+    }
+
+    /// Feeds `chunk`. With `stop_at_boundary`, stops at the first frame boundary (possibly
+    /// the start) and returns how many bytes it consumed: forward those, then the stream may
+    /// end. Without, consumes the whole chunk.
+    pub fn advance(&mut self, chunk: &[u8], stop_at_boundary: bool) -> usize {
+        let mut i = 0;
+        loop {
+            if self.lost {
+                return chunk.len();
+            }
+            if self.remaining > 0 {
+                let take = self.remaining.min((chunk.len() - i) as u64);
+                i += take as usize;
+                self.remaining -= take;
+                if self.remaining > 0 {
+                    return i;
+                }
+                continue;
+            }
+            if self.header_len == 0 && stop_at_boundary {
+                return i;
+            }
+            if i == chunk.len() {
+                return i;
+            }
+            // One header byte at a time: headers are 2 to 14 bytes, payloads are skipped whole.
+            self.header[self.header_len] = chunk[i];
+            self.header_len += 1;
+            i += 1;
+            match parse_header(&self.header[..self.header_len]) {
+                Ok(Some(h)) => {
+                    self.header_len = 0;
+                    self.remaining = h.payload_len;
+                }
+                Ok(None) if self.header_len < self.header.len() => {}
+                Ok(None) | Err(_) => {
+                    self.lost = true;
+                    return chunk.len();
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -180,3 +180,59 @@ fn close_payloads() {
         assert!(close_code::is_valid(ok), "{ok}");
     }
 }
+
+#[test]
+fn cursor_finds_boundaries_across_any_split() {
+    let mut stream = Vec::new();
+    encode_frame(&mut stream, true, Opcode::Text, b"hello", None);
+    let first = stream.len();
+    encode_frame(&mut stream, false, Opcode::Binary, &[7u8; 300], None);
+    let second = stream.len();
+    encode_frame(
+        &mut stream,
+        true,
+        Opcode::Continuation,
+        &[1u8; 70_000],
+        None,
+    );
+    let ends = [first, second, stream.len()];
+    for split in [1usize, 2, 3, 13, 1000, stream.len()] {
+        let mut c = FrameCursor::default();
+        let mut seen = Vec::new();
+        let mut at = 0;
+        for chunk in stream.chunks(split) {
+            assert_eq!(c.advance(chunk, false), chunk.len());
+            at += chunk.len();
+            if c.at_boundary() {
+                seen.push(at);
+            }
+        }
+        let expected: Vec<usize> = ends
+            .iter()
+            .copied()
+            .filter(|e| e % split == 0 || *e == stream.len())
+            .collect();
+        assert_eq!(seen, expected, "split {split}");
+    }
+    // Stopping: from mid-frame, consume exactly to the end of the current frame.
+    let mut c = FrameCursor::default();
+    assert_eq!(c.advance(&stream[..4], false), 4);
+    assert!(!c.at_boundary());
+    assert_eq!(c.advance(&stream[4..], true), first - 4);
+    assert!(c.at_boundary());
+    assert_eq!(
+        c.advance(&stream[first..], true),
+        0,
+        "already at a boundary"
+    );
+}
+
+#[test]
+fn cursor_gives_up_on_bytes_that_are_not_frames() {
+    let mut c = FrameCursor::default();
+    // Reserved bits set: not WebSocket framing.
+    assert_eq!(c.advance(&[0xF1, 0x00, 1, 2], false), 4);
+    assert!(!c.at_boundary());
+    assert_eq!(c.advance(&[0x81, 0x00], true), 2);
+    assert!(!c.at_boundary());
+}
