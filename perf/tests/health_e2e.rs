@@ -31,13 +31,18 @@ const INTERVAL_MS: u64 = 250;
 const FALL: u64 = 2;
 
 fn config(port: u16, nodes: &[SocketAddr]) -> Config {
+    config_with(port, nodes, &[])
+}
+
+/// `config` with more `[pools.eu.health]` settings.
+fn config_with(port: u16, nodes: &[SocketAddr], extra: &[(&str, i64)]) -> Config {
     let backends: Vec<Backend> = nodes
         .iter()
         .enumerate()
         .map(|(i, a)| Backend::new(format!("node-{}", i + 1), a).weight(100))
         .collect();
     let health = "pools.eu.health";
-    ConfigBuilder::loopback()
+    let builder = ConfigBuilder::loopback()
         .terminator(1, 1)
         .connection_limits(1000, 100)
         .listener("wss", format!("127.0.0.1:{port}"), "ws", "eu")
@@ -47,7 +52,10 @@ fn config(port: u16, nodes: &[SocketAddr]) -> Config {
         .set(health, "timeout_ms", 500)
         .set(health, "rise", 2)
         .set(health, "fall", FALL as i64)
-        .set(health, "margin_secs", 1)
+        .set(health, "margin_secs", 1);
+    extra
+        .iter()
+        .fold(builder, |b, (k, v)| b.set(health, k, *v))
         .build("health e2e")
 }
 
@@ -56,12 +64,13 @@ type Plane = TestPlane;
 /// Three simulated nodes: 1 s blocks, maintenance every 30 s (a shortened mainnet).
 async fn spawn_nodes() -> (Vec<NodeSimHandle>, Vec<SocketAddr>) {
     let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(
-            NodeSim::spawn(NodeSimConfig::fast(1_000, 30))
-                .await
-                .expect("node sim"),
-        );
+    for i in 1..=3 {
+        let config = NodeSimConfig {
+            // What `node_sim_name` answers: a client behind the proxy can tell its node.
+            name: format!("node-{i}"),
+            ..NodeSimConfig::fast(1_000, 30)
+        };
+        nodes.push(NodeSim::spawn(config).await.expect("node sim"));
     }
     let addrs = nodes.iter().map(|n| n.addr).collect();
     (nodes, addrs)
@@ -408,6 +417,178 @@ async fn a_chain_halt_keeps_the_pool_serving() {
     })
     .await
     .expect("the chain resumes and the halt is over");
+    drop(plane.shutdown());
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// An async WebSocket client through the proxy from 127.0.0.`src`.
+async fn async_client(
+    src: u8,
+    proxy: SocketAddr,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from(([127, 0, 0, src], 0))).unwrap();
+    let stream = sock.connect(proxy).await.expect("connect to the proxy");
+    tokio_tungstenite::client_async(format!("ws://{proxy}/"), stream)
+        .await
+        .expect("upgrade through the proxy")
+        .0
+}
+
+/// Which node a client landed on (the simulator's `node_sim_name`).
+async fn node_of(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tungstenite::Message::text(
+        r#"{"id":77,"method":"call","params":["login","node_sim_name",[]]}"#,
+    ))
+    .await
+    .unwrap();
+    loop {
+        let m = ws.next().await.expect("an answer").expect("a frame");
+        let Ok(text) = m.to_text() else { continue };
+        let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        if v["id"] == 77 {
+            return v["result"].as_str().unwrap_or_default().to_string();
+        }
+    }
+}
+
+/// Clients moved off a sick node: 200 live WebSocket clients on node-1; node-1 starts
+/// lagging and leaves the ring; each client gets a close 1012 at its own moment within the
+/// window, reconnects and lands on an in-sync node. Clients of the healthy nodes see nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn clients_of_a_lagging_node_move_to_in_sync_nodes_within_the_window() {
+    clients_move_off(IoChoice::Epoll).await;
+}
+
+/// The same through the io_uring terminator (when the kernel allows io_uring).
+#[tokio::test(flavor = "current_thread")]
+async fn clients_move_off_through_io_uring_too() {
+    clients_move_off(IoChoice::Uring).await;
+}
+
+async fn clients_move_off(io: IoChoice) {
+    use futures_util::StreamExt;
+    const WINDOW_SECS: u64 = 3;
+    init_crypto();
+    let (nodes, addrs) = spawn_nodes().await;
+    let config = config_with(
+        free_port(),
+        &addrs,
+        &[
+            ("max_lag_blocks", 3),
+            ("move_off_window_secs", WINDOW_SECS as i64),
+        ],
+    );
+    let (mut plane, mut inputs, proxy) = start_plane(&config, io, unix_now(), "wss");
+    pump_until(&mut plane, &mut inputs, Duration::from_secs(5), |p| {
+        (1..=3).all(|i| p.board().state("eu", &format!("node-{i}")) == Some(BackendState::Up))
+    })
+    .await
+    .expect("all nodes up");
+    let victims: Vec<u8> = (2..250u8)
+        .filter(|s| choice(&plane, *s) == "node-1")
+        .take(4)
+        .collect();
+    let bystanders: Vec<u8> = (2..250u8)
+        .filter(|s| choice(&plane, *s) == "node-2")
+        .take(2)
+        .collect();
+    assert_eq!((victims.len(), bystanders.len()), (4, 2));
+
+    let mut moving = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let src = victims[i % victims.len()];
+        let mut ws = async_client(src, proxy).await;
+        assert_eq!(node_of(&mut ws).await, "node-1");
+        moving.spawn(async move {
+            // Wait for the close, then reconnect from the same address.
+            let code = loop {
+                match ws.next().await {
+                    Some(Ok(tungstenite::Message::Close(f))) => {
+                        break f.map(|f| u16::from(f.code));
+                    }
+                    Some(Ok(_)) => continue,
+                    _ => break None,
+                }
+            };
+            let at = Instant::now();
+            let mut again = async_client(src, proxy).await;
+            (code, at, node_of(&mut again).await)
+        });
+    }
+    let mut staying = tokio::task::JoinSet::new();
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    for i in 0..20 {
+        let mut ws = async_client(bystanders[i % 2], proxy).await;
+        assert_eq!(node_of(&mut ws).await, "node-2");
+        let mut stop = stop_tx.subscribe();
+        staying.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.recv() => return node_of(&mut ws).await,
+                    m = ws.next() => match m {
+                        Some(Ok(tungstenite::Message::Close(_))) | None | Some(Err(_)) => {
+                            return "disturbed".to_string();
+                        }
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+        });
+    }
+
+    nodes[0].set_mode(Control::Lag(10)).await.unwrap();
+    pump_until(&mut plane, &mut inputs, Duration::from_secs(15), |p| {
+        !available(p, "node-1")
+    })
+    .await
+    .expect("the lagging node leaves the ring");
+    let out_at = Instant::now();
+    // The plane keeps running while the clients move.
+    let deadline = out_at + Duration::from_secs(WINDOW_SECS + 5);
+    let mut moved = Vec::new();
+    while moved.len() < 200 && Instant::now() < deadline {
+        tokio::select! {
+            Some(r) = moving.join_next() => moved.push(r.expect("client task")),
+            _ = pump_until(&mut plane, &mut inputs, Duration::from_millis(200), |_| false) => {}
+        }
+    }
+    assert_eq!(
+        moved.len(),
+        200,
+        "not every client of node-1 moved within the window"
+    );
+    for (code, _, node) in &moved {
+        assert_eq!(*code, Some(1012), "closed with {code:?}");
+        assert!(
+            node == "node-2" || node == "node-3",
+            "reconnected to {node}"
+        );
+    }
+    let first = moved.iter().map(|m| m.1).min().unwrap();
+    let last = moved.iter().map(|m| m.1).max().unwrap();
+    eprintln!(
+        "200 clients moved between {:?} and {:?} after node-1 left",
+        first.saturating_duration_since(out_at),
+        last.saturating_duration_since(out_at)
+    );
+    assert!(
+        last.duration_since(first) >= Duration::from_secs(WINDOW_SECS) / 2,
+        "the departures were not spread over the window"
+    );
+    assert!(last.saturating_duration_since(out_at) <= Duration::from_secs(WINDOW_SECS + 2));
+
+    let _ = stop_tx.send(());
+    while let Some(r) = staying.join_next().await {
+        assert_eq!(
+            r.unwrap(),
+            "node-2",
+            "a client of a healthy node was disturbed"
+        );
+    }
     drop(plane.shutdown());
     for n in nodes {
         n.shutdown().await;

@@ -75,12 +75,38 @@ pub struct HealthConfig {
     /// halt (every answering node stale at the same head) keeps all of them in.
     #[serde(default = "default_panic_threshold")]
     pub panic_threshold_percent: u32,
+    /// What happens to the terminated clients of a node that leaves the ring for a health
+    /// reason (stale, lagging, down; not a drain): `close` (a WebSocket close 1012 so they
+    /// reconnect to an in-sync node, spread over `move_off_window_secs`) or `keep`.
+    #[serde(default)]
+    pub on_unhealthy: OnUnhealthy,
+    #[serde(default = "default_move_off_window")]
+    pub move_off_window_secs: u64,
+}
+
+/// See [`HealthConfig::on_unhealthy`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUnhealthy {
+    #[default]
+    Close,
+    Keep,
+}
+
+fn default_move_off_window() -> u64 {
+    30
 }
 
 impl HealthConfig {
     /// Problems for `check-config`, each naming its key under `at`.
     pub fn problems(&self, at: &str) -> Vec<String> {
         let mut p = Vec::new();
+        if self.move_off_window_secs > 3600 {
+            p.push(format!(
+                "{at}.move_off_window_secs = {}: at most 3600",
+                self.move_off_window_secs
+            ));
+        }
         if self.panic_threshold_percent > 100 {
             p.push(format!(
                 "{at}.panic_threshold_percent = {}: at most 100",

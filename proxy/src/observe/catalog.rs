@@ -12,6 +12,7 @@ pub const ACTIVE_CONNECTIONS: &str = "proxy_backend_active_connections";
 pub const BACKEND_BYTES: &str = "proxy_backend_bytes_total";
 pub const BACKEND_ERRORS: &str = "proxy_backend_errors_total";
 pub const HANDSHAKE_REJECTS: &str = "proxy_handshake_rejects_total";
+pub const MOVED_OFF: &str = "proxy_clients_moved_off_total";
 pub const BACKEND_UP: &str = "proxy_backend_up";
 pub const BACKEND_HEALTH: &str = "proxy_backend_health";
 pub const BACKEND_WEIGHT: &str = "proxy_backend_weight";
@@ -51,6 +52,7 @@ pub const SERIES: &[(&str, Kind, Option<Unit>, &str)] = &[
     (ACTIVE_CONNECTIONS, Kind::Gauge, None, "Client connections the terminator relays to a node now."),
     (BACKEND_BYTES, Kind::Counter, Some(Unit::Bytes), "Bytes relayed by the terminator, by direction (up: client to node)."),
     (BACKEND_ERRORS, Kind::Counter, None, "Terminator errors towards a node, by kind (refused, connect_timeout, reset, idle_timeout, bad_upstream_answer)."),
+    (MOVED_OFF, Kind::Counter, None, "Client connections closed (1012) to move them off a node that left the ring for a health reason."),
     (HANDSHAKE_REJECTS, Kind::Counter, None, "Client first requests refused by the terminator, by HTTP status."),
     (BACKEND_UP, Kind::Gauge, None, "1 when the backend takes new connections (healthy, not ejected, not drained by its agent)."),
     (BACKEND_HEALTH, Kind::Gauge, None, "1 for the backend's current health state and reason (state-set: the other combinations read 0)."),

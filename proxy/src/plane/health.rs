@@ -2,14 +2,14 @@
 //! to the board, the board's verdict goes to the balancer (ring deltas to the maps), and every
 //! ring change is mirrored into the terminator's upstream tables.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use tracing::{error, info, warn};
 
 use super::{ControlPlane, DataPath};
 use crate::{
     balancer::BalancerError,
-    config::{Config, HealthConfig},
+    config::{health::OnUnhealthy, Config, HealthConfig},
     health::{
         pool::{self, ChainState, PoolDecision},
         BackendHealth, ConnectEvent, Report,
@@ -70,6 +70,7 @@ impl<M: DataPath> ControlPlane<M> {
         let Some(members) = self.balancer.backends(pool) else {
             return;
         };
+        let was: Vec<bool> = members.iter().map(|m| m.available).collect();
         let own: Vec<(String, bool, u32, bool, BackendHealth)> = members
             .iter()
             .map(|m| {
@@ -78,6 +79,10 @@ impl<M: DataPath> ControlPlane<M> {
                 (m.name.clone(), available, ramp, m.weight == 0, h)
             })
             .collect();
+        let move_off = self.board.config(pool).and_then(|c| {
+            (c.on_unhealthy == OnUnhealthy::Close)
+                .then(|| Duration::from_secs(c.move_off_window_secs))
+        });
         let threshold = self
             .board
             .config(pool)
@@ -95,8 +100,17 @@ impl<M: DataPath> ControlPlane<M> {
         );
         self.log_pool_change(pool, &decision, now);
         let mut changed = false;
-        for (name, available, ramp, _, _) in &own {
+        for ((name, available, ramp, _, _), was) in own.iter().zip(was) {
             let available = *available || decision.keeps(name);
+            // Out of the ring for its health: its terminated clients move to in-sync nodes.
+            match (was, available, move_off) {
+                (true, false, Some(window)) => {
+                    info!(pool, backend = %name, window_secs = window.as_secs(), "moving its clients off (close 1012, spread over the window)");
+                    self.listeners.move_off(pool, name, Some(window));
+                }
+                (false, true, _) => self.listeners.move_off(pool, name, None),
+                _ => {}
+            }
             match self
                 .balancer
                 .set_health(pool, name, available, *ramp, &mut self.maps)

@@ -211,6 +211,21 @@ impl Listeners {
         }
     }
 
+    /// Asks the clients of `backend` on every listener of `pool` to leave within `window`
+    /// (None: the node is back, nobody leaves).
+    pub(super) fn move_off(&self, pool: &str, backend: &str, window: Option<Duration>) {
+        for s in self.served.values().filter(|s| s.config.pool == pool) {
+            let Some((spec, _)) = &s.terminated else {
+                continue;
+            };
+            let offs = &spec.ctx.upstreams.move_offs;
+            match window {
+                Some(w) => offs.request(backend, w, std::time::Instant::now()),
+                None => offs.cancel(backend),
+            }
+        }
+    }
+
     /// Swaps certificates whose files changed; returns their server names.
     pub(super) fn reload_certificates(&self) -> Vec<String> {
         self.served

@@ -20,7 +20,7 @@ use tracing::debug;
 use super::{
     io::Io,
     net::Connector,
-    relay::relay,
+    relay::{relay, Leave},
     upstream::{Upstream, UpstreamTable},
 };
 use crate::{
@@ -206,22 +206,29 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         send_and_close(&*client, bad_gateway()).await;
         return Ending::BadUpstreamAnswer;
     }
+    let mut leave = None;
     if let Some(key) = ws_key {
         let mut answer = Vec::new();
-        let (ok, _) = read_until(&*backend, &mut answer, ctx.handshake_timeout, |b| {
+        let (head_len, _) = read_until(&*backend, &mut answer, ctx.handshake_timeout, |b| {
             match handshake::check_upgrade_response(b, &key) {
-                Ok(Some(_)) => Some(true),
+                Ok(Some(n)) => Some(Some(n)),
                 Ok(None) => None,
-                Err(_) => Some(false),
+                Err(_) => Some(None),
             }
         })
         .await;
-        if ok != Some(true) {
+        let Some(Some(head_len)) = head_len else {
             backend_error(&ctx, &up, "bad_upstream_answer");
             send_and_close(&*client, bad_gateway()).await;
             return Ending::BadUpstreamAnswer;
-        }
+        };
         meters(&ctx, &up).record_time_to_101(requested_at.elapsed());
+        // A WebSocket client can be moved off a node that falls sick: watch for it, and
+        // follow the node's frames from the first byte after the 101.
+        let (rx, seq) = ctx.upstreams.move_offs.watch(&up.name);
+        let mut cursor = crate::websocket::FrameCursor::default();
+        cursor.advance(answer.get(head_len..).unwrap_or_default(), false);
+        leave = Some(Leave { rx, seq, cursor });
         // The 101 and anything the node sent right after it.
         let (res, _) = client.write_all(answer).await;
         if res.is_err() {
@@ -229,7 +236,10 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         }
     }
     let client_count = meters(&ctx, &up).client();
-    let outcome = relay(client, backend, ctx.idle_timeout).await;
+    let outcome = relay(client, backend, ctx.idle_timeout, leave).await;
+    if outcome.moved_off {
+        counter!(catalog::MOVED_OFF, "pool" => ctx.observe.pool.clone(), "backend" => up.name.clone()).increment(1);
+    }
     drop(client_count);
     let labels = |direction: &'static str| {
         [

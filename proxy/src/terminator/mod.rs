@@ -3,6 +3,7 @@
 
 pub mod handler;
 pub mod io;
+pub mod move_off;
 pub mod net;
 pub mod relay;
 pub mod server;

@@ -3,13 +3,43 @@
 //! and an idle timeout enforced by shutting the sockets down.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     net::Shutdown,
     rc::Rc,
     time::{Duration, Instant},
 };
 
-use super::io::{give_back, take_large, Io, LARGE_BUF, SMALL_BUF};
+use tokio::sync::watch;
+
+use super::{
+    io::{give_back, take_large, Io, LARGE_BUF, SMALL_BUF},
+    move_off::MoveOff,
+};
+use crate::websocket::{self, close_code, FrameCursor};
+
+/// How long a client told to leave (or a node mid-frame) gets before the connection is cut.
+const LEAVE_GRACE: Duration = Duration::from_secs(5);
+
+/// Moving this connection off its node (see `move_off`): what the relay watches.
+#[derive(Debug)]
+pub struct Leave {
+    pub rx: watch::Receiver<Option<MoveOff>>,
+    pub seq: u64,
+    /// Frame boundaries of the node → client direction, fed everything sent since the `101`.
+    pub cursor: FrameCursor,
+}
+
+/// The node → client direction's state, shared with the leave watcher.
+#[derive(Debug, Default)]
+struct Down {
+    cursor: RefCell<FrameCursor>,
+    /// Asked to leave: forward up to the next frame boundary, then close.
+    leaving: Cell<bool>,
+    /// Waiting for the node's next bytes (nothing half-forwarded).
+    parked: Cell<bool>,
+    /// The close frame went out: nothing more may be written to the client.
+    closed: Cell<bool>,
+}
 
 /// How a relay ended and what it carried.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -19,18 +49,29 @@ pub struct RelayOutcome {
     /// Backend to client.
     pub down_bytes: u64,
     pub idle_timeout: bool,
+    /// Closed to move the client off a sick node.
+    pub moved_off: bool,
     /// A read or write failed (reset) rather than ending with EOF.
     pub reset: bool,
 }
 
 /// Copies `from` → `to` until EOF, then half-closes `to`. Returns true on a clean EOF.
-async fn copy<A: Io, B: Io>(from: &A, to: &B, last: &Cell<Instant>, total: &Cell<u64>) -> bool {
+async fn copy<A: Io, B: Io>(
+    from: &A,
+    to: &B,
+    last: &Cell<Instant>,
+    total: &Cell<u64>,
+    down: Option<&Down>,
+) -> bool {
     let mut small = Vec::with_capacity(SMALL_BUF);
     // After a read that filled its buffer, data is flowing: use a large pooled buffer.
     // After a short read, go back to the small one before waiting (io_uring pins the
     // buffer of a pending read; an idle websocket should pin little).
     let mut flowing = false;
     let clean = loop {
+        if let Some(d) = down {
+            d.parked.set(true);
+        }
         if from.ready().await.is_err() {
             break false;
         }
@@ -39,7 +80,15 @@ async fn copy<A: Io, B: Io>(from: &A, to: &B, last: &Cell<Instant>, total: &Cell
         } else {
             std::mem::take(&mut small)
         };
-        let (res, buf) = from.read(buf).await;
+        let (res, mut buf) = from.read(buf).await;
+        if let Some(d) = down {
+            d.parked.set(false);
+            if d.closed.get() {
+                // The watcher closed the client while this read was pending.
+                restore(buf, &mut small);
+                return true;
+            }
+        }
         let n = match res {
             Ok(n) if n > 0 => n,
             other => {
@@ -50,15 +99,54 @@ async fn copy<A: Io, B: Io>(from: &A, to: &B, last: &Cell<Instant>, total: &Cell
         flowing = n == buf.capacity();
         last.set(Instant::now());
         total.set(total.get() + n as u64);
-        let (res, buf) = to.write_all(buf).await;
+        // Leaving: forward up to the end of the current frame only.
+        let stop = down.is_some_and(|d| {
+            let mut c = d.cursor.borrow_mut();
+            if d.leaving.get() {
+                buf.truncate(c.advance(&buf[..n], true));
+                c.at_boundary()
+            } else {
+                c.advance(&buf[..n], false);
+                false
+            }
+        });
+        let (res, buf) = if buf.is_empty() {
+            (Ok(()), buf)
+        } else {
+            to.write_all(buf).await
+        };
         restore(buf, &mut small);
         if res.is_err() {
             break false;
         }
         last.set(Instant::now());
+        if let (true, Some(d)) = (stop, down) {
+            close_client(to, from, d).await;
+            return true;
+        }
     };
-    let _ = to.shutdown(Shutdown::Write);
+    if !down.is_some_and(|d| d.closed.get()) {
+        let _ = to.shutdown(Shutdown::Write);
+    }
     clean
+}
+
+/// Sends the client a close frame 1012 ("service restart") at a frame boundary, then TLS
+/// close_notify and FIN, and cuts the node off.
+async fn close_client<C: Io, B: Io>(client: &C, backend: &B, d: &Down) {
+    if d.closed.replace(true) {
+        return;
+    }
+    let mut frame = Vec::with_capacity(32);
+    websocket::encode_close(
+        &mut frame,
+        close_code::SERVICE_RESTART,
+        "node out of sync",
+        None,
+    );
+    let _ = client.write_all(frame).await;
+    let _ = client.shutdown(Shutdown::Write);
+    let _ = backend.shutdown(Shutdown::Both);
 }
 
 fn restore(buf: Vec<u8>, small: &mut Vec<u8>) {
@@ -72,23 +160,71 @@ fn restore(buf: Vec<u8>, small: &mut Vec<u8>) {
     }
 }
 
-/// Relays until both directions ended, or nothing moved for `idle`.
-pub async fn relay<C: Io, B: Io>(client: Rc<C>, backend: Rc<B>, idle: Duration) -> RelayOutcome {
+/// Waits until this connection's turn to leave its node comes (never without `leave`).
+async fn leave_due(leave: Option<Leave>) -> FrameCursor {
+    let Some(mut l) = leave else {
+        return std::future::pending().await;
+    };
+    loop {
+        let request = *l.rx.borrow_and_update();
+        match request {
+            Some(m) => {
+                tokio::time::sleep_until(m.due(l.seq).into()).await;
+                if l.rx.borrow().is_some() {
+                    return l.cursor;
+                }
+            }
+            None => {
+                if l.rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+}
+
+/// Relays until both directions ended, or nothing moved for `idle`. With `leave`, a request
+/// to move clients off the node closes the connection between two of the node's frames.
+pub async fn relay<C: Io, B: Io>(
+    client: Rc<C>,
+    backend: Rc<B>,
+    idle: Duration,
+    leave: Option<Leave>,
+) -> RelayOutcome {
     let last = Cell::new(Instant::now());
     let up = Cell::new(0u64);
     let down = Cell::new(0u64);
+    let watched = leave.is_some();
+    let state = Down::default();
+    if let Some(l) = &leave {
+        *state.cursor.borrow_mut() = l.cursor.clone();
+    }
     let work = async {
         tokio::join!(
-            copy(&*client, &*backend, &last, &up),
-            copy(&*backend, &*client, &last, &down)
+            copy(&*client, &*backend, &last, &up, None),
+            copy(&*backend, &*client, &last, &down, watched.then_some(&state))
         )
     };
+    let leaver = async {
+        leave_due(leave).await;
+        state.leaving.set(true);
+        if state.parked.get() && state.cursor.borrow().at_boundary() {
+            close_client(&*client, &*backend, &state).await;
+        }
+        // A client that does not answer the close, or a node stuck mid-frame: cut.
+        tokio::time::sleep(LEAVE_GRACE).await;
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = backend.shutdown(Shutdown::Both);
+        std::future::pending::<()>().await;
+    };
+    tokio::pin!(leaver);
     tokio::pin!(work);
     let check = (idle / 4).max(Duration::from_millis(50));
     let mut idle_timeout = false;
     let (clean_up, clean_down) = loop {
         tokio::select! {
             r = &mut work => break r,
+            _ = &mut leaver => {}
             _ = tokio::time::sleep(check), if !idle_timeout => {
                 if last.get().elapsed() >= idle {
                     // Shutting down completes the pending reads (with io_uring, dropping
@@ -100,10 +236,12 @@ pub async fn relay<C: Io, B: Io>(client: Rc<C>, backend: Rc<B>, idle: Duration) 
             }
         }
     };
+    let moved_off = state.leaving.get();
     RelayOutcome {
         up_bytes: up.get(),
         down_bytes: down.get(),
         idle_timeout,
-        reset: !(idle_timeout || clean_up && clean_down),
+        moved_off,
+        reset: !(idle_timeout || moved_off || clean_up && clean_down),
     }
 }

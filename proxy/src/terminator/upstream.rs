@@ -69,6 +69,8 @@ impl UpstreamSet {
 pub struct UpstreamTable {
     set: Arc<RwLock<Arc<UpstreamSet>>>,
     events: Option<(String, tokio::sync::mpsc::Sender<ConnectEvent>)>,
+    /// Requests to move clients off sick nodes (see `move_off`).
+    pub move_offs: Arc<super::move_off::MoveOffs>,
 }
 
 impl UpstreamTable {
@@ -76,6 +78,7 @@ impl UpstreamTable {
         Self {
             set: Arc::new(RwLock::new(Arc::new(set))),
             events: None,
+            move_offs: Arc::default(),
         }
     }
 
