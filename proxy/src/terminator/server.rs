@@ -357,15 +357,8 @@ fn run_epoll(
             accepts.push(tokio::task::spawn_local(async move {
                 let mut errors = AcceptErrors::default();
                 while !stop.load(Ordering::SeqCst) {
-                    let (stream, peer) = match listener.accept().await {
-                        Ok(accepted) => {
-                            errors.streak = 0;
-                            accepted
-                        }
-                        Err(e) => {
-                            tokio::time::sleep(errors.on_error(&e)).await;
-                            continue;
-                        }
+                    let Some((stream, peer)) = errors.take(listener.accept().await).await else {
+                        continue;
                     };
                     let _ = stream.set_nodelay(true);
                     let Some((slot, guard)) = live.admit(&limits, peer, stream.as_raw_fd()) else {
@@ -397,6 +390,20 @@ struct AcceptErrors {
 }
 
 impl AcceptErrors {
+    /// The accepted connection, or None after the back-off for a failed accept.
+    async fn take<T>(&mut self, accepted: std::io::Result<T>) -> Option<T> {
+        match accepted {
+            Ok(a) => {
+                self.streak = 0;
+                Some(a)
+            }
+            Err(e) => {
+                tokio::time::sleep(self.on_error(&e)).await;
+                None
+            }
+        }
+    }
+
     fn on_error(&mut self, e: &std::io::Error) -> Duration {
         if self.streak == 0 {
             tracing::warn!("accept failed, retrying: {e}");
@@ -433,15 +440,8 @@ fn run_uring(
             tokio_uring::spawn(async move {
                 let mut errors = AcceptErrors::default();
                 while !stop.load(Ordering::SeqCst) {
-                    let (stream, peer) = match listener.accept().await {
-                        Ok(accepted) => {
-                            errors.streak = 0;
-                            accepted
-                        }
-                        Err(e) => {
-                            tokio::time::sleep(errors.on_error(&e)).await;
-                            continue;
-                        }
+                    let Some((stream, peer)) = errors.take(listener.accept().await).await else {
+                        continue;
                     };
                     let _ = stream.set_nodelay(true);
                     let Some((slot, guard)) = live.admit(&limits, peer, stream.as_raw_fd()) else {
@@ -458,4 +458,23 @@ fn run_uring(
         supervise(fds, live, stop, grace).await;
         drop(held);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_accept_backs_off_and_a_good_one_resets() {
+        let mut errors = AcceptErrors::default();
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let waits: Vec<u128> = (0..9)
+            .map(|_| errors.on_error(&emfile).as_millis())
+            .collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 64, 100, 100, 100]);
+        assert_eq!(errors.take(Ok(7)).await, Some(7));
+        assert_eq!(errors.streak, 0, "a good accept starts the back-off over");
+        let failed: Option<()> = errors.take(Err(emfile)).await;
+        assert_eq!((failed, errors.streak), (None, 1));
+    }
 }
