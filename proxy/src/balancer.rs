@@ -376,16 +376,7 @@ impl Balancer {
         // kernel's copies may hold anything (zeros = backend 0 in a fresh map, an old ring in
         // pinned maps after a restart): write every slot of both, deltas after that.
         let v = &self.vips[idx];
-        let full: Vec<RingDelta> = v
-            .ring
-            .slots()
-            .iter()
-            .enumerate()
-            .map(|(slot, &id)| RingDelta {
-                slot: slot as u32,
-                id,
-            })
-            .collect();
+        let full = v.ring.full_delta();
         w.write_ring_copy(v.meta.vip_num, 0, &full).map_err(maps)?;
         w.write_ring_copy(v.meta.vip_num, 1, &full).map_err(maps)?;
         w.set_vip(&v.key, &v.meta).map_err(maps)

@@ -142,6 +142,16 @@ impl MaglevRing {
         &self.slots
     }
 
+    /// Every slot as a delta, empty ones included: what a kernel copy needs when nothing in
+    /// it can be trusted (a fresh map is all zeroes, backend 0; a pinned one may hold an old
+    /// ring).
+    pub fn full_delta(&self) -> Vec<RingDelta> {
+        (0..self.size)
+            .zip(&self.slots)
+            .map(|(slot, &id)| RingDelta { slot, id })
+            .collect()
+    }
+
     /// The member id for a flow hash (or [`EMPTY_SLOT`] if the ring has no weighted member).
     pub fn lookup(&self, hash: u32) -> u32 {
         self.slots[(hash % self.size) as usize]
@@ -359,6 +369,19 @@ fn build_table(size: u32, members: &[RingMember]) -> Result<Vec<u32>, RingError>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn full_delta_names_every_slot_in_order() {
+        let mut ring = MaglevRing::new(1009).unwrap();
+        ring.rebuild(&[RingMember::new(4, "a", 1), RingMember::new(9, "b", 1)])
+            .unwrap();
+        let full = ring.full_delta();
+        assert_eq!(full.len(), 1009);
+        for (i, d) in full.iter().enumerate() {
+            assert_eq!((d.slot as usize, d.id), (i, ring.slots()[i]));
+        }
+        assert!(full.iter().any(|d| d.id == 4) && full.iter().any(|d| d.id == 9));
+    }
+
     use super::*;
 
     const M: u32 = DEFAULT_RING_SIZE;

@@ -145,3 +145,27 @@ pub fn test_run_unsupported(prog_fd: RawFd) -> io::Result<Option<String>> {
         Err(e) => Err(e),
     }
 }
+
+/// Kernel settings of the XDP labs (fixture table, fuzz target): NAT ports `min..=max`,
+/// one SNAT address per family, 300 s TCP / 30 s UDP idle timeouts, closing flows expire at
+/// once.
+pub fn lab_settings(
+    nat_ports: (u16, u16),
+    snat4: std::net::Ipv4Addr,
+    snat6: std::net::Ipv6Addr,
+) -> proxy_common::Settings {
+    let tick = proxy::ebpf::kernel_tick_ns();
+    let ticks = |ns: u64| proxy_common::ticks_from_ns(ns, tick);
+    proxy_common::Settings {
+        nat_port_min: nat_ports.0,
+        nat_port_max: nat_ports.1,
+        tcp_idle_timeout_ticks: ticks(300_000_000_000),
+        udp_idle_timeout_ticks: ticks(30_000_000_000),
+        closing_timeout_ticks: 0,
+        next_hop_ttl_ticks: ticks(proxy_common::NEXT_HOP_TTL_NS) as u32,
+        last_seen_refresh_ticks: ticks(proxy_common::LAST_SEEN_REFRESH_NS) as u32,
+        ..proxy_common::Settings::default()
+            .with_snat_v4(u32::from_ne_bytes(snat4.octets()))
+            .with_snat_v6(proxy_common::v6_words(snat6.octets()))
+    }
+}

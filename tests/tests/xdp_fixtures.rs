@@ -282,20 +282,7 @@ fn snat_for(addr: IpAddr) -> IpAddr {
 }
 
 fn settings() -> Settings {
-    let tick = proxy::ebpf::kernel_tick_ns();
-    let ticks = |ns: u64| proxy_common::ticks_from_ns(ns, tick);
-    Settings {
-        nat_port_min: NAT_PORT_MIN,
-        nat_port_max: NAT_PORT_MAX,
-        tcp_idle_timeout_ticks: ticks(300_000_000_000),
-        udp_idle_timeout_ticks: ticks(30_000_000_000),
-        closing_timeout_ticks: 0,
-        next_hop_ttl_ticks: ticks(proxy_common::NEXT_HOP_TTL_NS) as u32,
-        last_seen_refresh_ticks: ticks(proxy_common::LAST_SEEN_REFRESH_NS) as u32,
-        ..Settings::default()
-            .with_snat_v4(u32::from_ne_bytes(SNAT4.octets()))
-            .with_snat_v6(v6_words(SNAT6.octets()))
-    }
+    proxy_tests::fixture::lab_settings((NAT_PORT_MIN, NAT_PORT_MAX), SNAT4, SNAT6)
 }
 
 fn members(ids: &[u32]) -> Vec<RingMember> {
@@ -1450,16 +1437,10 @@ fn configure(dp: &mut DataPlane, model: &Model) {
         )
         .expect("set vip");
         // Every slot, EMPTY ones included: a fresh RING map is all zeroes (backend 0).
-        let slots = model.initial_rings[&v.num].slots();
-        let full: Vec<RingDelta> = slots
-            .iter()
-            .enumerate()
-            .map(|(slot, &id)| RingDelta {
-                slot: slot as u32,
-                id,
-            })
-            .collect();
-        dp.write_ring_delta(v.num, &full).expect("write ring");
+        let ring = &model.initial_rings[&v.num];
+        let slots = ring.slots();
+        dp.write_ring_delta(v.num, &ring.full_delta())
+            .expect("write ring");
         for copy in [0, 1] {
             assert_eq!(
                 dp.read_ring(v.num, copy).expect("read ring"),

@@ -31,7 +31,7 @@ use std::{
 use libfuzzer_sys::{arbitrary::Unstructured, fuzz_target};
 use proxy::{
     ebpf::{test_run::run_xdp, DataPlane, LoadOptions, BPFFS},
-    maglev::{MaglevRing, RingDelta, RingMember},
+    maglev::{MaglevRing, RingMember},
 };
 use proxy_common::{
     v4_words, v6_words, Backend, Settings, VipKey, VipMeta, BACKEND_PRESENT, FAMILY_V4, FAMILY_V6,
@@ -356,20 +356,7 @@ fn build_network() -> (u32, u32) {
 }
 
 fn settings() -> Settings {
-    let tick = proxy::ebpf::kernel_tick_ns();
-    let ticks = |ns: u64| proxy_common::ticks_from_ns(ns, tick);
-    Settings {
-        nat_port_min: NAT_PORT_MIN,
-        nat_port_max: NAT_PORT_MAX,
-        tcp_idle_timeout_ticks: ticks(300_000_000_000),
-        udp_idle_timeout_ticks: ticks(30_000_000_000),
-        closing_timeout_ticks: 0,
-        next_hop_ttl_ticks: ticks(proxy_common::NEXT_HOP_TTL_NS) as u32,
-        last_seen_refresh_ticks: ticks(proxy_common::LAST_SEEN_REFRESH_NS) as u32,
-        ..Settings::default()
-            .with_snat_v4(u32::from_ne_bytes(SNAT4.octets()))
-            .with_snat_v6(v6_words(SNAT6.octets()))
-    }
+    proxy_tests::fixture::lab_settings((NAT_PORT_MIN, NAT_PORT_MAX), SNAT4, SNAT6)
 }
 
 fn load() -> Lab {
@@ -415,16 +402,7 @@ fn load() -> Lab {
             let mut ring = MaglevRing::new(RING_SIZE)?;
             ring.rebuild(&members)?;
             // Every slot, empty ones included: a fresh RING map is all zeroes (backend 0).
-            let full: Vec<RingDelta> = ring
-                .slots()
-                .iter()
-                .enumerate()
-                .map(|(slot, &id)| RingDelta {
-                    slot: slot as u32,
-                    id,
-                })
-                .collect();
-            dp.write_ring_delta(v.num, &full)?;
+            dp.write_ring_delta(v.num, &ring.full_delta())?;
         }
         Ok(())
     };
