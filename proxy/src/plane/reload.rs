@@ -340,6 +340,17 @@ backends = [{ name = "a", address = "192.0.2.11:8090", weight = 50 }]
 backends = [{ name = "b", address = "192.0.2.21:8090" }]
 "#;
 
+    /// A plane on in-memory maps (`l4` listeners only: no terminator starts).
+    fn memory_plane(config: &Config) -> ControlPlane<MemoryMaps> {
+        let options = PlaneOptions {
+            io: IoChoice::Epoll,
+            stats_interval_secs: 0,
+        };
+        ControlPlane::new(config, MemoryMaps::default(), options, 0)
+            .unwrap()
+            .0
+    }
+
     fn reload(plane: &mut ControlPlane<MemoryMaps>, text: &str) -> ReloadChanges {
         let config = Config::parse(text, "t").unwrap();
         match plane.handle(Event::Reload(Box::new(config)), 0) {
@@ -371,12 +382,7 @@ backends = [{ name = "b", address = "192.0.2.21:8090" }]
     #[test]
     fn reload_applies_pools_and_listeners_to_the_maps() {
         let before = Config::parse(BEFORE, "t").unwrap();
-        let options = PlaneOptions {
-            io: IoChoice::Epoll,
-            stats_interval_secs: 0,
-        };
-        let (mut plane, _inputs) =
-            ControlPlane::new(&before, MemoryMaps::default(), options, 0).unwrap();
+        let mut plane = memory_plane(&before);
         let z = plane.balancer().backends("retired").unwrap()[0].id;
         let changes = reload(&mut plane, AFTER);
         let pools: Vec<String> = changes.pools.iter().map(ToString::to_string).collect();
@@ -428,12 +434,7 @@ backends = [{ name = "b", address = "192.0.2.21:8090" }]
     #[test]
     fn removed_l4_listener_drains_for_the_grace_then_leaves_with_its_pool() {
         let before = Config::parse(BEFORE, "t").unwrap();
-        let options = PlaneOptions {
-            io: IoChoice::Epoll,
-            stats_interval_secs: 0,
-        };
-        let (mut plane, _inputs) =
-            ControlPlane::new(&before, MemoryMaps::default(), options, 0).unwrap();
+        let mut plane = memory_plane(&before);
         let grace = before.terminator.shutdown_grace_secs as i64;
         // `old` moves to pool `retired`, then both leave the file at t=100.
         let moved = BEFORE.replace(
