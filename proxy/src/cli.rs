@@ -3,9 +3,12 @@
 
 use std::{path::Path, process::ExitCode};
 
+use anyhow::Context;
+
 use crate::{
     admin::{self, Request},
     config::Config,
+    ebpf,
     observe::check::{self, Thresholds},
     terminator::tls::check_certificates,
 };
@@ -21,6 +24,26 @@ pub fn check_config(file: &Path) -> anyhow::Result<()> {
         config.pools.len(),
         backends
     );
+    Ok(())
+}
+
+/// `proxy detach`: removes the pinned XDP links of the instance `file` configures (the
+/// program leaves its interfaces), and with `forget_flows` its pinned maps too.
+pub fn detach(file: &Path, forget_flows: bool) -> anyhow::Result<()> {
+    let config = Config::load(file, |_| Vec::new())?;
+    let pin_dir = &config.balancer.pin_dir;
+    let detached = ebpf::links::detach_pinned(pin_dir)
+        .with_context(|| format!("removing the pinned links in {}", pin_dir.display()))?;
+    if detached.is_empty() {
+        println!("no pinned XDP link in {}", pin_dir.display());
+    } else {
+        println!("XDP detached from {}", detached.join(", "));
+    }
+    if forget_flows {
+        ebpf::DataPlane::remove_pins(pin_dir)
+            .with_context(|| format!("removing {}", pin_dir.display()))?;
+        println!("removed {} (flow tables forgotten)", pin_dir.display());
+    }
     Ok(())
 }
 

@@ -164,9 +164,14 @@ pub struct BalancerConfig {
     /// How long a TCP flow is kept after FIN both ways.
     #[serde(default = "default_closing")]
     pub closing_timeout_secs: u64,
-    /// bpffs directory for this instance's pinned maps.
+    /// bpffs directory for this instance's pinned maps (and pinned XDP links).
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
+    /// Leave the XDP program attached when `proxy run` exits (its links are pinned in
+    /// `pin_dir`), so L4 flows keep forwarding through restarts and upgrades; the next start
+    /// adopts it. `false`: detach at exit. `proxy detach` removes it either way.
+    #[serde(default = "default_true")]
+    pub keep_attached: bool,
 }
 
 /// Transport protocol of a listener.

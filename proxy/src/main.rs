@@ -42,6 +42,14 @@ enum Command {
         #[arg(long, value_enum)]
         io: Option<IoChoice>,
     },
+    /// Take the XDP program off the interfaces (it stays attached after `run` exits).
+    Detach {
+        #[arg(short, long, default_value = "/etc/xdp-proxy/proxy.toml")]
+        config: PathBuf,
+        /// Also remove the pinned maps: established L4 flows and their NAT ports are forgotten.
+        #[arg(long)]
+        forget_flows: bool,
+    },
     /// Validate a configuration file and report every problem.
     CheckConfig { file: PathBuf },
     /// Nagios/icinga plugin: the running proxy's health in one line, exit 0/1/2/3.
@@ -66,6 +74,10 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::CheckConfig { file } => cli::check_config(&file),
+        Command::Detach {
+            config,
+            forget_flows,
+        } => cli::detach(&config, forget_flows),
         Command::Check { socket, thresholds } => return cli::nagios_check(&socket, &thresholds),
         Command::Backends { socket, action } => action.run(&socket).map_err(Into::into),
         Command::Run {
@@ -99,8 +111,8 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoChoice>) -
     let plane = rt.block_on(serve(path, &config, dp, options))?;
     let mut dp = plane.shutdown();
     let _ = std::fs::remove_file(&config.admin.socket);
-    info!("shutting down: detaching XDP (pinned maps keep established flows for a restart)");
-    dp.detach_all();
+    dp.release(!config.balancer.keep_attached);
+    info!("stopped");
     Ok(())
 }
 
@@ -119,7 +131,7 @@ async fn serve(
     for iface in &config.balancer.interfaces {
         plane
             .maps_mut()
-            .attach(iface)
+            .attach_pinned(iface)
             .with_context(|| format!("attaching XDP to {iface}"))?;
     }
     let mut admin_rx = proxy::admin::spawn(config.admin.socket.clone());

@@ -165,6 +165,9 @@ pub struct StormReport {
     pub elapsed: Duration,
     /// The first failures, for the report.
     pub errors: Vec<String>,
+    /// The longest a completed connection took, connect to close (a SYN that waited for a
+    /// retransmission shows here as a second or more).
+    pub slowest: Duration,
 }
 
 impl StormReport {
@@ -198,20 +201,33 @@ pub fn storm(
     let per_second: Arc<Vec<AtomicU64>> =
         Arc::new((0..seconds + 30).map(|_| AtomicU64::new(0)).collect());
     let failed = Arc::new(AtomicU64::new(0));
+    let slowest_us = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
     let start = Instant::now();
     let handles = netns::run_in(ns, {
-        let (per_second, failed, errors) = (per_second.clone(), failed.clone(), errors.clone());
+        let (per_second, failed, errors, slowest_us) = (
+            per_second.clone(),
+            failed.clone(),
+            errors.clone(),
+            slowest_us.clone(),
+        );
         move || {
             // Threads started here are in the namespace too (they inherit it).
             (0..workers)
                 .map(|_| {
-                    let (per_second, failed, errors) =
-                        (per_second.clone(), failed.clone(), errors.clone());
+                    let (per_second, failed, errors, slowest_us) = (
+                        per_second.clone(),
+                        failed.clone(),
+                        errors.clone(),
+                        slowest_us.clone(),
+                    );
                     thread::spawn(move || {
                         while start.elapsed() < duration {
+                            let began = Instant::now();
                             match one_connection(target) {
                                 Ok(()) => {
+                                    let took = began.elapsed().as_micros() as u64;
+                                    slowest_us.fetch_max(took, Ordering::Relaxed);
                                     let s = start.elapsed().as_secs() as usize;
                                     if let Some(c) = per_second.get(s) {
                                         c.fetch_add(1, Ordering::Relaxed);
@@ -252,6 +268,7 @@ pub fn storm(
         per_second,
         elapsed,
         errors,
+        slowest: Duration::from_micros(slowest_us.load(Ordering::Relaxed)),
     })
 }
 

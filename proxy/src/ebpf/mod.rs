@@ -3,6 +3,7 @@
 //! Maps are pinned under bpffs (one directory per instance) so that restarting the userspace
 //! process reuses the flow tables: established flows keep their backend and NAT port.
 
+pub mod links;
 pub mod test_run;
 
 use std::{
@@ -86,7 +87,8 @@ pub enum DataPlaneError {
     #[error(
         "pinned map {name} in {path} has {found_key}-byte keys and {found_value}-byte values, \
          this version uses {want_key} and {want_value}: it was made by another version; stop \
-         the proxy and remove that directory (established flows are lost)"
+         the proxy and run `proxy detach --forget-flows` (it removes that directory; \
+         established flows are lost)"
     )]
     PinnedLayoutChanged {
         path: PathBuf,
@@ -99,8 +101,8 @@ pub enum DataPlaneError {
     /// Pinned maps were made for a different flow limit (the IPv4 flow table's size).
     #[error(
         "pinned maps in {path} hold an IPv4 flow table of {pinned} slots, max_flows asks for \
-         {wanted}; stop the proxy and remove that directory (established flows are lost) or \
-         keep the old max_flows"
+         {wanted}; stop the proxy and run `proxy detach --forget-flows` (it removes that \
+         directory; established flows are lost) or keep the old max_flows"
     )]
     FlowTableSizeChanged {
         path: PathBuf,
@@ -110,7 +112,8 @@ pub enum DataPlaneError {
     /// Pinned maps were made for a different ring size.
     #[error(
         "pinned maps in {path} were created with ring size {pinned}, config asks for {wanted}; \
-         stop the proxy and remove that directory (established flows are lost) or keep the old size"
+         stop the proxy and run `proxy detach --forget-flows` (it removes that directory; \
+         established flows are lost) or keep the old size"
     )]
     RingSizeChanged {
         path: PathBuf,
@@ -198,6 +201,15 @@ pub enum AttachMode {
     Generic,
 }
 
+/// What [`DataPlane::attach_pinned`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// A new pinned link, in this mode.
+    New(AttachMode),
+    /// An earlier process's pinned link, now running this process's program.
+    Adopted,
+}
+
 /// The loaded XDP program and its maps.
 pub struct DataPlane {
     ebpf: Ebpf,
@@ -210,7 +222,10 @@ pub struct DataPlane {
     /// written afresh (the map is new, or its geometry changed) at the next settings write.
     nat_stride: u32,
     nat_spaces_stale: bool,
+    /// Attachments that end with this process (tests, benches).
     attached: Vec<(String, XdpLinkId)>,
+    /// Attachments pinned in bpffs, which outlive it (`proxy run`).
+    held: Vec<links::HeldLink>,
 }
 
 fn xdp<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, DataPlaneError> {
@@ -407,6 +422,7 @@ impl DataPlane {
             nat_stride,
             nat_spaces_stale,
             attached: Vec::new(),
+            held: Vec::new(),
         };
         let current = dp.settings()?;
         if current.ring_size != 0 && current.ring_size != opts.ring_size {
@@ -479,8 +495,15 @@ impl DataPlane {
         Ok(fd.as_fd().as_raw_fd())
     }
 
-    /// Attaches to `iface` in native mode, falling back to generic mode with a warning.
+    /// Attaches to `iface` in native mode, falling back to generic mode with a warning. The
+    /// attachment ends with this process (or [`DataPlane::detach_all`]).
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode, DataPlaneError> {
+        let (link, mode) = self.attach_link(iface)?;
+        self.attached.push((iface.to_string(), link));
+        Ok(mode)
+    }
+
+    fn attach_link(&mut self, iface: &str) -> Result<(XdpLinkId, AttachMode), DataPlaneError> {
         let prog = xdp_mut(&mut self.ebpf, PROGRAM_NAME)?;
         let (link, mode) = match prog.attach(iface, XdpMode::Driver) {
             Ok(link) => (link, AttachMode::Native),
@@ -496,11 +519,75 @@ impl DataPlane {
             }
         };
         info!(iface, ?mode, "XDP attached");
-        self.attached.push((iface.to_string(), link));
-        Ok(mode)
+        Ok((link, mode))
     }
 
-    /// Detaches from every interface (also happens when the process exits: links are fds).
+    /// Attaches to `iface` through a link pinned next to the maps, so the program keeps
+    /// forwarding after this process exits. A link pinned by an earlier process is adopted:
+    /// this build's program replaces the running one atomically and the maps stay. A pinned
+    /// link that cannot be used (its interface was re-created) is replaced by a new one.
+    pub fn attach_pinned(&mut self, iface: &str) -> Result<Attachment, DataPlaneError> {
+        let pin = links::link_pin_path(&self.pin_dir, iface);
+        let prog = xdp_mut(&mut self.ebpf, PROGRAM_NAME)?;
+        match links::adopt(prog, iface, &pin) {
+            Ok(held) => {
+                info!(iface, "XDP adopted: the pinned link now runs this program");
+                self.held.push(held);
+                return Ok(Attachment::Adopted);
+            }
+            Err(links::AdoptError::Missing) => {}
+            Err(links::AdoptError::Unusable(why)) => {
+                warn!(iface, %why, "pinned XDP link unusable; attaching afresh");
+                std::fs::remove_file(&pin).map_err(|io_error| DataPlaneError::PinDir {
+                    path: pin.clone(),
+                    io_error,
+                })?;
+            }
+        }
+        let (id, mode) = self.attach_link(iface)?;
+        let prog = xdp_mut(&mut self.ebpf, PROGRAM_NAME)?;
+        let link = prog.take_link(id).map_err(|e| DataPlaneError::Program {
+            what: format!("take the link of {iface}"),
+            source: Box::new(e),
+        })?;
+        let held = links::pin(iface, link, &pin).map_err(|io_error| DataPlaneError::PinDir {
+            path: pin.clone(),
+            io_error,
+        })?;
+        self.held.push(held);
+        Ok(Attachment::New(mode))
+    }
+
+    /// Interfaces attached through pinned links, which stay attached after this process.
+    pub fn pinned_interfaces(&self) -> Vec<String> {
+        self.held.iter().map(|h| h.iface.clone()).collect()
+    }
+
+    /// Detaches from every interface this process attached: process-bound attachments now,
+    /// pinned ones only when `unpin` (their pins are removed; otherwise the kernel keeps
+    /// forwarding with the maps as they are).
+    pub fn release(&mut self, unpin: bool) {
+        self.detach_all();
+        for held in self.held.drain(..) {
+            if unpin {
+                match std::fs::remove_file(&held.pin) {
+                    Ok(()) => info!(iface = held.iface, "XDP detached (pinned link removed)"),
+                    Err(e) => {
+                        warn!(iface = held.iface, error = %e, "removing the pinned XDP link failed")
+                    }
+                }
+            } else {
+                info!(
+                    iface = held.iface,
+                    "XDP stays attached (pinned link): flows keep forwarding until the next start or `proxy detach`"
+                );
+            }
+            drop(held.link);
+        }
+    }
+
+    /// Detaches the process-bound attachments (also happens when the process exits: links
+    /// are fds). Pinned ones stay: see [`DataPlane::release`].
     pub fn detach_all(&mut self) {
         let Ok(prog) = xdp_mut(&mut self.ebpf, PROGRAM_NAME) else {
             return;
