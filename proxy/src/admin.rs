@@ -54,6 +54,9 @@ pub enum Request {
     },
     /// The region as `/stats.json` shows it (for `proxy check`).
     Status,
+    /// Start `binary` (default: the path this proxy was started from) as the new process,
+    /// hand it the listening sockets, and drain (`proxy upgrade`).
+    Upgrade { binary: Option<PathBuf> },
 }
 
 /// One backend in a `list` answer.
@@ -212,11 +215,16 @@ pub enum ClientError {
 
 /// Sends one request and waits for the answer (blocking; for the CLI).
 pub fn call(path: &Path, req: &Request) -> Result<Response, ClientError> {
+    call_waiting(path, req, Duration::from_secs(30))
+}
+
+/// As [`call`], waiting up to `wait` for the answer (an upgrade takes seconds).
+pub fn call_waiting(path: &Path, req: &Request, wait: Duration) -> Result<Response, ClientError> {
     let mut s = UnixStream::connect(path).map_err(|source| ClientError::Connect {
         path: path.to_owned(),
         source,
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_read_timeout(Some(wait))?;
     let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Answer(e.to_string()))?;
     line.push(b'\n');
     s.write_all(&line)?;

@@ -47,6 +47,20 @@ pub fn detach(file: &Path, forget_flows: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `proxy upgrade`: asks the running proxy to start the new binary and hand it the
+/// listening sockets; prints the outcome.
+pub fn upgrade(socket: &Path, binary: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    // Starting, loading and verifying the new program takes seconds; the proxy gives up on
+    // the new process after `upgrade::READY_TIMEOUT`.
+    let wait = crate::upgrade::READY_TIMEOUT + std::time::Duration::from_secs(10);
+    let answer = admin::call_waiting(socket, &Request::Upgrade { binary }, wait)?;
+    if !answer.ok {
+        anyhow::bail!("{}", answer.message);
+    }
+    println!("{}", answer.message);
+    Ok(())
+}
+
 /// `proxy check`: a nagios/icinga plugin. Asks the running proxy for its region view over the
 /// admin socket, prints one status line with perfdata, exits 0/1/2/3.
 pub fn nagios_check(socket: &Path, t: &Thresholds) -> ExitCode {

@@ -281,6 +281,12 @@ pub struct TerminatorConfig {
     pub connect_timeout_ms: u64,
     pub idle_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    /// After an upgrade, how long the old process lets its live connections run (wallet
+    /// sessions last hours) before it closes them (WebSocket close 1001, at a frame boundary).
+    pub upgrade_grace_secs: u64,
+    /// Those closes are spread over this many seconds, so the clients do not all reconnect
+    /// at once.
+    pub upgrade_close_window_secs: u64,
 }
 
 impl Default for TerminatorConfig {
@@ -295,6 +301,8 @@ impl Default for TerminatorConfig {
             connect_timeout_ms: 2_000,
             idle_timeout_secs: 600,
             shutdown_grace_secs: 15,
+            upgrade_grace_secs: 6 * 3600,
+            upgrade_close_window_secs: 30,
         }
     }
 }

@@ -13,5 +13,7 @@ pub mod logging;
 pub mod maglev;
 pub mod observe;
 pub mod plane;
+pub mod run;
 pub mod terminator;
+pub mod upgrade;
 pub mod websocket;

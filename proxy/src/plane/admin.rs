@@ -34,6 +34,9 @@ impl<M: DataPath> ControlPlane<M> {
                     ..Response::ok("ok")
                 };
             }
+            Request::Upgrade { .. } => {
+                return Response::err("upgrades are run by `proxy run`'s event loop")
+            }
             Request::Add {
                 pool,
                 name,

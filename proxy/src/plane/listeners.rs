@@ -81,6 +81,8 @@ pub(super) struct Listeners {
     /// What every listener records into and serves `/stats` from.
     meters: Arc<Meters>,
     stats: StatsBoard,
+    /// Listening sockets an earlier process handed over, not yet taken by a listener.
+    inherited: crate::upgrade::Inherited,
 }
 
 impl Listeners {
@@ -90,6 +92,7 @@ impl Listeners {
         events: mpsc::Sender<ConnectEvent>,
         io: IoChoice,
         (meters, stats): (Arc<Meters>, StatsBoard),
+        inherited: crate::upgrade::Inherited,
     ) -> Result<Self, SetupError> {
         let t = &config.terminator;
         let mut me = Self {
@@ -103,6 +106,7 @@ impl Listeners {
             draining: Vec::new(),
             meters,
             stats,
+            inherited,
         };
         for l in &config.listeners {
             let served = me.serve(l, balancer)?;
@@ -140,15 +144,22 @@ impl Listeners {
                 .unwrap_or(1),
             n => n,
         };
-        let instance = Terminator::start(
+        let inherited = self.inherited.take_listener(&l.name, l.address);
+        let took_over = inherited.len();
+        let instance = Terminator::start_inheriting(
             mode,
             workers,
             vec![spec.clone()],
             self.limits.clone(),
             self.grace,
+            vec![inherited],
         )
         .map_err(SetupError::Start)?;
-        info!(listener = %l.name, addr = %l.address, "terminator listener started");
+        if took_over > 0 {
+            info!(listener = %l.name, addr = %l.address, sockets = took_over, "terminator listener started on the sockets handed over");
+        } else {
+            info!(listener = %l.name, addr = %l.address, "terminator listener started");
+        }
         Ok(Served {
             config: l.clone(),
             terminated: Some((spec, instance)),
@@ -254,6 +265,79 @@ impl Listeners {
     /// A later reload's `[terminator]` settings, for the listeners it starts.
     pub(super) fn set_terminator_config(&mut self, t: &TerminatorConfig) {
         self.terminator = t.clone();
+    }
+
+    /// The listening sockets of every terminator listener, for the next process.
+    pub(super) fn offer(
+        &self,
+    ) -> std::io::Result<Vec<(crate::upgrade::OfferedListener, Vec<std::os::fd::OwnedFd>)>> {
+        let mut out = Vec::new();
+        for s in self.served.values() {
+            let Some((_, t)) = &s.terminated else {
+                continue;
+            };
+            let fds = t.listening_sockets(0)?;
+            out.push((
+                crate::upgrade::OfferedListener {
+                    name: s.config.name.clone(),
+                    address: s.config.address,
+                    sockets: fds.len(),
+                },
+                fds,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// After an upgrade: stops accepting (the sockets are the next process's), lets live
+    /// connections run for `grace`, then asks the WebSocket clients still here to leave
+    /// (close 1001 at a frame boundary, TLS close_notify) spread over `window`, and closes
+    /// what is left after that. Blocks until every connection is gone.
+    pub(super) fn drain_handed_over(self, grace: Duration, window: Duration) {
+        let mut specs = Vec::new();
+        let mut instances = Vec::new();
+        for (_, s) in self.served {
+            if let Some((spec, t)) = s.terminated {
+                specs.push(spec);
+                instances.push(t.hand_over());
+            }
+        }
+        let live = || instances.first().map_or(0, |i| i.active());
+        info!(
+            connections = live(),
+            grace_secs = grace.as_secs(),
+            "handed over: no new connections here; live ones continue"
+        );
+        let wait = |limit: Duration| {
+            let deadline = std::time::Instant::now() + limit;
+            while live() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        wait(grace);
+        if live() > 0 {
+            info!(
+                connections = live(),
+                window_secs = window.as_secs(),
+                "upgrade grace over: closing the remaining connections (1001 going away)"
+            );
+            let now = std::time::Instant::now();
+            for spec in &specs {
+                spec.ctx.upstreams.move_offs.request_all(
+                    window,
+                    now,
+                    crate::terminator::move_off::Close::GOING_AWAY,
+                );
+            }
+            // The relay cuts a client that does not answer its close after a few seconds.
+            wait(window + Duration::from_secs(6));
+        }
+        for i in instances {
+            i.close();
+        }
+        for d in self.draining {
+            let _ = d.join();
+        }
     }
 
     /// Stops every instance in parallel (each waits out the same grace) and waits for all,

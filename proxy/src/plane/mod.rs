@@ -9,11 +9,12 @@
 mod admin;
 mod health;
 mod listeners;
+mod metrics_http;
 mod public;
 mod reload;
 mod stats;
 
-use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -23,7 +24,9 @@ pub use reload::{
     diff_listeners, ListenerChange, ListenerChangeKind, ListenerError, ListenerFailure,
     ReloadChanges, ReloadError,
 };
-pub use stats::{install_metrics_exporter, DataPath, MetricsError};
+pub use stats::{
+    install_metrics_exporter, install_metrics_exporter_on, DataPath, MetricsError, MetricsServer,
+};
 
 use crate::{
     admin::{Request, Response},
@@ -157,9 +160,27 @@ impl<M: DataPath> ControlPlane<M> {
     /// Runs inside a tokio runtime (the probes are tasks).
     pub fn new(
         config: &Config,
+        maps: M,
+        options: PlaneOptions,
+        now: i64,
+    ) -> Result<(Self, Inputs), StartError> {
+        Self::new_inheriting(
+            config,
+            maps,
+            options,
+            now,
+            crate::upgrade::Inherited::default(),
+        )
+    }
+
+    /// As [`ControlPlane::new`], with the listening sockets an earlier process handed over
+    /// (an upgrade): the terminator listeners serve those instead of binding new ones.
+    pub fn new_inheriting(
+        config: &Config,
         mut maps: M,
         options: PlaneOptions,
         now: i64,
+        inherited: crate::upgrade::Inherited,
     ) -> Result<(Self, Inputs), StartError> {
         let balancer = Balancer::from_config(config, &mut maps).map_err(StartError::Balancer)?;
         for (name, num, pool) in balancer.vips() {
@@ -174,6 +195,7 @@ impl<M: DataPath> ControlPlane<M> {
             connect_tx,
             options.io,
             (Arc::clone(&meters), stats_board.clone()),
+            inherited,
         )
         .map_err(StartError::Terminator)?;
         let board = Board::new(health::configs(config));
@@ -316,6 +338,23 @@ impl<M: DataPath> ControlPlane<M> {
     pub fn shutdown(self) -> M {
         drop(self.supervisor);
         self.listeners.shutdown();
+        self.maps
+    }
+
+    /// The listening sockets of the terminator listeners, for an upgrade's new process.
+    pub fn offer(&self) -> std::io::Result<crate::upgrade::Offer> {
+        Ok(crate::upgrade::Offer {
+            listeners: self.listeners.offer()?,
+            metrics: None,
+        })
+    }
+
+    /// After an upgrade handed the sockets over: the health probes stop, nothing more is
+    /// written to the maps (they are the new process's), and the live connections drain
+    /// (see `Listeners::drain_handed_over`). Blocks until they are gone.
+    pub fn drain_handed_over(self, grace: Duration, window: Duration) -> M {
+        drop(self.supervisor);
+        self.listeners.drain_handed_over(grace, window);
         self.maps
     }
 }

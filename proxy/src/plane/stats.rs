@@ -51,27 +51,66 @@ impl DataPath for MemoryMaps {
 
 /// The Prometheus listener could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("starting the metrics listener on {addr}")]
+#[error("starting the metrics listener on {addr}: {source}")]
 pub struct MetricsError {
     pub addr: SocketAddr,
     #[source]
-    source: metrics_exporter_prometheus::BuildError,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// The `/metrics` listener: its socket can be handed to an upgrade's new process.
+pub struct MetricsServer {
+    pub addr: SocketAddr,
+    socket: std::net::TcpListener,
+    task: tokio::task::AbortHandle,
+}
+
+impl MetricsServer {
+    /// Stops serving (after an upgrade handed the socket over: scrapes go to the new
+    /// process only).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// A duplicate of the listening socket, for the next process.
+    pub fn socket(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.socket.as_fd().try_clone_to_owned()
+    }
 }
 
 /// Serves `/metrics` on `addr` for the whole process (one global recorder). Runs inside a
 /// tokio runtime.
 /// Latency series are histograms with the same buckets everywhere, so that replicas' series
 /// can be summed (`sum by (le)`), unlike summaries.
-pub fn install_metrics_exporter(addr: SocketAddr) -> Result<(), MetricsError> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+pub fn install_metrics_exporter(addr: SocketAddr) -> Result<MetricsServer, MetricsError> {
+    install_metrics_exporter_on(addr, None)
+}
+
+/// As [`install_metrics_exporter`], serving `inherited` (the socket an earlier process
+/// handed over in an upgrade) when given, instead of binding `addr`.
+pub fn install_metrics_exporter_on(
+    addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<MetricsServer, MetricsError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| MetricsError { addr, source };
+    let socket = match inherited {
+        Some(s) => s,
+        None => std::net::TcpListener::bind(addr).map_err(|e| err(e.into()))?,
+    };
+    socket.set_nonblocking(true).map_err(|e| err(e.into()))?;
+    let listener =
+        tokio::net::TcpListener::from_std(socket.try_clone().map_err(|e| err(e.into()))?)
+            .map_err(|e| err(e.into()))?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&crate::observe::latency::BUCKETS)
-        .map_err(|source| MetricsError { addr, source })?
-        .install()
-        .map_err(|source| MetricsError { addr, source })?;
+        .map_err(|e| err(e.into()))?
+        .install_recorder()
+        .map_err(|e| err(e.into()))?;
     crate::observe::catalog::describe_all();
+    let task = tokio::spawn(super::metrics_http::serve(listener, handle)).abort_handle();
     info!(%addr, "Prometheus metrics at /metrics");
-    Ok(())
+    Ok(MetricsServer { addr, socket, task })
 }
 
 /// Publishes the kernel's per-CPU counters (summed) as Prometheus counters, and the NAT

@@ -16,11 +16,33 @@ use std::{
 
 use tokio::sync::watch;
 
-/// One request: from `started`, within `window`.
+/// One request: from `started`, within `window`, with this close frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MoveOff {
     pub started: Instant,
     pub window: Duration,
+    pub close: Close,
+}
+
+/// The close frame a leaving client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl Close {
+    /// Its node fell sick: 1012 ("service restart"), reconnect.
+    pub const NODE_OUT_OF_SYNC: Close = Close {
+        code: crate::websocket::close_code::SERVICE_RESTART,
+        reason: "node out of sync",
+    };
+    /// This process was upgraded and its grace is over: 1001 ("going away"), reconnect
+    /// (to the new process).
+    pub const GOING_AWAY: Close = Close {
+        code: crate::websocket::close_code::GOING_AWAY,
+        reason: "proxy upgraded",
+    };
 }
 
 impl MoveOff {
@@ -63,6 +85,19 @@ impl MoveOffs {
             tx.send_replace(Some(MoveOff {
                 started: now,
                 window,
+                close: Close::NODE_OUT_OF_SYNC,
+            }));
+        }
+    }
+
+    /// Asks every connection, on any backend, to leave within `window` with `close`.
+    pub fn request_all(&self, window: Duration, now: Instant, close: Close) {
+        let m = self.by_backend.lock().unwrap_or_else(|e| e.into_inner());
+        for tx in m.values() {
+            tx.send_replace(Some(MoveOff {
+                started: now,
+                window,
+                close,
             }));
         }
     }
@@ -87,6 +122,7 @@ mod tests {
         let m = MoveOff {
             started: t0,
             window: Duration::from_secs(10),
+            close: Close::NODE_OUT_OF_SYNC,
         };
         let mut per_second = [0u32; 10];
         for seq in 0..1000 {
@@ -100,6 +136,7 @@ mod tests {
         let zero = MoveOff {
             started: t0,
             window: Duration::ZERO,
+            close: Close::GOING_AWAY,
         };
         assert_eq!(zero.due(5), t0);
     }

@@ -13,9 +13,9 @@ use tokio::sync::watch;
 
 use super::{
     io::{give_back, take_large, Io, LARGE_BUF, SMALL_BUF},
-    move_off::MoveOff,
+    move_off::{Close, MoveOff},
 };
-use crate::websocket::{self, close_code, FrameCursor};
+use crate::websocket::{self, FrameCursor};
 
 /// How long a client told to leave (or a node mid-frame) gets before the connection is cut.
 const LEAVE_GRACE: Duration = Duration::from_secs(5);
@@ -39,6 +39,8 @@ struct Down {
     parked: Cell<bool>,
     /// The close frame went out: nothing more may be written to the client.
     closed: Cell<bool>,
+    /// The close frame to send when leaving.
+    close: Cell<Option<Close>>,
 }
 
 /// How a relay ended and what it carried.
@@ -131,19 +133,16 @@ async fn copy<A: Io, B: Io>(
     clean
 }
 
-/// Sends the client a close frame 1012 ("service restart") at a frame boundary, then TLS
-/// close_notify and FIN, and cuts the node off.
+/// Sends the client the leave request's close frame (1012 "service restart" off a sick
+/// node, 1001 "going away" after an upgrade) at a frame boundary, then TLS close_notify and
+/// FIN, and cuts the node off.
 async fn close_client<C: Io, B: Io>(client: &C, backend: &B, d: &Down) {
     if d.closed.replace(true) {
         return;
     }
+    let close = d.close.get().unwrap_or(Close::NODE_OUT_OF_SYNC);
     let mut frame = Vec::with_capacity(32);
-    websocket::encode_close(
-        &mut frame,
-        close_code::SERVICE_RESTART,
-        "node out of sync",
-        None,
-    );
+    websocket::encode_close(&mut frame, close.code, close.reason, None);
     let _ = client.write_all(frame).await;
     let _ = client.shutdown(Shutdown::Write);
     let _ = backend.shutdown(Shutdown::Both);
@@ -160,8 +159,9 @@ fn restore(buf: Vec<u8>, small: &mut Vec<u8>) {
     }
 }
 
-/// Waits until this connection's turn to leave its node comes (never without `leave`).
-async fn leave_due(leave: Option<Leave>) -> FrameCursor {
+/// Waits until this connection's turn to leave its node comes (never without `leave`);
+/// answers the close frame to send.
+async fn leave_due(leave: Option<Leave>) -> Close {
     let Some(mut l) = leave else {
         return std::future::pending().await;
     };
@@ -170,8 +170,8 @@ async fn leave_due(leave: Option<Leave>) -> FrameCursor {
         match request {
             Some(m) => {
                 tokio::time::sleep_until(m.due(l.seq).into()).await;
-                if l.rx.borrow().is_some() {
-                    return l.cursor;
+                if let Some(now) = *l.rx.borrow() {
+                    return now.close;
                 }
             }
             None => {
@@ -206,7 +206,7 @@ pub async fn relay<C: Io, B: Io>(
         )
     };
     let leaver = async {
-        leave_due(leave).await;
+        state.close.set(Some(leave_due(leave).await));
         state.leaving.set(true);
         if state.parked.get() && state.cursor.borrow().at_boundary() {
             close_client(&*client, &*backend, &state).await;

@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     io,
     net::{IpAddr, SocketAddr},
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -141,10 +141,26 @@ impl LiveSockets {
 /// A running terminator.
 pub struct Terminator {
     threads: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    control: Arc<Control>,
     pub mode: IoMode,
     pub local_addrs: Vec<SocketAddr>,
     pub limits: Arc<ConnLimits>,
+    /// Duplicates of every listening socket, per listener in `start`'s order: what an
+    /// upgrade hands to the next process (the sockets themselves, so no connect is refused).
+    shared: Vec<Vec<OwnedFd>>,
+}
+
+/// How the workers are told to stop.
+#[derive(Debug, Default)]
+struct Control {
+    /// Stop accepting.
+    stop: AtomicBool,
+    /// The listening sockets belong to the next process now: stop accepting without shutting
+    /// them down (that would stop its accepts too), and let live connections run until
+    /// `force` instead of the shutdown grace.
+    handed_over: AtomicBool,
+    /// Close what is still live.
+    force: AtomicBool,
 }
 
 /// Whether this kernel lets us create an io_uring (containers and seccomp profiles often don't).
@@ -194,52 +210,127 @@ impl Terminator {
     pub fn start(
         mode: IoMode,
         workers: usize,
-        mut listeners: Vec<ListenerSpec>,
+        listeners: Vec<ListenerSpec>,
         limits: Arc<ConnLimits>,
         grace: Duration,
     ) -> io::Result<Self> {
+        let none = listeners.iter().map(|_| Vec::new()).collect();
+        Self::start_inheriting(mode, workers, listeners, limits, grace, none)
+    }
+
+    /// As [`Terminator::start`], but listener `i` first serves the listening sockets in
+    /// `inherited[i]` (an earlier process's, handed over in an upgrade), spread over the
+    /// workers; a worker left without one binds its own (`SO_REUSEPORT`).
+    pub fn start_inheriting(
+        mode: IoMode,
+        workers: usize,
+        mut listeners: Vec<ListenerSpec>,
+        limits: Arc<ConnLimits>,
+        grace: Duration,
+        mut inherited: Vec<Vec<std::net::TcpListener>>,
+    ) -> io::Result<Self> {
         let workers = workers.max(1);
-        // Port 0 (tests): the first bind picks the port, the other workers reuse it.
+        inherited.resize_with(listeners.len(), Vec::new);
         let mut per_worker: Vec<Vec<(std::net::TcpListener, ListenerSpec)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
-        for spec in &mut listeners {
-            let first = bind_reuseport(spec.addr)?;
-            spec.addr = first.local_addr()?;
+        let mut shared = Vec::new();
+        for (spec, given) in listeners.iter_mut().zip(inherited) {
+            let mut socks: Vec<std::net::TcpListener> = given;
+            for s in &socks {
+                s.set_nonblocking(true)?;
+            }
+            // Port 0 (tests): the first bind picks the port, the other workers reuse it.
+            if socks.is_empty() {
+                socks.push(bind_reuseport(spec.addr)?);
+            }
+            spec.addr = socks[0].local_addr()?;
+            while socks.len() < workers {
+                socks.push(bind_reuseport(spec.addr)?);
+            }
             local_addrs.push(spec.addr);
-            per_worker[0].push((first, spec.clone()));
-            for w in per_worker.iter_mut().skip(1) {
-                w.push((bind_reuseport(spec.addr)?, spec.clone()));
+            shared.push(
+                socks
+                    .iter()
+                    .map(|s| s.as_fd().try_clone_to_owned())
+                    .collect::<io::Result<Vec<_>>>()?,
+            );
+            for (i, sock) in socks.into_iter().enumerate() {
+                per_worker[i % workers].push((sock, spec.clone()));
             }
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(Control::default());
         let mut threads = Vec::new();
         for (i, socks) in per_worker.into_iter().enumerate() {
-            let stop = stop.clone();
+            let control = control.clone();
             let limits = limits.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("term-{i}"))
                     .spawn(move || match mode {
-                        IoMode::Epoll => run_epoll(socks, limits, stop, grace),
-                        IoMode::Uring => run_uring(socks, limits, stop, grace),
+                        IoMode::Epoll => run_epoll(socks, limits, control, grace),
+                        IoMode::Uring => run_uring(socks, limits, control, grace),
                     })?,
             );
         }
         info!(?mode, workers, "terminator started");
         Ok(Self {
             threads,
-            stop,
+            control,
             mode,
             local_addrs,
             limits,
+            shared,
         })
+    }
+
+    /// Duplicates of the listening sockets of listener `i` (in `start`'s order), for the
+    /// next process.
+    pub fn listening_sockets(&self, i: usize) -> io::Result<Vec<OwnedFd>> {
+        self.shared
+            .get(i)
+            .map(|fds| fds.iter().map(|fd| fd.try_clone()).collect())
+            .unwrap_or_else(|| Ok(Vec::new()))
     }
 
     /// Stops accepting, lets live connections finish up to the grace period, then closes
     /// them; returns when every worker is done.
     pub fn shutdown(self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.control.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// The listening sockets went to the next process: stops accepting on them without
+    /// shutting them down; live connections go on until [`HandedOver::close`].
+    pub fn hand_over(self) -> HandedOver {
+        self.control.handed_over.store(true, Ordering::SeqCst);
+        self.control.stop.store(true, Ordering::SeqCst);
+        HandedOver {
+            threads: self.threads,
+            control: self.control,
+            limits: self.limits,
+        }
+    }
+}
+
+/// A terminator whose listening sockets were handed over, serving its live connections.
+pub struct HandedOver {
+    threads: Vec<JoinHandle<()>>,
+    control: Arc<Control>,
+    limits: Arc<ConnLimits>,
+}
+
+impl HandedOver {
+    /// Live connections (of every instance sharing the limits).
+    pub fn active(&self) -> usize {
+        self.limits.active()
+    }
+
+    /// Closes whatever is still live and returns when every worker is done.
+    pub fn close(self) {
+        self.control.force.store(true, Ordering::SeqCst);
         for t in self.threads {
             let _ = t.join();
         }
@@ -268,23 +359,35 @@ async fn serve_conn<S: Io + 'static, K: Connector>(
     }
 }
 
-/// Waits for `stop`, then shuts the listeners (ending pending accepts), waits for live
-/// connections up to `grace`, then shuts those down too.
-async fn supervise(
-    listener_fds: Vec<RawFd>,
-    live: LiveSockets,
-    stop: Arc<AtomicBool>,
-    grace: Duration,
-) {
-    while !stop.load(Ordering::SeqCst) {
+/// Waits for `stop`; then shuts the listeners (ending pending accepts) unless they were
+/// handed over to the next process. Answers whether they were.
+async fn wait_for_stop(listener_fds: &[RawFd], control: &Control) -> bool {
+    while !control.stop.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for fd in listener_fds {
-        // SAFETY: shutdown(2) on a listening socket this worker owns: pending accepts fail.
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    let handed_over = control.handed_over.load(Ordering::SeqCst);
+    if !handed_over {
+        for fd in listener_fds {
+            // SAFETY: shutdown(2) on a listening socket this worker owns: pending accepts fail.
+            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+        }
     }
+    handed_over
+}
+
+/// Waits for live connections up to `grace` (after a hand-over: until `force`), then shuts
+/// those down too.
+async fn drain(live: &LiveSockets, control: &Control, handed_over: bool, grace: Duration) {
     let deadline = Instant::now() + grace;
-    while !live.is_empty() && Instant::now() < deadline {
+    let done = || {
+        live.is_empty()
+            || if handed_over {
+                control.force.load(Ordering::SeqCst)
+            } else {
+                Instant::now() >= deadline
+            }
+    };
+    while !done() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for fd in live.fds.borrow().values() {
@@ -318,7 +421,7 @@ impl Drop for LiveGuard {
 fn run_epoll(
     socks: Vec<(std::net::TcpListener, ListenerSpec)>,
     limits: Arc<ConnLimits>,
-    stop: Arc<AtomicBool>,
+    control: Arc<Control>,
     grace: Duration,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -337,9 +440,10 @@ fn run_epoll(
         let connector = Rc::new(EpollConnector);
         let mut fds = Vec::new();
         let mut accepts = Vec::new();
-        // Held until `supervise` is done: an accept loop that ends early (stop seen after an
-        // accept, or an error) must not close a socket whose fd number `supervise` still
-        // shuts down; the number could belong to another listener's connection by then.
+        // Held until the listeners are shut down: an accept loop that ends early (stop seen
+        // after an accept, or an error) must not close a socket whose fd number
+        // `wait_for_stop` still shuts down; the number could belong to another listener's
+        // connection by then.
         let mut held = Vec::new();
         for (std_listener, spec) in socks {
             let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
@@ -348,15 +452,15 @@ fn run_epoll(
             let listener = Rc::new(listener);
             fds.push(listener.as_raw_fd());
             held.push(listener.clone());
-            let (live, limits, connector, stop) = (
+            let (live, limits, connector, control) = (
                 live.clone(),
                 limits.clone(),
                 connector.clone(),
-                stop.clone(),
+                control.clone(),
             );
             accepts.push(tokio::task::spawn_local(async move {
                 let mut errors = AcceptErrors::default();
-                while !stop.load(Ordering::SeqCst) {
+                while !control.stop.load(Ordering::SeqCst) {
                     let Some((stream, peer)) = errors.take(listener.accept().await).await else {
                         continue;
                     };
@@ -372,11 +476,14 @@ fn run_epoll(
                 }
             }));
         }
-        supervise(fds, live, stop, grace).await;
+        let handed_over = wait_for_stop(&fds, &control).await;
+        // No accept after this: the listeners are shut, or the next process's now (our
+        // copies close here; the sockets live on in that process).
         for a in accepts {
             a.abort();
         }
         drop(held);
+        drain(&live, &control, handed_over, grace).await;
     });
 }
 
@@ -417,29 +524,32 @@ impl AcceptErrors {
 fn run_uring(
     socks: Vec<(std::net::TcpListener, ListenerSpec)>,
     limits: Arc<ConnLimits>,
-    stop: Arc<AtomicBool>,
+    control: Arc<Control>,
     grace: Duration,
 ) {
     tokio_uring::start(async move {
         let live = LiveSockets::default();
         let connector = Rc::new(UringConnector);
         let mut fds = Vec::new();
-        // Held until `supervise` is done (see `run_epoll`).
+        // Held until the listeners are shut down (see `run_epoll`).
         let mut held = Vec::new();
         for (std_listener, spec) in socks {
             fds.push(std_listener.as_raw_fd());
             let _ = std_listener.set_nonblocking(false);
             let listener = Rc::new(tokio_uring::net::TcpListener::from_std(std_listener));
             held.push(listener.clone());
-            let (live, limits, connector, stop) = (
+            let (live, limits, connector, control) = (
                 live.clone(),
                 limits.clone(),
                 connector.clone(),
-                stop.clone(),
+                control.clone(),
             );
+            // After a hand-over the pending accept cannot be cancelled (tokio-uring has no
+            // cancellation): it takes at most one more connection, which this process serves,
+            // and the loop ends.
             tokio_uring::spawn(async move {
                 let mut errors = AcceptErrors::default();
-                while !stop.load(Ordering::SeqCst) {
+                while !control.stop.load(Ordering::SeqCst) {
                     let Some((stream, peer)) = errors.take(listener.accept().await).await else {
                         continue;
                     };
@@ -455,8 +565,9 @@ fn run_uring(
                 }
             });
         }
-        supervise(fds, live, stop, grace).await;
+        let handed_over = wait_for_stop(&fds, &control).await;
         drop(held);
+        drain(&live, &control, handed_over, grace).await;
     });
 }
 
