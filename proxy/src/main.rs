@@ -1,65 +1,22 @@
 //! `proxy`: run the balancer, or check a configuration file. The control plane lives in the
 //! library (`proxy::plane`); `run` only turns signals, sockets and timers into its events.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 use proxy::{
-    cli,
+    cli::{self, Cli, Command},
     config::{Config, IoChoice},
     ebpf::{DataPlane, LoadOptions},
     health::checks::unix_now,
-    logging::{self, LogFormat},
+    logging,
     plane::{install_metrics_exporter, ControlPlane, Event, Outcome, PlaneOptions},
     terminator::tls::check_certificates,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
-
-#[derive(Parser)]
-#[command(version, about = "eBPF/XDP-assisted L4 proxy for blockchain API nodes")]
-struct Cli {
-    /// Log lines on stderr: text (colours only on a terminal) or json (one object per line).
-    #[arg(long, global = true, value_enum, default_value_t)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Load the XDP data plane, attach it and serve until SIGINT/SIGTERM (SIGHUP reloads the file).
-    Run {
-        #[arg(short, long, default_value = "/etc/xdp-proxy/proxy.toml")]
-        config: PathBuf,
-        /// Seconds between counter summaries in the log (0: never).
-        #[arg(long, default_value_t = 10)]
-        stats_interval: u64,
-        /// Terminator I/O: io_uring, epoll, or auto (io_uring when the kernel allows it).
-        /// Overrides `terminator.io`.
-        #[arg(long, value_enum)]
-        io: Option<IoChoice>,
-    },
-    /// Validate a configuration file and report every problem.
-    CheckConfig { file: PathBuf },
-    /// Nagios/icinga plugin: the running proxy's health in one line, exit 0/1/2/3.
-    Check {
-        #[arg(long, default_value = proxy::admin::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        #[command(flatten)]
-        thresholds: proxy::observe::check::Thresholds,
-    },
-    /// Inspect and change backends of a running proxy (admin socket).
-    Backends {
-        /// Admin socket of the running proxy (`admin.socket` in its config).
-        #[arg(long, global = true, default_value = proxy::admin::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        #[command(subcommand)]
-        action: proxy::admin::Command,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -68,6 +25,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => cli::check_config(&file),
         Command::Check { socket, thresholds } => return cli::nagios_check(&socket, &thresholds),
         Command::Backends { socket, action } => action.run(&socket).map_err(Into::into),
+        Command::GenerateAssets { dir } => cli::generate_assets(&dir),
         Command::Run {
             config,
             stats_interval,
@@ -97,6 +55,7 @@ fn run(path: &std::path::Path, stats_interval: u64, io_flag: Option<IoChoice>) -
         .enable_all()
         .build()?;
     let plane = rt.block_on(serve(path, &config, dp, options))?;
+    proxy::notify::stopping();
     let mut dp = plane.shutdown();
     let _ = std::fs::remove_file(&config.admin.socket);
     info!("shutting down: detaching XDP (pinned maps keep established flows for a restart)");
@@ -127,24 +86,34 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::task::yield_now().await; // the admin task binds its socket on its first poll
+    proxy::notify::ready("serving: XDP attached, listeners up");
     loop {
         let (event, reply) = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match Config::load(path, check_certificates) {
-                Ok(new) => (Event::Reload(Box::new(new)), None),
-                Err(e) => {
-                    error!("reload rejected, keeping the running config: {e}");
-                    continue;
+            _ = hup.recv() => {
+                proxy::notify::reloading();
+                match Config::load(path, check_certificates) {
+                    Ok(new) => (Event::Reload(Box::new(new)), None),
+                    Err(e) => {
+                        error!("reload rejected, keeping the running config: {e}");
+                        proxy::notify::ready("reload rejected, serving the previous config");
+                        continue;
+                    }
                 }
-            },
+            }
             Some((req, reply)) = admin_rx.recv() => (Event::Admin(req), Some(reply)),
             Some(report) = inputs.health.recv() => (Event::Health(report), None),
             Some(ev) = inputs.connects.recv() => (Event::Connect(ev), None),
             _ = tick.tick() => (Event::Tick, None),
         };
+        let reload = matches!(event, Event::Reload(_));
         if let (Outcome::Admin(answer), Some(reply)) = (plane.handle(event, unix_now()), reply) {
             let _ = reply.send(answer);
+        }
+        if reload {
+            proxy::notify::ready("serving: configuration reloaded");
         }
     }
     Ok(plane)
