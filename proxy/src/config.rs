@@ -847,6 +847,10 @@ backends = [
                 "three-regions.toml",
                 include_str!("../../config/three-regions.toml"),
             ),
+            (
+                "proxy.example.toml",
+                include_str!("../../config/proxy.example.toml"),
+            ),
         ] {
             let c = Config::parse(text, name).unwrap_or_else(|e| panic!("{e}"));
             assert!(!c.listeners.is_empty() && !c.pools.is_empty(), "{name}");

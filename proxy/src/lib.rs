@@ -11,6 +11,7 @@ pub mod handshake;
 pub mod health;
 pub mod logging;
 pub mod maglev;
+pub mod notify;
 pub mod observe;
 pub mod plane;
 pub mod run;

@@ -20,6 +20,7 @@ use crate::{
     config::{Config, IoChoice},
     ebpf::{DataPlane, LoadOptions},
     health::checks::unix_now,
+    notify,
     plane::{install_metrics_exporter_on, ControlPlane, Event, Outcome, PlaneOptions},
     terminator::tls::check_certificates,
     upgrade::{self, Inherited, Launch, Takeover},
@@ -137,17 +138,29 @@ async fn serve(
             .attach_pinned(iface)
             .with_context(|| format!("attaching XDP to {iface}"))?;
     }
-    if let Some(t) = takeover.take() {
-        t.ready()
-            .context("telling the running proxy this one is ready")?;
-        info!("serving; the old process stops accepting and drains");
-    }
+    let upgraded = match takeover.take() {
+        Some(t) => {
+            t.ready()
+                .context("telling the running proxy this one is ready")?;
+            info!("serving; the old process stops accepting and drains");
+            true
+        }
+        None => false,
+    };
     let mut admin_rx = crate::admin::spawn(config.admin.socket.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::task::yield_now().await; // the admin task binds its socket on its first poll
+    if upgraded {
+        // Under systemd (NotifyAccess=all) this process becomes the service's main one.
+        notify::main_pid(std::process::id());
+        notify::ready("serving: took over from the previous process");
+    } else {
+        notify::ready("serving: XDP attached, listeners up");
+    }
     let mut upgrading: Option<PendingUpgrade> = None;
     let socket_dir = config
         .admin
@@ -158,13 +171,17 @@ async fn serve(
         let (event, reply) = tokio::select! {
             _ = term.recv() => break Ending::Stopped,
             _ = int.recv() => break Ending::Stopped,
-            _ = hup.recv() => match Config::load(&args.config, check_certificates) {
-                Ok(new) => (Event::Reload(Box::new(new)), None),
-                Err(e) => {
-                    error!("reload rejected, keeping the running config: {e}");
-                    continue;
+            _ = hup.recv() => {
+                notify::reloading();
+                match Config::load(&args.config, check_certificates) {
+                    Ok(new) => (Event::Reload(Box::new(new)), None),
+                    Err(e) => {
+                        error!("reload rejected, keeping the running config: {e}");
+                        notify::ready("reload rejected, serving the previous config");
+                        continue;
+                    }
                 }
-            },
+            }
             _ = usr2.recv() => {
                 upgrading = begin_upgrade(&plane, metrics.as_ref(), None, &socket_dir, upgrading, None);
                 continue;
@@ -192,10 +209,17 @@ async fn serve(
             Some(ev) = inputs.connects.recv() => (Event::Connect(ev), None),
             _ = tick.tick() => (Event::Tick, None),
         };
+        let reload = matches!(event, Event::Reload(_));
         if let (Outcome::Admin(answer), Some(reply)) = (plane.handle(event, unix_now()), reply) {
             let _ = reply.send(answer);
         }
+        if reload {
+            notify::ready("serving: configuration reloaded");
+        }
     };
+    if matches!(ending, Ending::Stopped) {
+        notify::stopping();
+    }
     Ok((plane, ending))
 }
 

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod fuzz;
+mod package;
 
 /// Debian packages the project needs (eBPF toolchain, network tools for tests and demo,
 /// peers for benchmarks).
@@ -31,6 +32,10 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",   // the DNAT peer of `cargo xtask bench storm`
     "prometheus", // promtool and a real Prometheus server for the metrics tests
     "chromium",   // renders /stats headless in the operator-view test
+    "dpkg-dev",   // dpkg-shlibdeps: the Depends of `cargo xtask package`
+    "binutils",   // strip: the packaged binary
+    "systemd",    // systemd-analyze verify of the packaged unit (proxy/tests/package.rs)
+    "adduser",    // the package's postinst creates the xdp-proxy user with it
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian's compiler and its prebuilt `core` for BPF (as in proxy/build.rs), and the clippy
@@ -68,6 +73,14 @@ enum Task {
         /// Stop each target after this many executions.
         #[arg(long)]
         runs: Option<u64>,
+    },
+    /// Setup, then the Debian package target/debian/xdp-proxy_<version>_<arch>.deb (release
+    /// binary, systemd unit, example config, man pages, completions).
+    Package {
+        /// Package this `proxy` binary (a release build of this tree) instead of building
+        /// one; setup is then skipped too (the package test passes cargo's own build).
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Setup, then a benchmark scenario: `xdp`, `proxy` or `storm`.
     Bench {
@@ -112,6 +125,15 @@ fn main() -> Result<()> {
         } => {
             setup()?;
             fuzz::fuzz(&root, target.as_deref(), seconds, runs)
+        }
+        Task::Package { binary } => {
+            if binary.is_none() {
+                setup()?;
+            }
+            let deb = package::package(&root, binary.as_deref())?;
+            // The last line of stdout: where the package is (the package test reads it).
+            println!("{}", deb.display());
+            Ok(())
         }
         Task::Bench { scenario, args } => {
             setup()?;
