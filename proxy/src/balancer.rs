@@ -214,7 +214,8 @@ pub fn settings_from(b: &BalancerConfig, tick_ns: u64) -> Settings {
     }
 }
 
-fn backend_entry(address: SocketAddr) -> Backend {
+/// The BACKENDS map entry of a present backend.
+pub fn backend_entry(address: SocketAddr) -> Backend {
     let (addr, family) = addr_words(address.ip());
     Backend {
         addr,
