@@ -6,7 +6,7 @@
 
 use std::{
     io,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::RawFd,
     path::PathBuf,
 };
@@ -241,6 +241,25 @@ pub struct LabVip {
 }
 
 impl LabVip {
+    /// The IPv4 VIP 203.0.113.`last` (TEST-NET-3, where the labs put their IPv4 VIPs).
+    pub const fn v4(
+        num: u32,
+        last: u8,
+        port: u16,
+        proto: u8,
+        flags: u32,
+        members: &'static [u32],
+    ) -> LabVip {
+        LabVip {
+            num,
+            addr: IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)),
+            port,
+            proto,
+            flags,
+            members,
+        }
+    }
+
     pub fn key(&self) -> VipKey {
         let (addr, family) = addr_words(self.addr);
         VipKey {

@@ -144,17 +144,6 @@ fn backend(id: u32) -> &'static LabBackend {
 const V4_VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const V6_VIP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
 
-const fn vip4(num: u32, last: u8, port: u16, proto: u8, flags: u32, m: &'static [u32]) -> LabVip {
-    LabVip {
-        num,
-        addr: IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)),
-        port,
-        proto,
-        flags,
-        members: m,
-    }
-}
-
 const fn vip6(num: u32, port: u16, proto: u8, m: &'static [u32]) -> LabVip {
     LabVip {
         num,
@@ -166,19 +155,19 @@ const fn vip6(num: u32, port: u16, proto: u8, m: &'static [u32]) -> LabVip {
     }
 }
 
-static TCP4: LabVip = vip4(0, 10, 80, PROTO_TCP, 0, &[1, 2]);
-static UDP4: LabVip = vip4(1, 10, 53, PROTO_UDP, 0, &[10, 11]);
+static TCP4: LabVip = LabVip::v4(0, 10, 80, PROTO_TCP, 0, &[1, 2]);
+static UDP4: LabVip = LabVip::v4(1, 10, 53, PROTO_UDP, 0, &[10, 11]);
 static TCP6: LabVip = vip6(2, 80, PROTO_TCP, &[20, 21]);
 static UDP6: LabVip = vip6(3, 53, PROTO_UDP, &[22]);
-static TERMINATED: LabVip = vip4(4, 10, 443, PROTO_TCP, VIP_PASS_TO_STACK, &[]);
-static SOURCE_HASH: LabVip = vip4(5, 11, 80, PROTO_TCP, VIP_HASH_SOURCE_ONLY, &[1, 2, 3]);
-static ONE_ARMED: LabVip = vip4(6, 12, 80, PROTO_TCP, 0, &[30]);
-static NO_NEIGH: LabVip = vip4(7, 13, 80, PROTO_TCP, 0, &[31]);
-static EMPTY_RING: LabVip = vip4(8, 14, 80, PROTO_TCP, 0, &[]);
-static RING_CHANGE: LabVip = vip4(9, 15, 80, PROTO_TCP, 0, &[1]);
-static REMOVAL: LabVip = vip4(10, 16, 80, PROTO_TCP, 0, &[40]);
-static MISMATCH: LabVip = vip4(11, 17, 80, PROTO_TCP, 0, &[20]);
-static WITHDRAWN: LabVip = vip4(12, 18, 80, PROTO_TCP, 0, &[41]);
+static TERMINATED: LabVip = LabVip::v4(4, 10, 443, PROTO_TCP, VIP_PASS_TO_STACK, &[]);
+static SOURCE_HASH: LabVip = LabVip::v4(5, 11, 80, PROTO_TCP, VIP_HASH_SOURCE_ONLY, &[1, 2, 3]);
+static ONE_ARMED: LabVip = LabVip::v4(6, 12, 80, PROTO_TCP, 0, &[30]);
+static NO_NEIGH: LabVip = LabVip::v4(7, 13, 80, PROTO_TCP, 0, &[31]);
+static EMPTY_RING: LabVip = LabVip::v4(8, 14, 80, PROTO_TCP, 0, &[]);
+static RING_CHANGE: LabVip = LabVip::v4(9, 15, 80, PROTO_TCP, 0, &[1]);
+static REMOVAL: LabVip = LabVip::v4(10, 16, 80, PROTO_TCP, 0, &[40]);
+static MISMATCH: LabVip = LabVip::v4(11, 17, 80, PROTO_TCP, 0, &[20]);
+static WITHDRAWN: LabVip = LabVip::v4(12, 18, 80, PROTO_TCP, 0, &[41]);
 
 static VIPS: [&LabVip; 13] = [
     &TCP4,

@@ -97,22 +97,11 @@ static BACKENDS: [LabBackend; 9] = [
     b4(31, 99, 8080, None),
 ];
 
-const fn vip4(num: u32, last: u8, port: u16, proto: u8, flags: u32, m: &'static [u32]) -> LabVip {
-    LabVip {
-        num,
-        addr: IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)),
-        port,
-        proto,
-        flags,
-        members: m,
-    }
-}
-
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
 
 static VIPS: [LabVip; 10] = [
-    vip4(0, 10, 80, PROTO_TCP, 0, &[1, 2]),
-    vip4(1, 10, 53, PROTO_UDP, 0, &[10, 11]),
+    LabVip::v4(0, 10, 80, PROTO_TCP, 0, &[1, 2]),
+    LabVip::v4(1, 10, 53, PROTO_UDP, 0, &[10, 11]),
     LabVip {
         num: 2,
         addr: IpAddr::V6(VIP6),
@@ -129,13 +118,13 @@ static VIPS: [LabVip; 10] = [
         flags: 0,
         members: &[22],
     },
-    vip4(4, 10, 443, PROTO_TCP, VIP_PASS_TO_STACK, &[]),
-    vip4(5, 11, 80, PROTO_TCP, VIP_HASH_SOURCE_ONLY, &[1, 2]),
-    vip4(6, 12, 80, PROTO_TCP, 0, &[30]),
-    vip4(7, 13, 80, PROTO_TCP, 0, &[31]),
-    vip4(8, 14, 80, PROTO_TCP, 0, &[]),
+    LabVip::v4(4, 10, 443, PROTO_TCP, VIP_PASS_TO_STACK, &[]),
+    LabVip::v4(5, 11, 80, PROTO_TCP, VIP_HASH_SOURCE_ONLY, &[1, 2]),
+    LabVip::v4(6, 12, 80, PROTO_TCP, 0, &[30]),
+    LabVip::v4(7, 13, 80, PROTO_TCP, 0, &[31]),
+    LabVip::v4(8, 14, 80, PROTO_TCP, 0, &[]),
     // An IPv4 VIP whose only backend is IPv6.
-    vip4(9, 17, 80, PROTO_TCP, 0, &[20]),
+    LabVip::v4(9, 17, 80, PROTO_TCP, 0, &[20]),
 ];
 
 /// The loaded program and the interfaces packets arrive on.
