@@ -214,7 +214,8 @@ pub fn settings_from(b: &BalancerConfig, tick_ns: u64) -> Settings {
     }
 }
 
-fn backend_entry(address: SocketAddr) -> Backend {
+/// The BACKENDS map entry of a present backend.
+pub fn backend_entry(address: SocketAddr) -> Backend {
     let (addr, family) = addr_words(address.ip());
     Backend {
         addr,
@@ -841,20 +842,13 @@ impl MapWriter for MemoryMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{tests::config_with_rpc, Config};
 
-    const CONF: &str = r#"
-[balancer]
-interfaces = ["eth0"]
-snat_v4 = "192.0.2.254"
-ring_size = 1009
-
-[[listener]]
-name = "rpc"
-address = "203.0.113.10:8090"
-mode = "l4"
-pool = "eu"
-
+    /// `rpc` (`l4`) and `wss` (terminated, source hash) on pool `eu` of two equal backends.
+    fn conf() -> String {
+        config_with_rpc(
+            "eu",
+            r#"
 [[listener]]
 name = "wss"
 address = "203.0.113.10:443"
@@ -867,7 +861,9 @@ backends = [
   { name = "a", address = "192.0.2.11:8090", weight = 1 },
   { name = "b", address = "192.0.2.12:8090", weight = 1 },
 ]
-"#;
+"#,
+        )
+    }
 
     fn owners(m: &MemoryMaps, vip: u32) -> BTreeMap<u32, usize> {
         let mut c = BTreeMap::new();
@@ -891,7 +887,7 @@ backends = [
 
     #[test]
     fn initial_state_is_written_ring_before_vip() {
-        let config = Config::parse(CONF, "t").unwrap();
+        let config = Config::parse(&conf(), "t").unwrap();
         let mut m = MemoryMaps::default();
         let bal = Balancer::from_config(&config, &mut m).unwrap();
         assert_eq!(m.vips.len(), 2);
@@ -917,7 +913,7 @@ backends = [
 
     #[test]
     fn add_drain_remove_keep_write_order() {
-        let config = Config::parse(CONF, "t").unwrap();
+        let config = Config::parse(&conf(), "t").unwrap();
         let mut m = MemoryMaps::default();
         let mut bal = Balancer::from_config(&config, &mut m).unwrap();
         m.log.clear();
@@ -971,10 +967,10 @@ backends = [
 
     #[test]
     fn reload_reconciles_pools() {
-        let config = Config::parse(CONF, "t").unwrap();
+        let config = Config::parse(&conf(), "t").unwrap();
         let mut m = MemoryMaps::default();
         let mut bal = Balancer::from_config(&config, &mut m).unwrap();
-        let text = CONF.replace(
+        let text = conf().replace(
             r#"{ name = "b", address = "192.0.2.12:8090", weight = 1 },"#,
             r#"{ name = "c", address = "192.0.2.13:8090", weight = 2 },"#,
         );
@@ -1001,15 +997,15 @@ backends = [
 
     #[test]
     fn replicas_write_identical_rings_whatever_the_backend_order() {
-        let swapped = CONF.replace(
+        let swapped = conf().replace(
             r#"  { name = "a", address = "192.0.2.11:8090", weight = 1 },
   { name = "b", address = "192.0.2.12:8090", weight = 1 },"#,
             r#"  { name = "b", address = "192.0.2.12:8090", weight = 1 },
   { name = "a", address = "192.0.2.11:8090", weight = 1 },"#,
         );
-        assert_ne!(swapped, CONF);
+        assert_ne!(swapped, conf());
         let (mut m1, mut m2) = (MemoryMaps::default(), MemoryMaps::default());
-        Balancer::from_config(&Config::parse(CONF, "t").unwrap(), &mut m1).unwrap();
+        Balancer::from_config(&Config::parse(&conf(), "t").unwrap(), &mut m1).unwrap();
         Balancer::from_config(&Config::parse(&swapped, "t").unwrap(), &mut m2).unwrap();
         assert_eq!(m1.rings, m2.rings);
         assert_eq!(m1.backends, m2.backends);
@@ -1017,7 +1013,7 @@ backends = [
 
     #[test]
     fn a_listener_with_an_empty_pool_writes_empty_slots() {
-        let text = CONF.replace(
+        let text = conf().replace(
             r#"pool = "eu"
 hash = "source""#,
             r#"pool = "none"
@@ -1033,7 +1029,7 @@ hash = "source""#,
 
     #[test]
     fn unhealthy_backends_leave_the_ring_and_ramp_back() {
-        let config = Config::parse(CONF, "t").unwrap();
+        let config = Config::parse(&conf(), "t").unwrap();
         let mut m = MemoryMaps::default();
         let mut bal = Balancer::from_config(&config, &mut m).unwrap();
         let a = bal.backends("eu").unwrap()[0].id;
@@ -1058,7 +1054,7 @@ hash = "source""#,
 
     #[test]
     fn live_ring_changes_flip_between_two_copies() {
-        let config = Config::parse(CONF, "t").unwrap();
+        let config = Config::parse(&conf(), "t").unwrap();
         let mut m = MemoryMaps::default();
         let mut bal = Balancer::from_config(&config, &mut m).unwrap();
         m.log.clear();
@@ -1088,10 +1084,10 @@ hash = "source""#,
 
     #[test]
     fn listeners_are_added_updated_in_place_and_removed() {
-        let config = Config::parse(CONF, "t").unwrap();
+        let config = Config::parse(&conf(), "t").unwrap();
         let mut m = MemoryMaps::default();
         let mut bal = Balancer::from_config(&config, &mut m).unwrap();
-        let text = format!("{CONF}\n[[listener]]\nname = \"rpc2\"\naddress = \"203.0.113.11:8090\"\nmode = \"l4\"\npool = \"eu\"\n");
+        let text = format!("{}\n[[listener]]\nname = \"rpc2\"\naddress = \"203.0.113.11:8090\"\nmode = \"l4\"\npool = \"eu\"\n", conf());
         let new = Config::parse(&text, "t").unwrap();
         let mut rpc2 = new.listeners.last().unwrap().clone();
         bal.put_listener(&rpc2, &mut m).unwrap();
@@ -1123,7 +1119,7 @@ hash = "source""#,
 
     #[test]
     fn draining_listener_keeps_its_number_until_its_address_is_taken_back() {
-        let config = Config::parse(CONF, "t").unwrap();
+        let config = Config::parse(&conf(), "t").unwrap();
         let mut m = MemoryMaps::default();
         let mut bal = Balancer::from_config(&config, &mut m).unwrap();
         let rpc = config.listeners[0].clone();
@@ -1152,7 +1148,7 @@ hash = "source""#,
 
     #[test]
     fn removed_ids_are_not_reused_at_once() {
-        let config = Config::parse(CONF, "t").unwrap();
+        let config = Config::parse(&conf(), "t").unwrap();
         let mut m = MemoryMaps::default();
         let mut bal = Balancer::from_config(&config, &mut m).unwrap();
         let a_id = bal.backends("eu").unwrap()[0].id;

@@ -720,6 +720,26 @@ backends = [
 ]
 "#;
 
+    /// A config for the balancer's and the reload's tests: `[balancer]` as in [`GOOD`] with a
+    /// 1009-slot ring (in-memory rings stay small), the `l4` listener `rpc` on
+    /// 203.0.113.10:8090 with backends from `rpc_pool`, then `rest` (listeners, pools).
+    pub(crate) fn config_with_rpc(rpc_pool: &str, rest: &str) -> String {
+        format!(
+            r#"
+[balancer]
+interfaces = ["eth0"]
+snat_v4 = "192.0.2.254"
+ring_size = 1009
+
+[[listener]]
+name = "rpc"
+address = "203.0.113.10:8090"
+mode = "l4"
+pool = "{rpc_pool}"
+{rest}"#
+        )
+    }
+
     /// (what is wrong, the edit to GOOD, the exact first line of the report).
     const BAD: &[(&str, &str, &str, &str)] = &[
         ("duplicate backend name", "node-b", "node-a",

@@ -400,12 +400,29 @@ fn inspect_inner(buf: &[u8], limits: &Limits) -> Result<Decision, Reject> {
         _ => return Err(Reject::new(400, R_HOST)),
     };
 
-    let line = RequestLine { method, target };
+    let request = Request {
+        buf,
+        head_len,
+        line: RequestLine { method, target },
+        headers,
+        host,
+    };
     if is_get {
-        check_websocket(buf, head_len, line, headers, host)
+        check_websocket(request)
     } else {
-        check_post(buf, head_len, line, headers, host, limits)
+        check_post(request, limits)
     }
+}
+
+/// A request past the checks every method shares, for the method's own checks.
+struct Request<'a> {
+    /// All bytes read so far: the head, then whatever followed it.
+    buf: &'a [u8],
+    head_len: usize,
+    line: RequestLine<'a>,
+    headers: &'a [httparse::Header<'a>],
+    /// The checked `Host` value.
+    host: String,
 }
 
 /// The accepted request line, kept to write the canonical head.
@@ -480,58 +497,45 @@ fn unsupported_version(window: &[u8], over_limit: bool) -> Result<Decision, Reje
     }
 }
 
-fn check_websocket(
-    buf: &[u8],
-    head_len: usize,
-    line: RequestLine<'_>,
-    headers: &[httparse::Header<'_>],
-    host: String,
-) -> Result<Decision, Reject> {
-    if count(headers, "transfer-encoding") > 0 {
+fn check_websocket(req: Request<'_>) -> Result<Decision, Reject> {
+    if count(req.headers, "transfer-encoding") > 0 {
         return Err(Reject::new(400, R_FRAMING));
     }
-    match single(headers, "content-length") {
+    match single(req.headers, "content-length") {
         Ok(None) => {}
         Ok(Some(v)) if v == b"0" => {}
         _ => return Err(Reject::new(400, R_FRAMING)),
     }
-    if !list_contains(headers, "upgrade", "websocket") {
+    if !list_contains(req.headers, "upgrade", "websocket") {
         return Err(Reject::new(400, R_UPGRADE));
     }
-    if !list_contains(headers, "connection", "upgrade") {
+    if !list_contains(req.headers, "connection", "upgrade") {
         return Err(Reject::new(400, R_UPGRADE));
     }
-    let mut versions = list_items(headers, "sec-websocket-version");
+    let mut versions = list_items(req.headers, "sec-websocket-version");
     if versions.next() != Some(b"13".as_slice()) || versions.next().is_some() {
         return Err(Reject::new(426, R_WS_VERSION).with_header("Sec-WebSocket-Version", "13"));
     }
-    let key = match single(headers, "sec-websocket-key") {
+    let key = match single(req.headers, "sec-websocket-key") {
         Ok(Some(k)) if is_valid_key(k) => String::from_utf8_lossy(k).into_owned(),
         _ => return Err(Reject::new(400, R_KEY)),
     };
-    if buf.len() > head_len {
+    if req.buf.len() > req.head_len {
         return Err(Reject::new(400, R_PIPELINED));
     }
     Ok(Decision::Upgrade {
-        head_len,
-        head: canonical_head(line, headers),
+        head_len: req.head_len,
+        head: canonical_head(req.line, req.headers),
         key,
-        host,
+        host: req.host,
     })
 }
 
-fn check_post(
-    buf: &[u8],
-    head_len: usize,
-    line: RequestLine<'_>,
-    headers: &[httparse::Header<'_>],
-    host: String,
-    limits: &Limits,
-) -> Result<Decision, Reject> {
-    if count(headers, "transfer-encoding") > 0 || count(headers, "upgrade") > 0 {
+fn check_post(req: Request<'_>, limits: &Limits) -> Result<Decision, Reject> {
+    if count(req.headers, "transfer-encoding") > 0 || count(req.headers, "upgrade") > 0 {
         return Err(Reject::new(400, R_FRAMING));
     }
-    let length = match single(headers, "content-length") {
+    let length = match single(req.headers, "content-length") {
         Ok(Some(v)) => v,
         Ok(None) => return Err(Reject::new(411, R_LENGTH)),
         Err(()) => return Err(Reject::new(400, R_FRAMING)),
@@ -543,25 +547,25 @@ fn check_post(
         Some(n) if n <= limits.max_post_body => n,
         _ => return Err(Reject::new(413, R_TOO_LARGE)),
     };
-    match single(headers, "content-type") {
+    match single(req.headers, "content-type") {
         Ok(Some(v)) if is_json_media_type(v) => {}
         Ok(_) => return Err(Reject::new(415, R_MEDIA)),
         Err(()) => return Err(Reject::new(400, R_CONTENT_TYPE_DUP)),
     }
-    if values(headers, "expect").any(|v| !v.eq_ignore_ascii_case(b"100-continue")) {
+    if values(req.headers, "expect").any(|v| !v.eq_ignore_ascii_case(b"100-continue")) {
         return Err(Reject::new(417, R_EXPECT));
     }
-    let Some(total_len) = head_len.checked_add(body_len) else {
+    let Some(total_len) = req.head_len.checked_add(body_len) else {
         return Err(Reject::new(413, R_TOO_LARGE));
     };
-    match buf.len().cmp(&total_len) {
+    match req.buf.len().cmp(&total_len) {
         std::cmp::Ordering::Less => Ok(Decision::NeedMore),
         std::cmp::Ordering::Greater => Err(Reject::new(400, R_ONE_REQUEST)),
         std::cmp::Ordering::Equal => Ok(Decision::JsonRpcPost {
-            head_len,
-            head: canonical_head(line, headers),
+            head_len: req.head_len,
+            head: canonical_head(req.line, req.headers),
             total_len,
-            host,
+            host: req.host,
         }),
     }
 }

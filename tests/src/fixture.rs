@@ -1,11 +1,22 @@
 //! Fixture cases for the XDP program: an input frame, the verdict and the exact output frame
 //! expected from BPF_PROG_TEST_RUN, and how to compare them with a readable failure message.
 //! Also the bits every kernel-side test or benchmark needs: XDP verdict names, a unique pin
-//! directory that removes itself, and a probe for BPF_PROG_TEST_RUN support.
+//! directory that removes itself, a probe for BPF_PROG_TEST_RUN support, and the labs' shared
+//! set-up (devices, VIP and backend tables, permanent neighbours).
 
-use std::{io, os::fd::RawFd, path::PathBuf};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::fd::RawFd,
+    path::PathBuf,
+};
 
-use proxy::ebpf::{test_run::run_xdp, DataPlane, BPFFS};
+use proxy::{
+    balancer::{addr_words, backend_entry},
+    ebpf::{test_run::run_xdp, DataPlane, BPFFS},
+    maglev::{MaglevRing, RingError, RingMember},
+};
+use proxy_common::{Settings, VipKey, VipMeta};
 
 use crate::packet::{hex_diff, verify_checksums};
 
@@ -168,4 +179,176 @@ pub fn lab_settings(
             .with_snat_v4(u32::from_ne_bytes(snat4.octets()))
             .with_snat_v6(proxy_common::v6_words(snat6.octets()))
     }
+}
+
+// ---------------------------------------------------------------------------
+// The XDP labs' set-up (fixture table, fuzz target, benchmark): devices, tables, neighbours
+// ---------------------------------------------------------------------------
+
+/// The balancer's client-facing device and its veth peer.
+pub const CLI_DEV: &str = "cli0";
+pub const CLI_PEER: &str = "cli0p";
+/// The balancer's backend-facing device and its veth peer.
+pub const BK_DEV: &str = "bk0";
+pub const BK_PEER: &str = "bk0p";
+pub const CLI_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
+pub const BK_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
+
+/// Which device of the balancer a packet arrives on / a neighbour sits behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+impl Side {
+    pub fn dev(self) -> &'static str {
+        match self {
+            Side::Client => CLI_DEV,
+            Side::Backend => BK_DEV,
+        }
+    }
+
+    pub fn dev_mac(self) -> [u8; 6] {
+        match self {
+            Side::Client => CLI_DEV_MAC,
+            Side::Backend => BK_DEV_MAC,
+        }
+    }
+}
+
+/// A backend of a lab: its `BACKENDS` entry and its permanent neighbour entry.
+#[derive(Debug)]
+pub struct LabBackend {
+    pub id: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Permanent neighbour entry; `None`: no neighbour, so `bpf_fib_lookup` fails.
+    pub mac: Option<[u8; 6]>,
+    pub side: Side,
+}
+
+/// A VIP of a lab and the backends of its initial ring.
+#[derive(Debug)]
+pub struct LabVip {
+    pub num: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u32,
+    /// Backend ids of the initial ring; empty: every slot EMPTY_SLOT.
+    pub members: &'static [u32],
+}
+
+impl LabVip {
+    /// The IPv4 VIP 203.0.113.`last` (TEST-NET-3, where the labs put their IPv4 VIPs).
+    pub const fn v4(
+        num: u32,
+        last: u8,
+        port: u16,
+        proto: u8,
+        flags: u32,
+        members: &'static [u32],
+    ) -> LabVip {
+        LabVip {
+            num,
+            addr: IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)),
+            port,
+            proto,
+            flags,
+            members,
+        }
+    }
+
+    pub fn key(&self) -> VipKey {
+        let (addr, family) = addr_words(self.addr);
+        VipKey {
+            addr,
+            port: self.port.to_be(),
+            proto: self.proto,
+            family,
+        }
+    }
+
+    /// The ring of `ring_size` slots its members fill.
+    pub fn initial_ring(&self, ring_size: u32) -> Result<MaglevRing, RingError> {
+        let mut ring = MaglevRing::new(ring_size)?;
+        ring.rebuild(&ring_members(self.members))?;
+        Ok(ring)
+    }
+}
+
+/// Ring members of weight 1 named `backend-<id>`.
+pub fn ring_members(ids: &[u32]) -> Vec<RingMember> {
+    ids.iter()
+        .map(|&id| RingMember::new(id, format!("backend-{id}"), 1))
+        .collect()
+}
+
+/// Writes `settings`, every backend and every VIP with the whole of its initial ring into
+/// the maps.
+pub fn write_lab_maps<'v>(
+    dp: &mut DataPlane,
+    settings: &Settings,
+    backends: &[LabBackend],
+    vips: impl IntoIterator<Item = &'v LabVip>,
+    ring_size: u32,
+) -> Result<(), Box<dyn std::error::Error>> {
+    dp.set_settings(settings)?;
+    for b in backends {
+        dp.set_backend(b.id, &backend_entry(SocketAddr::new(b.addr, b.port)))?;
+    }
+    for v in vips {
+        let meta = VipMeta {
+            vip_num: v.num,
+            flags: v.flags,
+            ..VipMeta::default()
+        };
+        dp.set_vip(&v.key(), &meta)?;
+        // Every slot, empty ones included: a fresh RING map is all zeroes (backend 0).
+        dp.write_ring_delta(v.num, &v.initial_ring(ring_size)?.full_delta())?;
+    }
+    Ok(())
+}
+
+/// `aa:bb:cc:dd:ee:ff`, as `ip` takes a MAC address.
+pub fn fmt_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The `ip` arguments of a permanent neighbour entry: `addr` at `mac` behind `dev`.
+pub fn neighbour_args<'a>(addr: &'a str, mac: &'a str, dev: &'a str) -> [&'a str; 9] {
+    [
+        "neigh",
+        "add",
+        addr,
+        "lladdr",
+        mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]
+}
+
+/// The permanent neighbours of a lab: the clients behind the client device, then every
+/// backend that has a MAC; an address listed twice keeps its first entry.
+pub fn lab_neighbours(
+    clients: &[(IpAddr, [u8; 6])],
+    backends: &[LabBackend],
+) -> Vec<(IpAddr, [u8; 6], Side)> {
+    let mut neighbours: Vec<(IpAddr, [u8; 6], Side)> = Vec::new();
+    let clients = clients.iter().map(|&(a, m)| (a, Some(m), Side::Client));
+    let backends = backends.iter().map(|b| (b.addr, b.mac, b.side));
+    for (addr, mac, side) in clients.chain(backends) {
+        if let Some(mac) = mac {
+            if !neighbours.iter().any(|(a, _, _)| *a == addr) {
+                neighbours.push((addr, mac, side));
+            }
+        }
+    }
+    neighbours
 }

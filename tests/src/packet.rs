@@ -465,14 +465,28 @@ impl PacketBuilder {
         self
     }
 
-    /// # Panics
-    /// If the transport is not TCP.
-    pub fn flags(mut self, new_flags: u8) -> Self {
-        match &mut self.l4 {
-            L4::Tcp { flags, .. } => *flags = new_flags,
-            other => panic!("PacketBuilder::flags on {other:?}"),
+    /// Stores `value` in the transport header field `field` picks, or panics naming
+    /// `setter` when the transport has no such field.
+    fn set_l4_field<T>(
+        mut self,
+        setter: &str,
+        value: T,
+        field: impl FnOnce(&mut L4) -> Option<&mut T>,
+    ) -> Self {
+        match field(&mut self.l4) {
+            Some(slot) => *slot = value,
+            None => panic!("PacketBuilder::{setter} on {:?}", self.l4),
         }
         self
+    }
+
+    /// # Panics
+    /// If the transport is not TCP.
+    pub fn flags(self, new_flags: u8) -> Self {
+        self.set_l4_field("flags", new_flags, |l4| match l4 {
+            L4::Tcp { flags, .. } => Some(flags),
+            _ => None,
+        })
     }
 
     /// TCP sequence number, or the ICMP echo sequence number.
@@ -492,12 +506,11 @@ impl PacketBuilder {
 
     /// # Panics
     /// If the transport is not TCP.
-    pub fn ack(mut self, new_ack: u32) -> Self {
-        match &mut self.l4 {
-            L4::Tcp { ack, .. } => *ack = new_ack,
-            other => panic!("PacketBuilder::ack on {other:?}"),
-        }
-        self
+    pub fn ack(self, new_ack: u32) -> Self {
+        self.set_l4_field("ack", new_ack, |l4| match l4 {
+            L4::Tcp { ack, .. } => Some(ack),
+            _ => None,
+        })
     }
 
     /// # Panics
@@ -514,12 +527,11 @@ impl PacketBuilder {
 
     /// # Panics
     /// If the transport is not an ICMP echo.
-    pub fn echo_id(mut self, new_id: u16) -> Self {
-        match &mut self.l4 {
-            L4::IcmpEcho { id, .. } => *id = new_id,
-            other => panic!("PacketBuilder::echo_id on {other:?}"),
-        }
-        self
+    pub fn echo_id(self, new_id: u16) -> Self {
+        self.set_l4_field("echo_id", new_id, |l4| match l4 {
+            L4::IcmpEcho { id, .. } => Some(id),
+            _ => None,
+        })
     }
 
     /// The frame as bytes, with every length and checksum filled in.

@@ -38,16 +38,20 @@ use std::{
 };
 
 use proxy::{
+    balancer::addr_words,
     ebpf::{test_run::run_xdp, CounterTotals, DataPlane, LoadOptions},
-    maglev::{MaglevRing, RingDelta, RingMember},
+    maglev::{MaglevRing, RingDelta},
 };
 use proxy_common::{
-    backend_counter_index, hash, v4_words, v6_words, Backend, FlowKey, Reason, Settings, VipKey,
-    VipMeta, BACKEND_PRESENT, EMPTY_SLOT, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
+    backend_counter_index, hash, FlowKey, Reason, Settings, EMPTY_SLOT, PROTO_TCP, PROTO_UDP,
     VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
 };
 use proxy_tests::{
-    fixture::{test_run_unsupported, xdp, Fixture, PinDir},
+    fixture::{
+        fmt_mac, lab_neighbours, neighbour_args, ring_members, test_run_unsupported,
+        write_lab_maps, xdp, Fixture, LabBackend, LabVip, PinDir, Side, BK_DEV, BK_DEV_MAC,
+        BK_PEER, CLI_DEV, CLI_DEV_MAC, CLI_PEER,
+    },
     netns::{ifindex, run_in, unique_prefix, veth_pair, NetNs},
     packet::{tcp_flags, truncate, Ip, PacketBuilder, IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -60,13 +64,7 @@ const RING_SIZE: u32 = 251;
 const NAT_PORT_MIN: u16 = 20_000;
 const NAT_PORT_MAX: u16 = 29_999;
 
-const CLI_DEV: &str = "cli0";
-const CLI_PEER: &str = "cli0p";
-const BK_DEV: &str = "bk0";
-const BK_PEER: &str = "bk0p";
-const CLI_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
 const CLI_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x02];
-const BK_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
 const BK_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x02];
 
 const SNAT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -89,40 +87,8 @@ fn client_mac(addr: IpAddr) -> [u8; 6] {
         .unwrap_or_else(|| panic!("{addr} is not a test client"))
 }
 
-/// Which device of the balancer a packet arrives on / a neighbour sits behind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Side {
-    Client,
-    Backend,
-}
-
-impl Side {
-    fn dev_mac(self) -> [u8; 6] {
-        match self {
-            Side::Client => CLI_DEV_MAC,
-            Side::Backend => BK_DEV_MAC,
-        }
-    }
-    fn dev(self) -> &'static str {
-        match self {
-            Side::Client => CLI_DEV,
-            Side::Backend => BK_DEV,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct BackendDef {
-    id: u32,
-    addr: IpAddr,
-    port: u16,
-    /// Permanent neighbour entry; `None`: no neighbour, so `bpf_fib_lookup` fails.
-    mac: Option<[u8; 6]>,
-    side: Side,
-}
-
-const fn b4(id: u32, o: [u8; 4], port: u16, mac: Option<[u8; 6]>, side: Side) -> BackendDef {
-    BackendDef {
+const fn b4(id: u32, o: [u8; 4], port: u16, mac: Option<[u8; 6]>, side: Side) -> LabBackend {
+    LabBackend {
         id,
         addr: IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], o[3])),
         port,
@@ -131,8 +97,8 @@ const fn b4(id: u32, o: [u8; 4], port: u16, mac: Option<[u8; 6]>, side: Side) ->
     }
 }
 
-const fn b6(id: u32, last: u16, port: u16, mac: [u8; 6]) -> BackendDef {
-    BackendDef {
+const fn b6(id: u32, last: u16, port: u16, mac: [u8; 6]) -> LabBackend {
+    LabBackend {
         id,
         addr: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, last)),
         port,
@@ -145,7 +111,7 @@ const fn mac(last: u8) -> [u8; 6] {
     [0x02, 0xbb, 0, 0, 0, last]
 }
 
-static BACKENDS: [BackendDef; 12] = [
+static BACKENDS: [LabBackend; 12] = [
     b4(1, [198, 51, 100, 11], 8080, Some(mac(0x11)), Side::Backend),
     b4(2, [198, 51, 100, 12], 8080, Some(mac(0x12)), Side::Backend),
     b4(3, [198, 51, 100, 13], 8080, Some(mac(0x13)), Side::Backend),
@@ -168,40 +134,18 @@ static BACKENDS: [BackendDef; 12] = [
     b4(41, [198, 51, 100, 15], 8080, Some(mac(0x15)), Side::Backend),
 ];
 
-fn backend(id: u32) -> &'static BackendDef {
+fn backend(id: u32) -> &'static LabBackend {
     BACKENDS
         .iter()
         .find(|b| b.id == id)
         .unwrap_or_else(|| panic!("no backend {id}"))
 }
 
-#[derive(Debug)]
-struct VipDef {
-    num: u32,
-    addr: IpAddr,
-    port: u16,
-    proto: u8,
-    flags: u32,
-    /// Backend ids of the initial ring; empty: every slot EMPTY_SLOT.
-    members: &'static [u32],
-}
-
 const V4_VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const V6_VIP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
 
-const fn vip4(num: u32, last: u8, port: u16, proto: u8, flags: u32, m: &'static [u32]) -> VipDef {
-    VipDef {
-        num,
-        addr: IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)),
-        port,
-        proto,
-        flags,
-        members: m,
-    }
-}
-
-const fn vip6(num: u32, port: u16, proto: u8, m: &'static [u32]) -> VipDef {
-    VipDef {
+const fn vip6(num: u32, port: u16, proto: u8, m: &'static [u32]) -> LabVip {
+    LabVip {
         num,
         addr: IpAddr::V6(V6_VIP),
         port,
@@ -211,21 +155,21 @@ const fn vip6(num: u32, port: u16, proto: u8, m: &'static [u32]) -> VipDef {
     }
 }
 
-static TCP4: VipDef = vip4(0, 10, 80, PROTO_TCP, 0, &[1, 2]);
-static UDP4: VipDef = vip4(1, 10, 53, PROTO_UDP, 0, &[10, 11]);
-static TCP6: VipDef = vip6(2, 80, PROTO_TCP, &[20, 21]);
-static UDP6: VipDef = vip6(3, 53, PROTO_UDP, &[22]);
-static TERMINATED: VipDef = vip4(4, 10, 443, PROTO_TCP, VIP_PASS_TO_STACK, &[]);
-static SOURCE_HASH: VipDef = vip4(5, 11, 80, PROTO_TCP, VIP_HASH_SOURCE_ONLY, &[1, 2, 3]);
-static ONE_ARMED: VipDef = vip4(6, 12, 80, PROTO_TCP, 0, &[30]);
-static NO_NEIGH: VipDef = vip4(7, 13, 80, PROTO_TCP, 0, &[31]);
-static EMPTY_RING: VipDef = vip4(8, 14, 80, PROTO_TCP, 0, &[]);
-static RING_CHANGE: VipDef = vip4(9, 15, 80, PROTO_TCP, 0, &[1]);
-static REMOVAL: VipDef = vip4(10, 16, 80, PROTO_TCP, 0, &[40]);
-static MISMATCH: VipDef = vip4(11, 17, 80, PROTO_TCP, 0, &[20]);
-static WITHDRAWN: VipDef = vip4(12, 18, 80, PROTO_TCP, 0, &[41]);
+static TCP4: LabVip = LabVip::v4(0, 10, 80, PROTO_TCP, 0, &[1, 2]);
+static UDP4: LabVip = LabVip::v4(1, 10, 53, PROTO_UDP, 0, &[10, 11]);
+static TCP6: LabVip = vip6(2, 80, PROTO_TCP, &[20, 21]);
+static UDP6: LabVip = vip6(3, 53, PROTO_UDP, &[22]);
+static TERMINATED: LabVip = LabVip::v4(4, 10, 443, PROTO_TCP, VIP_PASS_TO_STACK, &[]);
+static SOURCE_HASH: LabVip = LabVip::v4(5, 11, 80, PROTO_TCP, VIP_HASH_SOURCE_ONLY, &[1, 2, 3]);
+static ONE_ARMED: LabVip = LabVip::v4(6, 12, 80, PROTO_TCP, 0, &[30]);
+static NO_NEIGH: LabVip = LabVip::v4(7, 13, 80, PROTO_TCP, 0, &[31]);
+static EMPTY_RING: LabVip = LabVip::v4(8, 14, 80, PROTO_TCP, 0, &[]);
+static RING_CHANGE: LabVip = LabVip::v4(9, 15, 80, PROTO_TCP, 0, &[1]);
+static REMOVAL: LabVip = LabVip::v4(10, 16, 80, PROTO_TCP, 0, &[40]);
+static MISMATCH: LabVip = LabVip::v4(11, 17, 80, PROTO_TCP, 0, &[20]);
+static WITHDRAWN: LabVip = LabVip::v4(12, 18, 80, PROTO_TCP, 0, &[41]);
 
-static VIPS: [&VipDef; 13] = [
+static VIPS: [&LabVip; 13] = [
     &TCP4,
     &UDP4,
     &TCP6,
@@ -240,30 +184,6 @@ static VIPS: [&VipDef; 13] = [
     &MISMATCH,
     &WITHDRAWN,
 ];
-
-fn vip_key(v: &VipDef) -> VipKey {
-    VipKey {
-        addr: words(v.addr),
-        port: v.port.to_be(),
-        proto: v.proto,
-        family: family(v.addr),
-    }
-}
-
-fn words(addr: IpAddr) -> [u32; 4] {
-    match addr {
-        IpAddr::V4(a) => v4_words(a.octets()),
-        IpAddr::V6(a) => v6_words(a.octets()),
-    }
-}
-
-fn family(addr: IpAddr) -> u8 {
-    if addr.is_ipv4() {
-        FAMILY_V4
-    } else {
-        FAMILY_V6
-    }
-}
 
 fn ip(src: IpAddr, dst: IpAddr) -> Ip {
     match (src, dst) {
@@ -283,12 +203,6 @@ fn snat_for(addr: IpAddr) -> IpAddr {
 
 fn settings() -> Settings {
     proxy_tests::fixture::lab_settings((NAT_PORT_MIN, NAT_PORT_MAX), SNAT4, SNAT6)
-}
-
-fn members(ids: &[u32]) -> Vec<RingMember> {
-    ids.iter()
-        .map(|&id| RingMember::new(id, format!("backend-{id}"), 1))
-        .collect()
 }
 
 /// Creates the namespace with both veth pairs, addresses, routes and neighbours.
@@ -312,41 +226,14 @@ fn build_namespace() -> anyhow::Result<NetNs> {
     // bpf_fib_lookup refuses to route for an ingress device that does not forward.
     ns.sysctl("net.ipv4.ip_forward", "1")?;
     ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-    let mut neighbours: Vec<(IpAddr, [u8; 6], Side)> = CLIENTS
-        .iter()
-        .map(|(a, m)| (*a, *m, Side::Client))
-        .collect();
-    for b in &BACKENDS {
-        if let Some(m) = b.mac {
-            neighbours.push((b.addr, m, b.side));
-        }
-    }
-    let mut seen = HashSet::new();
-    for (addr, m, side) in neighbours {
-        if seen.insert(addr) {
-            let a = addr.to_string();
-            let m = fmt_mac(m);
-            ns.ip(&[
-                "neigh",
-                "add",
-                &a,
-                "lladdr",
-                &m,
-                "dev",
-                side.dev(),
-                "nud",
-                "permanent",
-            ])?;
-        }
+    for (addr, mac, side) in lab_neighbours(&CLIENTS, &BACKENDS) {
+        ns.ip(&neighbour_args(
+            &addr.to_string(),
+            &fmt_mac(mac),
+            side.dev(),
+        ))?;
     }
     Ok(ns)
-}
-
-fn fmt_mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 // ---------------------------------------------------------------------------
@@ -358,7 +245,7 @@ fn fmt_mac(m: [u8; 6]) -> String {
 enum Control {
     WriteRing { vip: u32, delta: Vec<RingDelta> },
     ClearBackend(u32),
-    RemoveVip(&'static VipDef),
+    RemoveVip(&'static LabVip),
 }
 
 /// Expected change of one `COUNTERS` slot; bytes must grow by `packets * frame length`.
@@ -384,18 +271,19 @@ struct Case {
 struct Flow {
     client: IpAddr,
     cport: u16,
-    vip: &'static VipDef,
+    vip: &'static LabVip,
 }
 
 impl Flow {
     fn key(&self) -> FlowKey {
+        let (src, family) = addr_words(self.client);
         FlowKey {
-            src: words(self.client),
-            dst: words(self.vip.addr),
+            src,
+            dst: addr_words(self.vip.addr).0,
             sport: self.cport.to_be(),
             dport: self.vip.port.to_be(),
             proto: self.vip.proto,
-            family: family(self.client),
+            family,
             pad: [0; 2],
         }
     }
@@ -421,15 +309,15 @@ impl Flow {
 /// Where a flow is pinned.
 #[derive(Clone, Copy, Debug)]
 struct Pin {
-    backend: &'static BackendDef,
+    backend: &'static LabBackend,
     nat_port: u16,
 }
 
-fn vip_slot(vip: &VipDef) -> u32 {
+fn vip_slot(vip: &LabVip) -> u32 {
     vip.num
 }
 
-fn backend_slot(b: &BackendDef) -> u32 {
+fn backend_slot(b: &LabBackend) -> u32 {
     backend_counter_index(b.id)
 }
 
@@ -472,8 +360,9 @@ impl Model {
     fn new() -> Model {
         let mut rings = HashMap::new();
         for v in VIPS {
-            let mut ring = MaglevRing::new(RING_SIZE).expect("prime ring size");
-            ring.rebuild(&members(v.members)).expect("valid members");
+            let ring = v
+                .initial_ring(RING_SIZE)
+                .expect("prime ring size, valid members");
             rings.insert(v.num, ring);
         }
         Model {
@@ -487,7 +376,7 @@ impl Model {
     }
 
     /// The backend in the VIP's ring slot for this flow's hash.
-    fn ring_pick(&self, flow: &Flow) -> &'static BackendDef {
+    fn ring_pick(&self, flow: &Flow) -> &'static LabBackend {
         let source_only = flow.vip.flags & VIP_HASH_SOURCE_ONLY != 0;
         let h = hash::flow_hash(&flow.key(), source_only);
         let slots = self.rings[&flow.vip.num].slots();
@@ -527,12 +416,12 @@ impl Model {
     }
 
     /// Rebuilds a VIP's ring; the delta is written before the next case.
-    fn set_ring(&mut self, vip: &VipDef, ids: &[u32]) {
+    fn set_ring(&mut self, vip: &LabVip, ids: &[u32]) {
         let delta = self
             .rings
             .get_mut(&vip.num)
             .expect("known vip")
-            .rebuild(&members(ids))
+            .rebuild(&ring_members(ids))
             .expect("valid members");
         assert!(!delta.is_empty(), "test bug: ring change changes nothing");
         self.pending.push(Control::WriteRing {
@@ -545,7 +434,7 @@ impl Model {
         self.pending.push(Control::ClearBackend(id));
     }
 
-    fn remove_vip(&mut self, vip: &'static VipDef) {
+    fn remove_vip(&mut self, vip: &'static LabVip) {
         self.pending.push(Control::RemoveVip(vip));
     }
 
@@ -1343,7 +1232,7 @@ impl Lab {
                 self.dp.write_ring_delta(*vip, delta).expect("write ring")
             }
             Control::ClearBackend(id) => self.dp.clear_backend(*id).expect("clear backend"),
-            Control::RemoveVip(v) => self.dp.remove_vip(&vip_key(v)).expect("remove vip"),
+            Control::RemoveVip(v) => self.dp.remove_vip(&v.key()).expect("remove vip"),
         }
     }
 
@@ -1413,34 +1302,9 @@ fn slot_name(slot: u32) -> String {
 }
 
 fn configure(dp: &mut DataPlane, model: &Model) {
-    dp.set_settings(&settings()).expect("settings");
-    for b in &BACKENDS {
-        dp.set_backend(
-            b.id,
-            &Backend {
-                addr: words(b.addr),
-                port: b.port.to_be(),
-                family: family(b.addr),
-                flags: BACKEND_PRESENT,
-            },
-        )
-        .expect("set backend");
-    }
+    write_lab_maps(dp, &settings(), &BACKENDS, VIPS, RING_SIZE).expect("write the maps");
     for v in VIPS {
-        dp.set_vip(
-            &vip_key(v),
-            &VipMeta {
-                vip_num: v.num,
-                flags: v.flags,
-                ..VipMeta::default()
-            },
-        )
-        .expect("set vip");
-        // Every slot, EMPTY ones included: a fresh RING map is all zeroes (backend 0).
-        let ring = &model.initial_rings[&v.num];
-        let slots = ring.slots();
-        dp.write_ring_delta(v.num, &ring.full_delta())
-            .expect("write ring");
+        let slots = model.initial_rings[&v.num].slots();
         for copy in [0, 1] {
             assert_eq!(
                 dp.read_ring(v.num, copy).expect("read ring"),

@@ -41,17 +41,20 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use proxy::{
-    balancer::vip_key,
+    balancer::{backend_entry, vip_key},
     config::Protocol,
     ebpf::{kernel_tick_ns, test_run::run_xdp, CounterTotals, DataPlane, LoadOptions},
     maglev::{MaglevRing, RingMember},
 };
 use proxy_common::{
-    ticks_from_ns, v4_words, Backend, Reason, Settings, VipMeta, BACKEND_PRESENT,
-    DEFAULT_RING_SIZE, FAMILY_V4, LAST_SEEN_REFRESH_NS, NEXT_HOP_TTL_NS,
+    ticks_from_ns, Reason, Settings, VipMeta, DEFAULT_RING_SIZE, LAST_SEEN_REFRESH_NS,
+    NEXT_HOP_TTL_NS,
 };
 use proxy_tests::{
-    fixture::{test_run_unsupported, xdp, PinDir},
+    fixture::{
+        fmt_mac, neighbour_args, test_run_unsupported, xdp, PinDir, BK_DEV, BK_DEV_MAC, BK_PEER,
+        CLI_DEV, CLI_DEV_MAC, CLI_PEER,
+    },
     netns::{ifindex, run_in, unique_prefix, veth_pair, NetNs},
     packet::{hex_diff, tcp_flags, Ip, PacketBuilder},
 };
@@ -81,8 +84,6 @@ struct Args {
 /// Measured cases, in the order each round runs them.
 const CASES: [&str; 5] = ["baseline", "lru_hit", "new_flow", "reply", "lookup_floor"];
 
-const CLI_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
-const BK_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
 const CLIENT_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 0x10];
 const VIP_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x10];
 
@@ -111,37 +112,20 @@ struct Results {
     cases: Vec<CaseResult>,
 }
 
-fn fmt_mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn build_namespace() -> Result<NetNs> {
     let ns = NetNs::new("bench")?;
-    veth_pair(&ns, "cli0", &ns, "cli0p")?;
-    veth_pair(&ns, "bk0", &ns, "bk0p")?;
-    ns.ip(&["link", "set", "cli0", "address", &fmt_mac(CLI_DEV_MAC)])?;
-    ns.ip(&["link", "set", "bk0", "address", &fmt_mac(BK_DEV_MAC)])?;
-    for dev in ["cli0", "cli0p", "bk0", "bk0p"] {
+    veth_pair(&ns, CLI_DEV, &ns, CLI_PEER)?;
+    veth_pair(&ns, BK_DEV, &ns, BK_PEER)?;
+    ns.ip(&["link", "set", CLI_DEV, "address", &fmt_mac(CLI_DEV_MAC)])?;
+    ns.ip(&["link", "set", BK_DEV, "address", &fmt_mac(BK_DEV_MAC)])?;
+    for dev in [CLI_DEV, CLI_PEER, BK_DEV, BK_PEER] {
         ns.ip(&["link", "set", dev, "up"])?;
     }
-    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "cli0"])?;
-    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "bk0"])?;
+    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", CLI_DEV])?;
+    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", BK_DEV])?;
     ns.sysctl("net.ipv4.ip_forward", "1")?;
-    for (addr, mac, dev) in [(CLIENT, CLIENT_MAC, "cli0"), (VIP, VIP_MAC, "bk0")] {
-        ns.ip(&[
-            "neigh",
-            "add",
-            &addr.to_string(),
-            "lladdr",
-            &fmt_mac(mac),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ])?;
+    for (addr, mac, dev) in [(CLIENT, CLIENT_MAC, CLI_DEV), (VIP, VIP_MAC, BK_DEV)] {
+        ns.ip(&neighbour_args(&addr.to_string(), &fmt_mac(mac), dev))?;
     }
     Ok(ns)
 }
@@ -173,12 +157,7 @@ fn configure(dp: &mut DataPlane) -> Result<()> {
     dp.set_settings(&settings(IDLE_NS))?;
     dp.set_backend(
         BACKEND_ID,
-        &Backend {
-            addr: v4_words(VIP.octets()),
-            port: VIP_PORT.to_be(),
-            family: FAMILY_V4,
-            flags: BACKEND_PRESENT,
-        },
+        &backend_entry(SocketAddr::from((VIP, VIP_PORT))),
     )?;
     dp.set_vip(
         &vip_key(SocketAddr::from((VIP, VIP_PORT)), Protocol::Tcp),
@@ -422,8 +401,8 @@ fn main() -> Result<()> {
         bail!("xdp-bench needs root (namespaces, bpffs, BPF_PROG_TEST_RUN)");
     }
     let ns = build_namespace().context("setting up the bench namespace")?;
-    let cli_ifindex = ifindex(&ns, "cli0")?;
-    let bk_ifindex = ifindex(&ns, "bk0")?;
+    let cli_ifindex = ifindex(&ns, CLI_DEV)?;
+    let bk_ifindex = ifindex(&ns, BK_DEV)?;
     let pin = PinDir::new(&format!("{}-bench", unique_prefix()))?;
     let pin_path = pin.path().to_path_buf();
     let bench_args = args.clone();

@@ -200,11 +200,7 @@ mod tests {
     use proxy::chain::parse_chain_time;
 
     fn fast() -> ChainParams {
-        ChainParams {
-            block_interval_ms: 100,
-            maintenance_interval_secs: 2,
-            maintenance_skip_slots: 3,
-        }
+        ChainParams::simulated(100, 2)
     }
 
     #[test]
@@ -234,11 +230,7 @@ mod tests {
     fn params_validation() {
         assert!(ChainParams::BITSHARES_MAINNET.validate().is_ok());
         assert!(fast().validate().is_ok());
-        let bad = ChainParams {
-            block_interval_ms: 1000,
-            maintenance_interval_secs: 4,
-            maintenance_skip_slots: 3,
-        };
+        let bad = ChainParams::simulated(1000, 4);
         assert!(bad.validate().is_err());
         assert_eq!(fast().block_interval_secs(), 1);
         assert_eq!(ChainParams::BITSHARES_MAINNET.block_interval_secs(), 3);

@@ -82,11 +82,7 @@ impl NodeSimConfig {
     /// `block_interval_ms`, maintenance every `maintenance_interval_secs`, 3 skipped slots.
     pub fn fast(block_interval_ms: u64, maintenance_interval_secs: u32) -> Self {
         NodeSimConfig {
-            chain: ChainParams {
-                block_interval_ms,
-                maintenance_interval_secs,
-                maintenance_skip_slots: 3,
-            },
+            chain: ChainParams::simulated(block_interval_ms, maintenance_interval_secs),
             ..Self::default()
         }
     }

@@ -52,6 +52,16 @@ impl ChainParams {
         }
     }
 
+    /// A simulated chain (node simulator, tests): mainnet's 3 skipped slots, with blocks
+    /// every `block_interval_ms` and maintenance every `maintenance_interval_secs`.
+    pub const fn simulated(block_interval_ms: u64, maintenance_interval_secs: u32) -> Self {
+        Self {
+            block_interval_ms,
+            maintenance_interval_secs,
+            maintenance_skip_slots: Self::BITSHARES_MAINNET.maintenance_skip_slots,
+        }
+    }
+
     /// `block_interval` as a node reports it: whole seconds, rounded up (a simulated
     /// 100 ms chain reports 1 s; 0 stays 0).
     pub fn block_interval_secs(&self) -> u32 {
@@ -138,11 +148,7 @@ mod tests {
         assert_eq!(ChainParams::default(), mainnet);
         assert_eq!(ChainParams::from_secs(3, 3600, 3), mainnet);
         assert_eq!(mainnet.block_interval_secs(), 3);
-        let fast = ChainParams {
-            block_interval_ms: 100,
-            maintenance_interval_secs: 2,
-            maintenance_skip_slots: 3,
-        };
+        let fast = ChainParams::simulated(100, 2);
         assert!(fast.validate().is_ok());
         assert_eq!(fast.block_interval_secs(), 1);
         assert_eq!(ChainParams::from_secs(0, 0, 0).block_interval_secs(), 0);

@@ -206,11 +206,7 @@ mod tests {
     const M: i64 = 1_795_395_600_000;
 
     fn fast() -> ChainParams {
-        ChainParams {
-            block_interval_ms: 100,
-            maintenance_interval_secs: 2,
-            maintenance_skip_slots: 3,
-        }
+        ChainParams::simulated(100, 2)
     }
 
     #[test]

@@ -286,22 +286,15 @@ mod tests {
     use super::*;
     use crate::{
         balancer::MemoryMaps,
-        config::IoChoice,
+        config::{tests::config_with_rpc, IoChoice},
         plane::{Event, Outcome, PlaneOptions},
     };
 
-    const BEFORE: &str = r#"
-[balancer]
-interfaces = ["eth0"]
-snat_v4 = "192.0.2.254"
-ring_size = 1009
-
-[[listener]]
-name = "rpc"
-address = "203.0.113.10:8090"
-mode = "l4"
-pool = "eu"
-
+    /// `rpc` and `old` on pool `eu` of one backend; pool `retired` unused.
+    fn before_text() -> String {
+        config_with_rpc(
+            "eu",
+            r#"
 [[listener]]
 name = "old"
 address = "203.0.113.11:8090"
@@ -313,20 +306,16 @@ backends = [{ name = "a", address = "192.0.2.11:8090" }]
 
 [pools.retired]
 backends = [{ name = "z", address = "192.0.2.19:8090" }]
-"#;
+"#,
+        )
+    }
 
-    const AFTER: &str = r#"
-[balancer]
-interfaces = ["eth0"]
-snat_v4 = "192.0.2.254"
-ring_size = 1009
-
-[[listener]]
-name = "rpc"
-address = "203.0.113.10:8090"
-mode = "l4"
-pool = "us"
-
+    /// `rpc` moved to the new pool `us`, `old` replaced by `new`, `eu`'s backend reweighted,
+    /// `retired` gone.
+    fn after_text() -> String {
+        config_with_rpc(
+            "us",
+            r#"
 [[listener]]
 name = "new"
 address = "203.0.113.12:8090"
@@ -338,7 +327,9 @@ backends = [{ name = "a", address = "192.0.2.11:8090", weight = 50 }]
 
 [pools.us]
 backends = [{ name = "b", address = "192.0.2.21:8090" }]
-"#;
+"#,
+        )
+    }
 
     /// A plane on in-memory maps (`l4` listeners only: no terminator starts).
     fn memory_plane(config: &Config) -> ControlPlane<MemoryMaps> {
@@ -361,8 +352,8 @@ backends = [{ name = "b", address = "192.0.2.21:8090" }]
 
     #[test]
     fn listener_diff_names_added_changed_and_removed() {
-        let before = Config::parse(BEFORE, "t").unwrap();
-        let after = Config::parse(AFTER, "t").unwrap();
+        let before = Config::parse(&before_text(), "t").unwrap();
+        let after = Config::parse(&after_text(), "t").unwrap();
         let diff: Vec<String> = diff_listeners(&before.listeners, &after.listeners)
             .iter()
             .map(ToString::to_string)
@@ -381,10 +372,10 @@ backends = [{ name = "b", address = "192.0.2.21:8090" }]
     /// `l4` listeners only: no terminator, so the whole reload runs on in-memory maps.
     #[test]
     fn reload_applies_pools_and_listeners_to_the_maps() {
-        let before = Config::parse(BEFORE, "t").unwrap();
+        let before = Config::parse(&before_text(), "t").unwrap();
         let mut plane = memory_plane(&before);
         let z = plane.balancer().backends("retired").unwrap()[0].id;
-        let changes = reload(&mut plane, AFTER);
+        let changes = reload(&mut plane, &after_text());
         let pools: Vec<String> = changes.pools.iter().map(ToString::to_string).collect();
         assert_eq!(
             pools,
@@ -424,7 +415,7 @@ backends = [{ name = "b", address = "192.0.2.21:8090" }]
         assert!(plane.maps().active_ring(rpc).values().all(|id| *id == us));
 
         assert!(
-            reload(&mut plane, AFTER).is_empty(),
+            reload(&mut plane, &after_text()).is_empty(),
             "a second reload changes nothing"
         );
     }
@@ -433,15 +424,15 @@ backends = [{ name = "b", address = "192.0.2.21:8090" }]
     /// gone from the file) for the shutdown grace, then both leave.
     #[test]
     fn removed_l4_listener_drains_for_the_grace_then_leaves_with_its_pool() {
-        let before = Config::parse(BEFORE, "t").unwrap();
+        let before = Config::parse(&before_text(), "t").unwrap();
         let mut plane = memory_plane(&before);
         let grace = before.terminator.shutdown_grace_secs as i64;
         // `old` moves to pool `retired`, then both leave the file at t=100.
-        let moved = BEFORE.replace(
+        let moved = before_text().replace(
             "203.0.113.11:8090\"\nmode = \"l4\"\npool = \"eu\"",
             "203.0.113.11:8090\"\nmode = \"l4\"\npool = \"retired\"",
         );
-        assert_ne!(moved, BEFORE);
+        assert_ne!(moved, before_text());
         reload(&mut plane, &moved);
         let old_listener = "[[listener]]\nname = \"old\"\naddress = \"203.0.113.11:8090\"\nmode = \"l4\"\npool = \"retired\"\n";
         let retired =

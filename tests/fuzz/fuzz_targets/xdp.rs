@@ -29,23 +29,15 @@ use std::{
 };
 
 use libfuzzer_sys::{arbitrary::Unstructured, fuzz_target};
-use proxy::{
-    ebpf::{test_run::run_xdp, DataPlane, LoadOptions, BPFFS},
-    maglev::{MaglevRing, RingMember},
-};
-use proxy_common::{
-    v4_words, v6_words, Backend, Settings, VipKey, VipMeta, BACKEND_PRESENT, FAMILY_V4, FAMILY_V6,
-    PROTO_TCP, PROTO_UDP, VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK,
-};
+use proxy::ebpf::{test_run::run_xdp, DataPlane, LoadOptions, BPFFS};
+use proxy_common::{Settings, PROTO_TCP, PROTO_UDP, VIP_HASH_SOURCE_ONLY, VIP_PASS_TO_STACK};
 use proxy_tests::{
-    fixture::xdp,
+    fixture::{
+        fmt_mac, lab_neighbours, neighbour_args, write_lab_maps, xdp, LabBackend, LabVip, Side,
+        BK_DEV, BK_DEV_MAC, CLI_DEV, CLI_DEV_MAC,
+    },
     packet::{verify_checksums, Ip, PacketBuilder, L4},
 };
-
-const CLI_DEV: &str = "cli0";
-const BK_DEV: &str = "bk0";
-const CLI_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
-const BK_DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
 
 const SNAT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const SNAT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 1);
@@ -65,36 +57,27 @@ const CLIENTS4: [Ipv4Addr; 3] = [
 ];
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x10);
 
-struct BackendDef {
-    id: u32,
-    addr: IpAddr,
-    port: u16,
-    /// Permanent neighbour entry on `dev`; `None`: the FIB lookup finds no neighbour.
-    mac: Option<[u8; 6]>,
-    dev: &'static str,
-}
-
-const fn b4(id: u32, last: u8, port: u16, mac: Option<[u8; 6]>) -> BackendDef {
-    BackendDef {
+const fn b4(id: u32, last: u8, port: u16, mac: Option<[u8; 6]>) -> LabBackend {
+    LabBackend {
         id,
         addr: IpAddr::V4(Ipv4Addr::new(198, 51, 100, last)),
         port,
         mac,
-        dev: BK_DEV,
+        side: Side::Backend,
     }
 }
 
-const fn b6(id: u32, last: u16, port: u16) -> BackendDef {
-    BackendDef {
+const fn b6(id: u32, last: u16, port: u16) -> LabBackend {
+    LabBackend {
         id,
         addr: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, last)),
         port,
         mac: Some([0x02, 0xbb, 0, 0, 0x06, last as u8]),
-        dev: BK_DEV,
+        side: Side::Backend,
     }
 }
 
-static BACKENDS: [BackendDef; 9] = [
+static BACKENDS: [LabBackend; 9] = [
     b4(1, 11, 8080, Some([0x02, 0xbb, 0, 0, 0, 11])),
     b4(2, 12, 8080, Some([0x02, 0xbb, 0, 0, 0, 12])),
     b4(10, 11, 5353, Some([0x02, 0xbb, 0, 0, 0, 11])),
@@ -103,43 +86,23 @@ static BACKENDS: [BackendDef; 9] = [
     b6(21, 0x12, 8080),
     b6(22, 0x13, 5353),
     // One-armed: reached through the client-facing device, so forwarding is XDP_TX.
-    BackendDef {
+    LabBackend {
         id: 30,
         addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100)),
         port: 8080,
         mac: Some([0x02, 0xcc, 0, 0, 0x01, 0]),
-        dev: CLI_DEV,
+        side: Side::Client,
     },
     // Routed, but without a neighbour entry: the translated packet goes to the kernel.
     b4(31, 99, 8080, None),
 ];
 
-struct VipDef {
-    num: u32,
-    addr: IpAddr,
-    port: u16,
-    proto: u8,
-    flags: u32,
-    members: &'static [u32],
-}
-
-const fn vip4(num: u32, last: u8, port: u16, proto: u8, flags: u32, m: &'static [u32]) -> VipDef {
-    VipDef {
-        num,
-        addr: IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)),
-        port,
-        proto,
-        flags,
-        members: m,
-    }
-}
-
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
 
-static VIPS: [VipDef; 10] = [
-    vip4(0, 10, 80, PROTO_TCP, 0, &[1, 2]),
-    vip4(1, 10, 53, PROTO_UDP, 0, &[10, 11]),
-    VipDef {
+static VIPS: [LabVip; 10] = [
+    LabVip::v4(0, 10, 80, PROTO_TCP, 0, &[1, 2]),
+    LabVip::v4(1, 10, 53, PROTO_UDP, 0, &[10, 11]),
+    LabVip {
         num: 2,
         addr: IpAddr::V6(VIP6),
         port: 80,
@@ -147,7 +110,7 @@ static VIPS: [VipDef; 10] = [
         flags: 0,
         members: &[20, 21],
     },
-    VipDef {
+    LabVip {
         num: 3,
         addr: IpAddr::V6(VIP6),
         port: 53,
@@ -155,36 +118,14 @@ static VIPS: [VipDef; 10] = [
         flags: 0,
         members: &[22],
     },
-    vip4(4, 10, 443, PROTO_TCP, VIP_PASS_TO_STACK, &[]),
-    vip4(5, 11, 80, PROTO_TCP, VIP_HASH_SOURCE_ONLY, &[1, 2]),
-    vip4(6, 12, 80, PROTO_TCP, 0, &[30]),
-    vip4(7, 13, 80, PROTO_TCP, 0, &[31]),
-    vip4(8, 14, 80, PROTO_TCP, 0, &[]),
+    LabVip::v4(4, 10, 443, PROTO_TCP, VIP_PASS_TO_STACK, &[]),
+    LabVip::v4(5, 11, 80, PROTO_TCP, VIP_HASH_SOURCE_ONLY, &[1, 2]),
+    LabVip::v4(6, 12, 80, PROTO_TCP, 0, &[30]),
+    LabVip::v4(7, 13, 80, PROTO_TCP, 0, &[31]),
+    LabVip::v4(8, 14, 80, PROTO_TCP, 0, &[]),
     // An IPv4 VIP whose only backend is IPv6.
-    vip4(9, 17, 80, PROTO_TCP, 0, &[20]),
+    LabVip::v4(9, 17, 80, PROTO_TCP, 0, &[20]),
 ];
-
-fn words(addr: IpAddr) -> [u32; 4] {
-    match addr {
-        IpAddr::V4(a) => v4_words(a.octets()),
-        IpAddr::V6(a) => v6_words(a.octets()),
-    }
-}
-
-fn family(addr: IpAddr) -> u8 {
-    if addr.is_ipv4() {
-        FAMILY_V4
-    } else {
-        FAMILY_V6
-    }
-}
-
-fn fmt_mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// The loaded program and the interfaces packets arrive on.
 struct Lab {
@@ -320,37 +261,14 @@ fn build_network() -> (u32, u32) {
     // bpf_fib_lookup refuses to route for an ingress device that does not forward.
     sysctl("/proc/sys/net/ipv4/ip_forward", "1");
     sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1");
-    let mut neighbours: Vec<(IpAddr, [u8; 6], &str)> = CLIENTS4
+    let mut clients: Vec<(IpAddr, [u8; 6])> = CLIENTS4
         .iter()
         .enumerate()
-        .map(|(i, a)| {
-            (
-                IpAddr::V4(*a),
-                [0x02, 0xcc, 0, 0, 0, 0x10 + i as u8],
-                CLI_DEV,
-            )
-        })
+        .map(|(i, a)| (IpAddr::V4(*a), [0x02, 0xcc, 0, 0, 0, 0x10 + i as u8]))
         .collect();
-    neighbours.push((IpAddr::V6(CLIENT6), [0x02, 0xcc, 0, 0, 0x06, 0x10], CLI_DEV));
-    for b in &BACKENDS {
-        if let Some(m) = b.mac {
-            if !neighbours.iter().any(|(a, _, _)| *a == b.addr) {
-                neighbours.push((b.addr, m, b.dev));
-            }
-        }
-    }
-    for (addr, mac, dev) in neighbours {
-        ip(&[
-            "neigh",
-            "add",
-            &addr.to_string(),
-            "lladdr",
-            &fmt_mac(mac),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
+    clients.push((IpAddr::V6(CLIENT6), [0x02, 0xcc, 0, 0, 0x06, 0x10]));
+    for (addr, mac, side) in lab_neighbours(&clients, &BACKENDS) {
+        ip(&neighbour_args(&addr.to_string(), &fmt_mac(mac), side.dev()));
     }
     (ifindex(CLI_DEV), ifindex(BK_DEV))
 }
@@ -367,48 +285,9 @@ fn load() -> Lab {
     opts.nat_positions = proxy_common::ports::nat_positions(NAT_PORT_MIN, NAT_PORT_MAX, 1);
     let mut dp =
         DataPlane::load(&opts).unwrap_or_else(|e| fail(&format!("loading the XDP program: {e:#}")));
-    let setup = |dp: &mut DataPlane| -> Result<(), Box<dyn std::error::Error>> {
-        dp.set_settings(&settings())?;
-        for b in &BACKENDS {
-            dp.set_backend(
-                b.id,
-                &Backend {
-                    addr: words(b.addr),
-                    port: b.port.to_be(),
-                    family: family(b.addr),
-                    flags: BACKEND_PRESENT,
-                },
-            )?;
-        }
-        for v in &VIPS {
-            dp.set_vip(
-                &VipKey {
-                    addr: words(v.addr),
-                    port: v.port.to_be(),
-                    proto: v.proto,
-                    family: family(v.addr),
-                },
-                &VipMeta {
-                    vip_num: v.num,
-                    flags: v.flags,
-                    ..VipMeta::default()
-                },
-            )?;
-            let members: Vec<RingMember> = v
-                .members
-                .iter()
-                .map(|&id| RingMember::new(id, format!("backend-{id}"), 1))
-                .collect();
-            let mut ring = MaglevRing::new(RING_SIZE)?;
-            ring.rebuild(&members)?;
-            // Every slot, empty ones included: a fresh RING map is all zeroes (backend 0).
-            dp.write_ring_delta(v.num, &ring.full_delta())?;
-        }
-        Ok(())
-    };
     // SAFETY: registers a plain function without arguments.
     unsafe { libc::atexit(print_verdicts) };
-    if let Err(e) = setup(&mut dp) {
+    if let Err(e) = write_lab_maps(&mut dp, &settings(), &BACKENDS, &VIPS, RING_SIZE) {
         fail(&format!("writing the maps: {e}"));
     }
     let prog_fd = dp

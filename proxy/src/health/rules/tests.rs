@@ -28,6 +28,19 @@ fn run_day(chain: &Chain, node: &mut Node, interval_ms: i64, mut f: impl FnMut(&
     }
 }
 
+/// A node behaving as `behavior` (seed 3, round trips up to 300 ms), checked every 5 s through
+/// `chain` from state Unknown: the state it ends in and how many checks there were.
+fn judged_every_5s(chain: &Chain, cfg: &RuleConfig, behavior: Behavior) -> (HealthState, u64) {
+    let mut node = Node::new(behavior, 3, 300);
+    let mut state = HealthState::new(cfg);
+    let mut checks = 0;
+    run_day(chain, &mut node, 5_000, |probe| {
+        checks += 1;
+        state.record(verdict_of(cfg, probe));
+    });
+    (state, checks)
+}
+
 #[derive(Debug, Default)]
 struct DayStats {
     checks: u64,
@@ -292,11 +305,7 @@ fn lagging_nodes_in_the_simulator() {
     assert_eq!(state.transitions(), 1);
 
     // A slow node 1 block behind: fine all day at 5 s checks too.
-    let mut node = Node::new(Behavior::BehindBlocks { blocks: 1 }, 3, 300);
-    let mut state = HealthState::new(&cfg);
-    run_day(&chain, &mut node, 5_000, |probe| {
-        state.record(verdict_of(&cfg, probe));
-    });
+    let (state, _) = judged_every_5s(&chain, &cfg, Behavior::BehindBlocks { blocks: 1 });
     assert!(state.is_up());
     assert_eq!(state.transitions(), 1, "{}", state.why());
 }
@@ -306,20 +315,11 @@ fn lagging_nodes_in_the_simulator() {
 fn flapping_node_alternating_every_check_never_goes_down() {
     let chain = Chain::generate(ChainSpec::mainnet_day(41));
     let cfg = RuleConfig::default();
-    let mut node = Node::new(
-        Behavior::Flapping {
-            up_checks: 1,
-            down_checks: 1,
-        },
-        3,
-        300,
-    );
-    let mut state = HealthState::new(&cfg);
-    let mut checks = 0u64;
-    run_day(&chain, &mut node, 5_000, |probe| {
-        checks += 1;
-        state.record(verdict_of(&cfg, probe));
-    });
+    let flapping = Behavior::Flapping {
+        up_checks: 1,
+        down_checks: 1,
+    };
+    let (state, checks) = judged_every_5s(&chain, &cfg, flapping);
     // Unknown -> Up at the first healthy answer, then nothing: never two
     // failures in a row, let alone three.
     assert_eq!(checks, 17_280);
@@ -348,20 +348,11 @@ fn transitions_never_come_faster_than_rise_and_fall_allow() {
         duration_secs: 3600,
         ..ChainSpec::mainnet_day(43)
     });
-    let mut node = Node::new(
-        Behavior::Flapping {
-            up_checks: 2,
-            down_checks: 3,
-        },
-        3,
-        300,
-    );
-    let mut state = HealthState::new(&cfg);
-    let mut checks = 0u64;
-    run_day(&chain, &mut node, 5_000, |probe| {
-        checks += 1;
-        state.record(verdict_of(&cfg, probe));
-    });
+    let flapping = Behavior::Flapping {
+        up_checks: 2,
+        down_checks: 3,
+    };
+    let (state, checks) = judged_every_5s(&chain, &cfg, flapping);
     // At most one transition per `min(rise, fall)` checks, plus the first.
     assert!(
         state.transitions() <= 1 + checks / 2,
