@@ -104,18 +104,7 @@ fn main() -> Result<()> {
             let args: Vec<String> = duration
                 .map(|secs| vec!["--duration".into(), secs.to_string()])
                 .unwrap_or_default();
-            cargo(
-                &root,
-                &[
-                    "build",
-                    "--release",
-                    "--locked",
-                    "-p",
-                    "proxy",
-                    "--bin",
-                    "proxy",
-                ],
-            )?;
+            build_proxy_release(&root)?;
             run_perf_bin(&root, "demo", &args)
         }
         Task::Fuzz {
@@ -150,6 +139,22 @@ fn main() -> Result<()> {
             run_perf_bin(&root, bin, &args)
         }
     }
+}
+
+/// `cargo build --release` of the `proxy` binary (the demo and the package ship it).
+fn build_proxy_release(root: &Path) -> Result<()> {
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "proxy",
+            "--bin",
+            "proxy",
+        ],
+    )
 }
 
 /// `cargo run` of one of `perf/`'s binaries (release, locked) with `args`.

@@ -164,18 +164,7 @@ pub fn package(root: &Path, binary: Option<&Path>) -> Result<PathBuf> {
     let binary = match binary {
         Some(b) => b,
         None => {
-            crate::cargo(
-                root,
-                &[
-                    "build",
-                    "--release",
-                    "--locked",
-                    "-p",
-                    "proxy",
-                    "--bin",
-                    "proxy",
-                ],
-            )?;
+            crate::build_proxy_release(root)?;
             built = target_dir.join("release/proxy");
             &built
         }

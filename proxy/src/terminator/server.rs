@@ -452,29 +452,17 @@ fn run_epoll(
             let listener = Rc::new(listener);
             fds.push(listener.as_raw_fd());
             held.push(listener.clone());
-            let (live, limits, connector, control) = (
-                live.clone(),
-                limits.clone(),
-                connector.clone(),
-                control.clone(),
-            );
-            accepts.push(tokio::task::spawn_local(async move {
-                let mut errors = AcceptErrors::default();
-                while !control.stop.load(Ordering::SeqCst) {
-                    let Some((stream, peer)) = errors.take(listener.accept().await).await else {
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let Some((slot, guard)) = live.admit(&limits, peer, stream.as_raw_fd()) else {
-                        continue;
-                    };
-                    let (spec, connector) = (spec.clone(), connector.clone());
-                    tokio::task::spawn_local(async move {
-                        serve_conn(stream, peer, spec, connector, slot).await;
-                        drop(guard);
-                    });
-                }
-            }));
+            accepts.push(tokio::task::spawn_local(accept_loop(
+                move || {
+                    let l = listener.clone();
+                    async move { l.accept().await }
+                },
+                |f| {
+                    tokio::task::spawn_local(f);
+                },
+                spec,
+                Shared::new(&live, &limits, &connector, &control),
+            )));
         }
         let handed_over = wait_for_stop(&fds, &control).await;
         // No accept after this: the listeners are shut, or the next process's now (our
@@ -485,6 +473,82 @@ fn run_epoll(
         drop(held);
         drain(&live, &control, handed_over, grace).await;
     });
+}
+
+/// A stream an accept loop hands to a connection handler.
+trait Accepted: Io + 'static {
+    fn no_delay(&self);
+}
+
+impl Accepted for tokio::net::TcpStream {
+    fn no_delay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl Accepted for tokio_uring::net::TcpStream {
+    fn no_delay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+/// What every accept loop of a worker shares.
+struct Shared<K> {
+    live: LiveSockets,
+    limits: Arc<ConnLimits>,
+    connector: Rc<K>,
+    control: Arc<Control>,
+}
+
+impl<K> Shared<K> {
+    fn new(
+        live: &LiveSockets,
+        limits: &Arc<ConnLimits>,
+        connector: &Rc<K>,
+        control: &Arc<Control>,
+    ) -> Self {
+        Self {
+            live: live.clone(),
+            limits: limits.clone(),
+            connector: connector.clone(),
+            control: control.clone(),
+        }
+    }
+}
+
+/// One listener's accept loop, for either runtime (`accept` and `spawn` are its own): admits
+/// each connection (limits, the live registry) and spawns its handler, until `stop`.
+async fn accept_loop<S, K, A, Fut>(
+    mut accept: A,
+    spawn: impl Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>),
+    spec: ListenerSpec,
+    Shared {
+        live,
+        limits,
+        connector,
+        control,
+    }: Shared<K>,
+) where
+    S: Accepted,
+    K: Connector + 'static,
+    A: FnMut() -> Fut,
+    Fut: std::future::Future<Output = io::Result<(S, SocketAddr)>>,
+{
+    let mut errors = AcceptErrors::default();
+    while !control.stop.load(Ordering::SeqCst) {
+        let Some((stream, peer)) = errors.take(accept().await).await else {
+            continue;
+        };
+        stream.no_delay();
+        let Some((slot, guard)) = live.admit(&limits, peer, stream.as_raw_fd()) else {
+            continue;
+        };
+        let (spec, connector) = (spec.clone(), connector.clone());
+        spawn(Box::pin(async move {
+            serve_conn(stream, peer, spec, connector, slot).await;
+            drop(guard);
+        }));
+    }
 }
 
 /// A failed `accept` (out of file descriptors, out of memory, a connection reset while
@@ -538,32 +602,20 @@ fn run_uring(
             let _ = std_listener.set_nonblocking(false);
             let listener = Rc::new(tokio_uring::net::TcpListener::from_std(std_listener));
             held.push(listener.clone());
-            let (live, limits, connector, control) = (
-                live.clone(),
-                limits.clone(),
-                connector.clone(),
-                control.clone(),
-            );
             // After a hand-over the pending accept cannot be cancelled (tokio-uring has no
             // cancellation): it takes at most one more connection, which this process serves,
             // and the loop ends.
-            tokio_uring::spawn(async move {
-                let mut errors = AcceptErrors::default();
-                while !control.stop.load(Ordering::SeqCst) {
-                    let Some((stream, peer)) = errors.take(listener.accept().await).await else {
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let Some((slot, guard)) = live.admit(&limits, peer, stream.as_raw_fd()) else {
-                        continue;
-                    };
-                    let (spec, connector) = (spec.clone(), connector.clone());
-                    tokio_uring::spawn(async move {
-                        serve_conn(stream, peer, spec, connector, slot).await;
-                        drop(guard);
-                    });
-                }
-            });
+            tokio_uring::spawn(accept_loop(
+                move || {
+                    let l = listener.clone();
+                    async move { l.accept().await }
+                },
+                |f| {
+                    tokio_uring::spawn(f);
+                },
+                spec,
+                Shared::new(&live, &limits, &connector, &control),
+            ));
         }
         let handed_over = wait_for_stop(&fds, &control).await;
         drop(held);
