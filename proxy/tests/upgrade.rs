@@ -2,8 +2,8 @@
 //! namespace of its own (XDP on that namespace's loopback), 1,000 live WebSocket clients on
 //! the old process, and new `wss` connections in a loop all the while.
 //!
-//! - An upgrade whose new process rejects its config changes nothing: the command says why
-//!   and the old process serves on.
+//! - An upgrade whose new process rejects its config, or whose binary exits before it is
+//!   ready, changes nothing: the command says why and the old process serves on.
 //! - Two upgrades at once: one goes ahead, the other is refused.
 //! - The new process takes the listening sockets over: the connect loop sees zero refused or
 //!   reset connects; the 1,000 live clients keep exchanging messages through the grace, then
@@ -94,11 +94,12 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// `proxy upgrade`: (success, what it printed).
-fn upgrade(socket: &Path) -> (bool, String) {
+/// `proxy upgrade` with `extra` arguments: (success, what it printed).
+fn upgrade(socket: &Path, extra: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_proxy"))
         .args(["upgrade", "--socket"])
         .arg(socket)
+        .args(extra)
         .output()
         .expect("running proxy upgrade");
     let text = format!(
@@ -290,7 +291,7 @@ fn upgrade_under_load(io: &str) {
         "[balancer]\ninterfaces = [\"lo\"]\nbogus = 1\n",
     )
     .unwrap();
-    let (ok, said) = upgrade(&socket);
+    let (ok, said) = upgrade(&socket, &[]);
     assert!(!ok, "an upgrade to a broken config succeeded: {said}");
     assert!(
         said.contains("bogus") && said.contains("keeps serving"),
@@ -305,12 +306,19 @@ fn upgrade_under_load(io: &str) {
         "the old process's admin socket is gone after a failed upgrade"
     );
     std::fs::write(&config_path, &good).unwrap();
+    // A new binary that exits before it is ready: nothing changes either.
+    let (ok, said) = upgrade(&socket, &["--binary", "/bin/false"]);
+    assert!(
+        !ok && said.contains("exited") && said.contains("keeps serving"),
+        "an upgrade to a binary that exits: {said}"
+    );
+    assert!(alive(old_pid) && call(&socket, &Request::List).is_ok());
 
     // 2. Two upgrades at once: one goes ahead, the other is refused.
     let racing: Vec<_> = (0..2)
         .map(|_| {
             let socket = socket.clone();
-            thread::spawn(move || upgrade(&socket))
+            thread::spawn(move || upgrade(&socket, &[]))
         })
         .collect();
     let answers: Vec<(bool, String)> = racing.into_iter().map(|h| h.join().unwrap()).collect();
