@@ -1,4 +1,5 @@
 pub mod bench;
 pub mod demo;
 pub mod node_sim;
-pub mod proxy_bench;
+pub mod tls_ws;
+pub mod wss_load;

@@ -19,7 +19,7 @@ use proxy_tests::terminator::{init_crypto, upstream_table, TerminatorBuilder, Te
 
 use super::{
     heap::{self, HeapSizes},
-    mode_name, SERVER_NAME,
+    SERVER_NAME,
 };
 
 /// A proxy under test in its own process.
@@ -47,7 +47,7 @@ impl ProxyProc {
     ) -> Result<Self> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("serve")
-            .args(["--mode", mode_name(mode)])
+            .args(["--mode", if mode == IoMode::Uring { "uring" } else { "epoll" }])
             .args(["--node", &node.to_string()])
             .arg("--cert-dir")
             .arg(cert_dir);
@@ -57,6 +57,7 @@ impl ProxyProc {
         if count_heap {
             cmd.arg("--count-heap");
         }
+        crate::bench::cleanup::die_with_parent(&mut cmd);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
