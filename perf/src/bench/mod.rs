@@ -3,5 +3,6 @@
 //! ([`cleanup`]), and SVG plots ([`plot`]).
 
 pub mod cleanup;
+pub mod plot;
 pub mod progress;
 pub mod results;
