@@ -11,6 +11,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod fuzz;
 mod package;
 
@@ -27,15 +28,17 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "openssl", // `openssl s_client` in the TLS edge-case tests (proxy/tests/tls_edges.rs)
     "bpftool",
-    "procps",     // sysctl in the test namespaces (forwarding, accept_local)
-    "util-linux", // nsenter: the demo runs the proxy in the balancer namespace
-    "nftables",   // the DNAT peer of `cargo xtask bench storm`
-    "prometheus", // promtool and a real Prometheus server for the metrics tests
-    "chromium",   // renders /stats headless in the operator-view test
-    "dpkg-dev",   // dpkg-shlibdeps: the Depends of `cargo xtask package`
-    "binutils",   // strip: the packaged binary
-    "systemd",    // systemd-analyze verify of the packaged unit (proxy/tests/package.rs)
-    "adduser",    // the package's postinst creates the xdp-proxy user with it
+    "procps",      // sysctl in the test namespaces (forwarding, accept_local)
+    "util-linux",  // nsenter: the demo runs the proxy in the balancer namespace
+    "nftables",    // the DNAT peer of `cargo xtask bench l4` and `storm`
+    "haproxy",     // HAProxy 2.6: a peer of `cargo xtask bench l4`, `tls-ws` and `idle`
+    "nginx-light", // nginx 1.22: a peer of `cargo xtask bench tls-ws` and `idle`
+    "prometheus",  // promtool and a real Prometheus server for the metrics tests
+    "chromium",    // renders /stats headless in the operator-view test
+    "dpkg-dev",    // dpkg-shlibdeps: the Depends of `cargo xtask package`
+    "binutils",    // strip: the packaged binary
+    "systemd",     // systemd-analyze verify of the packaged unit (proxy/tests/package.rs)
+    "adduser",     // the package's postinst creates the xdp-proxy user with it
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian's compiler and its prebuilt `core` for BPF (as in proxy/build.rs), and the clippy
@@ -82,9 +85,16 @@ enum Task {
         #[arg(long)]
         binary: Option<PathBuf>,
     },
-    /// Setup, then a benchmark scenario: `xdp`, `proxy` or `storm`.
+    /// Setup, then the benchmarks: every scenario (`xdp`, `l4`, `tls-ws`, `idle`, `maglev`)
+    /// or one (also `storm`: 60 s rounds of new connections, XDP vs nftables). Results go to
+    /// perf/results/ (with --quick: target/bench-quick/).
     Bench {
-        scenario: String,
+        /// One scenario; default: all of them.
+        scenario: Option<String>,
+        /// A smaller version of everything (all scenarios in under 3 minutes, after the build).
+        #[arg(long)]
+        quick: bool,
+        /// Passed to the scenario's binary (one scenario only).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -124,19 +134,13 @@ fn main() -> Result<()> {
             println!("{}", deb.display());
             Ok(())
         }
-        Task::Bench { scenario, args } => {
+        Task::Bench {
+            scenario,
+            quick,
+            args,
+        } => {
             setup()?;
-            let Some((_, bin, _)) = BENCHES.iter().find(|(name, _, _)| *name == scenario) else {
-                let known: Vec<String> = BENCHES
-                    .iter()
-                    .map(|(name, _, what)| format!("{name}: {what}"))
-                    .collect();
-                bail!(
-                    "unknown bench scenario `{scenario}`; known:\n  {}",
-                    known.join("\n  ")
-                );
-            };
-            run_perf_bin(&root, bin, &args)
+            bench::bench(&root, scenario.as_deref(), quick, &args)
         }
     }
 }
@@ -172,25 +176,6 @@ fn run_perf_bin(root: &Path, bin: &str, args: &[String]) -> Result<()> {
     a.extend(args.iter().map(String::as_str));
     cargo(root, &a)
 }
-
-/// Bench scenarios: name, binary in `perf/`, what it measures.
-const BENCHES: &[(&str, &str, &str)] = &[
-    (
-        "xdp",
-        "xdp-bench",
-        "ns/packet of the XDP paths against XDP_PASS (BPF_PROG_TEST_RUN)",
-    ),
-    (
-        "proxy",
-        "proxy-bench",
-        "terminator, io_uring vs epoll: TLS handshakes, messages, idle memory",
-    ),
-    (
-        "storm",
-        "storm-bench",
-        "new connections/s: XDP full NAT vs nftables DNAT on the same lab",
-    ),
-];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -81,6 +81,17 @@ fn install_handler() {
     });
 }
 
+/// Deletes network namespace `name` if it still exists (quietly: a cleanup action may run
+/// after the namespace's own guard already removed it).
+pub fn delete_netns(name: &str) {
+    if std::path::Path::new("/run/netns").join(name).exists() {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// For `Command::pre_exec`: the child gets SIGKILL when the bench (its parent thread) dies.
 pub fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;

@@ -81,7 +81,9 @@ impl Machine {
             .unwrap_or_default();
         Machine {
             cpu,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // Online CPUs of the machine, not of this (pinned) thread.
+            // SAFETY: sysconf has no preconditions.
+            cpus: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize,
             kernel,
             date,
         }
@@ -122,7 +124,9 @@ pub fn write(
     Ok(json)
 }
 
-/// The table: one row per case, in order.
+/// The table. With one peer: a row per case. With several: a row per case name, a column
+/// per peer (in order of first appearance), then a column per peer with a ratio: this
+/// proxy over that peer.
 pub fn markdown(
     scenario: &str,
     machine: &Machine,
@@ -137,18 +141,52 @@ pub fn markdown(
         if quick { " (quick run)" } else { "" }
     );
     let _ = writeln!(s, "Measured on: {}.\n", machine.line());
-    s.push_str("| case | peer | value | unit | this proxy / peer |\n");
-    s.push_str("|---|---|---:|---|---:|\n");
+    let mut peers: Vec<&str> = Vec::new();
+    let mut names: Vec<(&str, &str)> = Vec::new();
     for c in cases {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} |",
-            c.name,
-            c.peer,
-            format_value(c.value),
-            c.unit,
-            c.ratio.map_or("".into(), |r| format!("{r:.2}×"))
-        );
+        if !peers.contains(&c.peer.as_str()) {
+            peers.push(&c.peer);
+        }
+        if !names.iter().any(|(n, _)| *n == c.name) {
+            names.push((&c.name, &c.unit));
+        }
+    }
+    if peers.len() <= 1 {
+        s.push_str("| case | value | unit |\n|---|---:|---|\n");
+        for c in cases {
+            let _ = writeln!(s, "| {} | {} | {} |", c.name, format_value(c.value), c.unit);
+        }
+    } else {
+        let with_ratio: Vec<&str> = peers
+            .iter()
+            .copied()
+            .filter(|p| cases.iter().any(|c| c.peer == *p && c.ratio.is_some()))
+            .collect();
+        s.push_str("| case | unit |");
+        for p in &peers {
+            let _ = write!(s, " {p} |");
+        }
+        for p in &with_ratio {
+            let _ = write!(s, " vs {p} |");
+        }
+        s.push_str("\n|---|---|");
+        s.push_str(&"---:|".repeat(peers.len() + with_ratio.len()));
+        s.push('\n');
+        for (name, unit) in &names {
+            let get = |p: &str| cases.iter().find(|c| c.name == *name && c.peer == p);
+            let _ = write!(s, "| {name} | {unit} |");
+            for p in &peers {
+                let v = get(p).map_or(String::new(), |c| format_value(c.value));
+                let _ = write!(s, " {v} |");
+            }
+            for p in &with_ratio {
+                let r = get(p)
+                    .and_then(|c| c.ratio)
+                    .map_or(String::new(), |r| format!("{r:.2}×"));
+                let _ = write!(s, " {r} |");
+            }
+            s.push('\n');
+        }
     }
     if !notes.is_empty() {
         s.push('\n');
@@ -249,7 +287,11 @@ mod tests {
         assert!(v["cases"][0]["ratio"].is_null());
         let md = std::fs::read_to_string(dir.join("demo.md")).unwrap();
         assert!(
-            md.contains("| cycles_per_s | haproxy | 2,500 | 1/s | 2.00× |"),
+            md.contains("| case | unit | xdp-proxy | haproxy | vs haproxy |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| cycles_per_s | 1/s | 5,000 | 2,500 | 2.00× |"),
             "{md}"
         );
         assert!(md.contains("- a note"));

@@ -108,9 +108,14 @@ fn main() -> Result<()> {
         ensure!(r > 0.0 && r.is_finite(), "--rate must be positive");
     }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut messages: Vec<Vec<u8>> = args.messages.iter().map(|m| m.as_bytes().to_vec()).collect();
+    let mut messages: Vec<Vec<u8>> = args
+        .messages
+        .iter()
+        .map(|m| m.as_bytes().to_vec())
+        .collect();
     if let Some(f) = &args.messages_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         messages.extend(
             text.lines()
                 .map(str::trim)

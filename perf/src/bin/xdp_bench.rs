@@ -50,6 +50,10 @@ use proxy_common::{
     ticks_from_ns, Reason, Settings, VipMeta, DEFAULT_RING_SIZE, LAST_SEEN_REFRESH_NS,
     NEXT_HOP_TTL_NS,
 };
+use proxy_perf::bench::{
+    cleanup,
+    results::{self, Case},
+};
 use proxy_tests::{
     fixture::{
         fmt_mac, neighbour_args, test_run_unsupported, xdp, PinDir, BK_DEV, BK_DEV_MAC, BK_PEER,
@@ -58,21 +62,24 @@ use proxy_tests::{
     netns::{ifindex, run_in, unique_prefix, veth_pair, NetNs},
     packet::{hex_diff, tcp_flags, Ip, PacketBuilder},
 };
-use serde::Serialize;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "XDP data-plane cost per packet via BPF_PROG_TEST_RUN")]
 struct Args {
-    /// Where to write the JSON results.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/xdp.json"))]
-    out: PathBuf,
-    /// Program runs per BPF_PROG_TEST_RUN call (the kernel reports the mean).
-    #[arg(long, default_value_t = 1_000_000)]
-    repeat: u32,
+    /// Where `xdp.json` and `xdp.md` go.
+    #[arg(long, default_value = proxy_perf::bench::results::DEFAULT_DIR)]
+    out_dir: PathBuf,
+    /// A smaller, faster version (fewer runs per call, three rounds).
+    #[arg(long)]
+    quick: bool,
+    /// Program runs per BPF_PROG_TEST_RUN call (the kernel reports the mean); default
+    /// 1,000,000 (quick: 300,000).
+    #[arg(long)]
+    repeat: Option<u32>,
     /// Measurements per case; the median is reported (the baseline moves by a few ns from
-    /// one measurement to the next on a virtual machine).
-    #[arg(long, default_value_t = 9)]
-    rounds: usize,
+    /// one measurement to the next on a virtual machine). Default 9 (quick: 3).
+    #[arg(long)]
+    rounds: Option<usize>,
     /// CPU to pin the measuring thread to (default: the last one).
     #[arg(long)]
     cpu: Option<usize>,
@@ -98,18 +105,10 @@ const BACKEND_ID: u32 = 1;
 const TARGET_LRU_HIT: f64 = 2.5;
 const TARGET_NEW_FLOW: f64 = 5.0;
 
-#[derive(Serialize)]
 struct CaseResult {
     name: &'static str,
     ns_per_pkt: f64,
     ratio: f64,
-}
-
-#[derive(Serialize)]
-struct Results {
-    scenario: &'static str,
-    baseline_ns: f64,
-    cases: Vec<CaseResult>,
 }
 
 fn build_namespace() -> Result<NetNs> {
@@ -303,7 +302,7 @@ fn run_bench(
         floor_fd,
         cli_ifindex,
         bk_ifindex,
-        repeat: args.repeat,
+        repeat: args.repeat(),
     };
     // Pin the flow once (a real new flow), and warm up.
     let first = run_xdp(b.prog_fd, &syn, b.cli_ifindex, 1)?;
@@ -338,7 +337,7 @@ fn run_bench(
     let mut samples: Vec<(&'static str, Vec<u32>)> =
         cases.iter().map(|n| (*n, Vec::new())).collect();
     let started = Instant::now();
-    for _ in 0..args.rounds {
+    for _ in 0..args.rounds() {
         for (name, v) in samples.iter_mut() {
             let ns = match *name {
                 "baseline" => b.measure(b.baseline_fd, &ack, b.cli_ifindex, passed)?,
@@ -376,9 +375,9 @@ fn run_bench(
     }
     eprintln!(
         "{} rounds x {} cases x {} runs on CPU {cpu} in {:.1?}",
-        args.rounds,
+        args.rounds(),
         cases.len(),
-        args.repeat,
+        args.repeat(),
         started.elapsed()
     );
     Ok(samples
@@ -388,24 +387,50 @@ fn run_bench(
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
-    ensure!(args.rounds > 0, "--rounds must be at least 1");
-    if args.repeat < 1_000_000 {
+    let mut args = Args::parse();
+    args.repeat
+        .get_or_insert(if args.quick { 300_000 } else { 1_000_000 });
+    args.rounds.get_or_insert(if args.quick { 3 } else { 9 });
+    ensure!(args.rounds() > 0, "--rounds must be at least 1");
+    if args.repeat() < 300_000 {
         eprintln!(
-            "warning: --repeat {} is below 1,000,000; short runs overstate the cost",
-            args.repeat
+            "warning: --repeat {} is below 300,000; short runs overstate the cost",
+            args.repeat()
         );
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("xdp-bench needs root (namespaces, bpffs, BPF_PROG_TEST_RUN)");
     }
+    let mut progress = proxy_perf::bench::progress::Progress::new(
+        "xdp",
+        vec![
+            1.0,
+            args.rounds() as f64 * 5.0 * args.repeat() as f64 * 1.5e-7 + 1.0,
+        ],
+    );
+    progress.step("namespace, pins, programs");
     let ns = build_namespace().context("setting up the bench namespace")?;
+    // Also undone on Ctrl-C (NetNs and PinDir clean up on drop, not on a signal).
+    let ns_name = ns.name().to_string();
+    let _ns_cleanup = cleanup::on_exit(format!("namespace {ns_name}"), move || {
+        cleanup::delete_netns(&ns_name)
+    });
     let cli_ifindex = ifindex(&ns, CLI_DEV)?;
     let bk_ifindex = ifindex(&ns, BK_DEV)?;
     let pin = PinDir::new(&format!("{}-bench", unique_prefix()))?;
     let pin_path = pin.path().to_path_buf();
+    let pin_undo = pin_path.clone();
+    let _pin_cleanup = cleanup::on_exit(format!("pins {}", pin_undo.display()), move || {
+        let _ = DataPlane::remove_pins(&pin_undo);
+    });
     let bench_args = args.clone();
+    progress.step(&format!(
+        "{} rounds x {} cases x {} runs",
+        args.rounds(),
+        CASES.len(),
+        args.repeat()
+    ));
     let medians = run_in(&ns, move || {
         run_bench(bench_args, pin_path, cli_ifindex, bk_ifindex)
     })??;
@@ -433,9 +458,11 @@ fn main() -> Result<()> {
         })
         .collect();
 
+    progress.finish();
     println!(
         "XDP data plane, BPF_PROG_TEST_RUN x {} (median of {})",
-        args.repeat, args.rounds
+        args.repeat(),
+        args.rounds()
     );
     println!("{:<10} {:>8} {:>8}  target", "case", "ns/pkt", "ratio");
     println!("{:<10} {:>8.1} {:>8.2}", "baseline", baseline, 1.0);
@@ -457,20 +484,34 @@ fn main() -> Result<()> {
     }
 
     if args.only.is_some() {
-        println!("--only: not writing {}", args.out.display());
+        println!("--only: not writing results");
         return Ok(());
     }
-    let results = Results {
-        scenario: "xdp",
-        baseline_ns: baseline,
-        cases,
-    };
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut out = Vec::new();
+    for c in &cases {
+        let name = format!("{}_ns_per_packet", c.name);
+        out.push(Case::new(&name, c.ns_per_pkt, "ns", "xdp-proxy"));
+        out.push(Case::new(&name, baseline, "ns", "XDP_PASS").ratio(Some(c.ratio)));
     }
-    let json = serde_json::to_string(&results)?;
-    std::fs::write(&args.out, format!("{json}\n"))
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    println!("wrote {}", args.out.display());
+    let notes = vec![
+        format!(
+            "BPF_PROG_TEST_RUN, {} runs per call, median of {} rounds, cases interleaved.",
+            args.repeat(),
+            args.rounds()
+        ),
+        format!(
+            "vs XDP_PASS: the case's cost in multiples of a program that only returns XDP_PASS, measured in the same rounds (lower is better; targets: lru_hit <= {TARGET_LRU_HIT}, new_flow <= {TARGET_NEW_FLOW})."
+        ),
+    ];
+    results::write(&args.out_dir, "xdp", args.quick, &out, &notes)?;
     Ok(())
+}
+
+impl Args {
+    fn repeat(&self) -> u32 {
+        self.repeat.unwrap_or(1_000_000)
+    }
+    fn rounds(&self) -> usize {
+        self.rounds.unwrap_or(9)
+    }
 }

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     bench::{
+        plot::{write_svg, BarChart, LineChart, Scale},
         progress::Progress,
         results::{self, median, ratio_higher_better, ratio_lower_better, Case},
     },
@@ -61,7 +62,10 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
     let n_peers = setup.peers.len();
     let mut plan = vec![2.0; n_peers]; // start and warm up
     plan.extend(vec![secs; rounds * n_peers]); // cycles
-    plan.extend(vec![1.0 + 0.001 * args.clients.iter().sum::<usize>() as f64; n_peers]);
+    plan.extend(vec![
+        1.0 + 0.001 * args.clients.iter().sum::<usize>() as f64;
+        n_peers
+    ]);
     plan.extend(vec![secs; rounds * n_peers * args.clients.len()]);
     plan.extend(vec![secs; rounds * n_peers]); // push
     let mut progress = Progress::new("tls-ws", plan);
@@ -87,7 +91,10 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
             target.clone(),
             &Load {
                 expect_echo: true,
-                ..Load::new(args.cycle_concurrency, std::time::Duration::from_millis(500))
+                ..Load::new(
+                    args.cycle_concurrency,
+                    std::time::Duration::from_millis(500),
+                )
             },
         )
         .await?;
@@ -125,14 +132,28 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
 
     let cycle_load = Load {
         expect_echo: true,
-        ..Load::new(args.cycle_concurrency, std::time::Duration::from_secs_f64(secs))
+        ..Load::new(
+            args.cycle_concurrency,
+            std::time::Duration::from_secs_f64(secs),
+        )
     };
     for round in 1..=rounds {
         for (peer, target) in &peers {
-            progress.step(&format!("round {round}/{rounds}: {} connection cycles", peer.kind.label()));
+            progress.step(&format!(
+                "round {round}/{rounds}: {} connection cycles",
+                peer.kind.label()
+            ));
             let (r, pc, lc) = measured(peer, wss_load::cycles(target.clone(), &cycle_load)).await?;
             check(&r, peer.kind, "cycles", r.ops / 100)?;
-            keep("cycles", peer.kind, Window { report: r, peer_cpu: pc, loadgen_cpu: lc });
+            keep(
+                "cycles",
+                peer.kind,
+                Window {
+                    report: r,
+                    peer_cpu: pc,
+                    loadgen_cpu: lc,
+                },
+            );
         }
     }
 
@@ -167,7 +188,15 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
                 let ((r, back), pc, lc) = measured(peer, wss_load::pingpong(c, &load)).await?;
                 check(&r, peer.kind, &case, 0)?;
                 conns[pi][ci] = back;
-                keep(&case, peer.kind, Window { report: r, peer_cpu: pc, loadgen_cpu: lc });
+                keep(
+                    &case,
+                    peer.kind,
+                    Window {
+                        report: r,
+                        peer_cpu: pc,
+                        loadgen_cpu: lc,
+                    },
+                );
             }
         }
     }
@@ -208,14 +237,24 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
                 &mut mark,
             )
             .await?;
-            let [Ok(a), Ok(b)] = <[_; 2]>::try_from(marks).map_err(|_| anyhow::anyhow!("two marks"))? else {
+            let [Ok(a), Ok(b)] =
+                <[_; 2]>::try_from(marks).map_err(|_| anyhow::anyhow!("two marks"))?
+            else {
                 bail!("reading CPU time around the push window failed");
             };
             let wall = (b.2 - a.2).as_secs_f64().max(1e-6);
             let (pc, lc) = ((b.0 - a.0) / wall, (b.1 - a.1) / wall);
             check(&r, peer.kind, &push_case, 0)?;
             push_conns[pi] = back;
-            keep(&push_case, peer.kind, Window { report: r, peer_cpu: pc, loadgen_cpu: lc });
+            keep(
+                &push_case,
+                peer.kind,
+                Window {
+                    report: r,
+                    peer_cpu: pc,
+                    loadgen_cpu: lc,
+                },
+            );
         }
     }
     for c in conns.into_iter().flatten().chain(push_conns) {
@@ -293,7 +332,12 @@ fn report(args: &Args, setup: &Setup, windows: &Windows) -> Result<()> {
     order.push(format!("push_{}", args.push_clients));
     for case in &order {
         // (metric, unit, value, higher is better; None: context, no ratio)
-        type Metric = (&'static str, &'static str, fn(&Summary) -> f64, Option<bool>);
+        type Metric = (
+            &'static str,
+            &'static str,
+            fn(&Summary) -> f64,
+            Option<bool>,
+        );
         let mut metrics: Vec<Metric> = vec![
             ("per_s", "1/s", |s| s.rate, Some(true)),
             ("per_peer_cpu_s", "1/CPU-s", |s| s.per_cpu, Some(true)),
@@ -301,14 +345,36 @@ fn report(args: &Args, setup: &Setup, windows: &Windows) -> Result<()> {
             ("loadgen_cpu", "%", |s| 100.0 * s.loadgen_cpu, None),
         ];
         if case == "cycles" {
-            metrics.push(("p99_ms", "ms", |s| s.latency.percentile_us(99.0) / 1000.0, Some(false)));
+            metrics.push((
+                "p99_ms",
+                "ms",
+                |s| s.latency.percentile_us(99.0) / 1000.0,
+                Some(false),
+            ));
         } else if case.starts_with("msgs_") {
-            metrics.push(("p50_us", "µs", |s| s.latency.percentile_us(50.0), Some(false)));
-            metrics.push(("p99_us", "µs", |s| s.latency.percentile_us(99.0), Some(false)));
-            metrics.push(("p99.9_us", "µs", |s| s.latency.percentile_us(99.9), Some(false)));
+            metrics.push((
+                "p50_us",
+                "µs",
+                |s| s.latency.percentile_us(50.0),
+                Some(false),
+            ));
+            metrics.push((
+                "p99_us",
+                "µs",
+                |s| s.latency.percentile_us(99.0),
+                Some(false),
+            ));
+            metrics.push((
+                "p99.9_us",
+                "µs",
+                |s| s.latency.percentile_us(99.9),
+                Some(false),
+            ));
         }
         for (metric, unit, f, better) in metrics {
-            let ours_v = ours.and_then(|o| sums.get(&(case.clone(), o.name()))).map(f);
+            let ours_v = ours
+                .and_then(|o| sums.get(&(case.clone(), o.name())))
+                .map(f);
             for &peer in &setup.peers {
                 let Some(s) = sums.get(&(case.clone(), peer.name())) else {
                     continue;
@@ -348,9 +414,8 @@ fn report(args: &Args, setup: &Setup, windows: &Windows) -> Result<()> {
         for case in &order {
             let get = |p: &str| sums.get(&(case.clone(), p)).map(|s| s.per_cpu);
             if let (Some(uv), Some(ev)) = (get(u.name()), get(PeerKind::Epoll.name())) {
-                let vs_h = get(PeerKind::Haproxy.name()).map_or(String::new(), |h| {
-                    format!(", {:.2}× HAProxy", uv / h)
-                });
+                let vs_h = get(PeerKind::Haproxy.name())
+                    .map_or(String::new(), |h| format!(", {:.2}× HAProxy", uv / h));
                 notes.push(format!(
                     "io_uring {case} per CPU-second: {:.2}× epoll{vs_h}.",
                     uv / ev
@@ -359,6 +424,74 @@ fn report(args: &Args, setup: &Setup, windows: &Windows) -> Result<()> {
         }
     }
     results::write(&args.out_dir, "tls-ws", args.quick, &cases, &notes)?;
+    plots(args, setup, &sums)
+}
+
+/// `tls-ws-latency-<N>.svg` (round trip by percentile, a line per peer),
+/// `tls-ws-throughput.svg` (messages per peer-CPU-second against clients) and
+/// `tls-ws-cycles.svg` (connection cycles, absolute and per CPU-second).
+fn plots(
+    args: &Args,
+    setup: &Setup,
+    sums: &BTreeMap<(String, &'static str), Summary>,
+) -> Result<()> {
+    let dir = &args.out_dir;
+    let quick = if args.quick { " (quick run)" } else { "" };
+    for &n in &args.clients {
+        let mut chart = LineChart::latency(
+            &format!("Ping-pong round trip, {n} connections{quick}"),
+            "round trip (ms)",
+        )
+        .y_scale(Scale::Log);
+        for &peer in &setup.peers {
+            if let Some(s) = sums.get(&(format!("msgs_{n}"), peer.name())) {
+                let pts = wss_load::hist::PERCENTILES
+                    .iter()
+                    .map(|&p| (p, s.latency.percentile_us(p) / 1000.0))
+                    .collect();
+                chart = chart.series(peer.label(), pts);
+            }
+        }
+        write_svg(
+            &dir.join(format!("tls-ws-latency-{n}.svg")),
+            &chart.to_svg(),
+        )?;
+    }
+    let mut chart = LineChart::new(
+        &format!("Relayed messages per peer CPU-second{quick}"),
+        "concurrent connections (ping-pong)",
+        "messages per CPU-second",
+    )
+    .x_scale(Scale::Log);
+    for &peer in &setup.peers {
+        let pts = args
+            .clients
+            .iter()
+            .filter_map(|&n| {
+                sums.get(&(format!("msgs_{n}"), peer.name()))
+                    .map(|s| (n as f64, s.per_cpu))
+            })
+            .collect();
+        chart = chart.series(peer.label(), pts);
+    }
+    write_svg(&dir.join("tls-ws-throughput.svg"), &chart.to_svg())?;
+    let bars = |f: fn(&Summary) -> f64| {
+        setup
+            .peers
+            .iter()
+            .filter_map(|p| {
+                sums.get(&("cycles".to_string(), p.name()))
+                    .map(|s| (p.label().to_string(), f(s)))
+            })
+            .collect::<Vec<_>>()
+    };
+    let chart = BarChart::new(
+        &format!("Full TLS 1.3 connection cycles{quick}"),
+        "cycles per second",
+    )
+    .group("per second", bars(|s| s.rate))
+    .group("per peer CPU-second", bars(|s| s.per_cpu));
+    write_svg(&dir.join("tls-ws-cycles.svg"), &chart.to_svg())?;
     Ok(())
 }
 

@@ -47,7 +47,14 @@ impl ProxyProc {
     ) -> Result<Self> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("serve")
-            .args(["--mode", if mode == IoMode::Uring { "uring" } else { "epoll" }])
+            .args([
+                "--mode",
+                if mode == IoMode::Uring {
+                    "uring"
+                } else {
+                    "epoll"
+                },
+            ])
             .args(["--node", &node.to_string()])
             .arg("--cert-dir")
             .arg(cert_dir);

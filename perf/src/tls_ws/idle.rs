@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     bench::{
+        plot::{write_svg, BarChart},
         progress::Progress,
         results::{self, ratio_lower_better, Case},
     },
@@ -23,7 +24,10 @@ const SETTLE: Duration = Duration::from_millis(1500);
 
 pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
     let counts = args.idle_counts();
-    ensure!(!counts.is_empty() && counts[0] > 0, "no idle connection count");
+    ensure!(
+        !counts.is_empty() && counts[0] > 0,
+        "no idle connection count"
+    );
     let plan = setup
         .peers
         .iter()
@@ -40,7 +44,13 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
             args.warm_conns,
             counts.last().unwrap()
         ));
-        let mut peer = Peer::start(kind, setup.node, &setup.cert, setup.proxy_cpu, kind.is_ours())?;
+        let mut peer = Peer::start(
+            kind,
+            setup.node,
+            &setup.cert,
+            setup.proxy_cpu,
+            kind.is_ours(),
+        )?;
         let target = setup.target(peer.addr, &args.kx)?;
         let warm = wss_load::open_many(target.clone(), args.warm_conns, 32).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -119,8 +129,13 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
             _ => None,
         };
         cases.push(
-            Case::new(format!("idle_{n}_bytes_per_conn"), per.round(), "B", kind.name())
-                .ratio(ratio.map(|r| (r * 100.0).round() / 100.0)),
+            Case::new(
+                format!("idle_{n}_bytes_per_conn"),
+                per.round(),
+                "B",
+                kind.name(),
+            )
+            .ratio(ratio.map(|r| (r * 100.0).round() / 100.0)),
         );
     }
     notes.insert(
@@ -131,5 +146,20 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
         ),
     );
     results::write(&args.out_dir, "idle", args.quick, &cases, &notes)?;
-    Ok(())
+    let mut chart = BarChart::new(
+        &format!(
+            "RSS per idle wss connection{}",
+            if args.quick { " (quick run)" } else { "" }
+        ),
+        "bytes per connection",
+    );
+    for &n in &counts {
+        let bars = figures
+            .iter()
+            .filter(|f| f.1 == n)
+            .map(|f| (f.0.label().to_string(), f.2))
+            .collect();
+        chart = chart.group(format!("{n} idle connections"), bars);
+    }
+    write_svg(&args.out_dir.join("idle.svg"), &chart.to_svg())
 }

@@ -32,8 +32,8 @@ use clap::{Parser, Subcommand};
 use proxy_tests::{certs::TestCert, tempdir::TempDir, terminator::init_crypto};
 use rustls::pki_types::CertificateDer;
 
-mod child;
 mod cases;
+mod child;
 pub mod heap;
 mod idle;
 mod node;
@@ -59,7 +59,11 @@ pub struct Args {
     #[arg(long, default_value = crate::bench::results::DEFAULT_DIR)]
     pub out_dir: PathBuf,
     /// Peers, in this order (`epoll`, `uring`, `haproxy`, `nginx`).
-    #[arg(long, value_delimiter = ',', default_value = "epoll,uring,haproxy,nginx")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "epoll,uring,haproxy,nginx"
+    )]
     pub peers: Vec<String>,
     /// Length of one measurement window, seconds (quick: 1.5).
     #[arg(long)]
@@ -167,7 +171,10 @@ pub fn main() -> Result<()> {
     {
         return child::serve(&mode, node, cert_dir, cpu, count_heap);
     }
-    ensure!(args.rounds() > 0 && args.seconds() > 0.0, "nothing to measure");
+    ensure!(
+        args.rounds() > 0 && args.seconds() > 0.0,
+        "nothing to measure"
+    );
     ensure!(!args.clients.is_empty() && args.clients.iter().all(|&c| c > 0));
     ensure!(args.cycle_concurrency > 0 && args.push_clients > 0);
     let peers: Vec<PeerKind> = args

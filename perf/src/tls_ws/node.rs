@@ -160,7 +160,13 @@ async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>)
                 batch.clear();
                 for _ in 0..PUSH_BATCH {
                     let notice = format!(r#"{{"method":"notice","params":[7,[[{}]]]}}"#, object(n));
-                    websocket::encode_frame(&mut batch, true, Opcode::Text, notice.as_bytes(), None);
+                    websocket::encode_frame(
+                        &mut batch,
+                        true,
+                        Opcode::Text,
+                        notice.as_bytes(),
+                        None,
+                    );
                     n += 1;
                 }
                 w.write_all(&batch).await?;
@@ -217,7 +223,9 @@ mod tests {
     fn answers_carry_the_call_id() {
         let a = answer(br#"{"id":102,"method":"call","params":[]}"#, "[1]");
         assert_eq!(a, br#"{"id":102,"jsonrpc":"2.0","result":[1]}"#);
-        assert!(String::from_utf8(answer(b"{}", "null")).unwrap().starts_with(r#"{"id":0,"#));
+        assert!(String::from_utf8(answer(b"{}", "null"))
+            .unwrap()
+            .starts_with(r#"{"id":0,"#));
         assert!(object(5).contains(r#""head_block_number":70000005"#));
     }
 }

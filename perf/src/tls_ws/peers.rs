@@ -167,7 +167,11 @@ impl Peer {
                 }
             }
             if Instant::now() > deadline {
-                bail!("{} does not accept on {} after 10 s", self.kind.label(), self.addr);
+                bail!(
+                    "{} does not accept on {} after 10 s",
+                    self.kind.label(),
+                    self.addr
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -182,10 +186,13 @@ impl Peer {
         let mut pids = vec![main];
         let mut i = 0;
         while i < pids.len() {
-            let children =
-                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i]))
-                    .unwrap_or_default();
-            pids.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i]))
+                .unwrap_or_default();
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
             i += 1;
         }
         pids

@@ -172,9 +172,8 @@ async fn pace(next: &mut Option<Instant>, interval: Option<Duration>) -> Instant
 
 /// Spreads the clients' first slots over one interval, so a paced load is smooth.
 fn first_slot(i: usize, load: &Load) -> Option<Instant> {
-    load.interval().map(|iv| {
-        Instant::now() + iv.mul_f64(i as f64 / load.concurrency.max(1) as f64)
-    })
+    load.interval()
+        .map(|iv| Instant::now() + iv.mul_f64(i as f64 / load.concurrency.max(1) as f64))
 }
 
 /// Full connection cycles for `load.duration`.
@@ -192,7 +191,8 @@ pub async fn cycles(target: Arc<Target>, load: &Load) -> Result<Report> {
                 let due = pace(&mut next, load.interval()).await;
                 let msg = &load.messages[k % load.messages.len()];
                 k += 1;
-                match tokio::time::timeout(OP_TIMEOUT, cycle(&target, msg, load.expect_echo)).await {
+                match tokio::time::timeout(OP_TIMEOUT, cycle(&target, msg, load.expect_echo)).await
+                {
                     Ok(Ok(())) => {
                         w.ops += 1;
                         w.latency.record(due.elapsed());

@@ -62,7 +62,8 @@ impl WsUrl {
             match authority.rsplit_once(':') {
                 Some((h, p)) => (
                     h.to_string(),
-                    p.parse().with_context(|| format!("`{url}`: bad port `{p}`"))?,
+                    p.parse()
+                        .with_context(|| format!("`{url}`: bad port `{p}`"))?,
                 ),
                 None => (authority.to_string(), default_port),
             }
@@ -264,15 +265,28 @@ mod tests {
     #[test]
     fn urls_parse_with_defaults_and_reject_junk() {
         let u = WsUrl::parse("wss://node.example.org/ws").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.path.as_str()), (true, "node.example.org", 443, "/ws"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (true, "node.example.org", 443, "/ws")
+        );
         assert_eq!(u.host_header(), "node.example.org");
         let u = WsUrl::parse("ws://127.0.0.1:8090").unwrap();
         assert_eq!((u.tls, u.port, u.path.as_str()), (false, 8090, "/"));
         assert_eq!(u.host_header(), "127.0.0.1:8090");
         let u = WsUrl::parse("wss://[::1]:9443/a?b=c").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 9443, "/a?b=c"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 9443, "/a?b=c")
+        );
         assert_eq!(u.host_header(), "[::1]:9443");
-        for bad in ["https://x/", "wss://", "wss://:443/", "wss://h:port/", "wss://u@h/", "wss://[::1/"] {
+        for bad in [
+            "https://x/",
+            "wss://",
+            "wss://:443/",
+            "wss://h:port/",
+            "wss://u@h/",
+            "wss://[::1/",
+        ] {
             assert!(WsUrl::parse(bad).is_err(), "{bad} accepted");
         }
     }
