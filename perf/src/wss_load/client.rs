@@ -167,7 +167,16 @@ impl WsClient {
             }
             let _ = self.s.shutdown().await;
             let mut rest = [0u8; 4096];
-            while self.s.read(&mut rest).await? > 0 {}
+            loop {
+                match self.s.read(&mut rest).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    // The WebSocket close handshake is complete, so nothing can be cut
+                    // off: a TCP close without TLS close_notify (nginx, at times) is fine.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
             anyhow::Ok(())
         })
         .await;
