@@ -254,7 +254,7 @@ pub struct CertConfig {
     pub dir: PathBuf,
 }
 
-/// `--io` / `terminator.io`. The default is epoll because `cargo xtask bench proxy` measured
+/// `--io` / `terminator.io`. The default is epoll because the terminator bench measured
 /// it faster here (3,606 vs 2,909 TLS connections/s, 70.5k vs 60.2k messages/s) and lighter
 /// per idle connection (11.3 KB vs 15.1 KB); `auto` picks io_uring when the kernel allows it.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
