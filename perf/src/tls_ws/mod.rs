@@ -204,6 +204,11 @@ pub fn main() -> Result<()> {
         None
     };
     let tmp = TempDir::new("tls-ws-bench")?;
+    let tmp_path = tmp.path().to_path_buf();
+    let _tmp_cleanup =
+        crate::bench::cleanup::on_exit(format!("directory {}", tmp_path.display()), move || {
+            let _ = std::fs::remove_dir_all(&tmp_path);
+        });
     // rcgen's default key: ECDSA P-256 with SHA-256.
     let cert = TestCert::write(&tmp.path().join("live").join(SERVER_NAME), SERVER_NAME)?;
     // After pinning: the node's thread inherits the load generator's CPU.

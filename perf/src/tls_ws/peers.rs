@@ -7,7 +7,10 @@
 //! - the same node behind them, WebSocket tunnelling (the upgrade is passed to the node and
 //!   its 101 relayed, then bytes both ways), no access log.
 //!
-//! CPU time and RSS are summed over a peer's processes (nginx's master and worker).
+//! CPU time and RSS are summed over a peer's processes. nginx runs without its master
+//! process (`master_process off`: the worker's event loop in one process), so it dies with
+//! the bench even on SIGKILL (its worker would outlive a killed master); it serves the same
+//! way.
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
@@ -92,7 +95,12 @@ impl CertFiles {
 
 enum Procs {
     Ours(ProxyProc),
-    External { child: Child, what: &'static str },
+    External {
+        child: Child,
+        what: &'static str,
+        /// Kills and reaps it on Ctrl-C (disarmed by a normal stop).
+        reaper: crate::bench::cleanup::CleanupGuard,
+    },
 }
 
 /// A running peer.
@@ -101,6 +109,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     procs: Procs,
     _dir: proxy_tests::tempdir::TempDir,
+    /// Removes the directory on Ctrl-C too (the TempDir only on drop).
+    _dir_cleanup: crate::bench::cleanup::CleanupGuard,
 }
 
 impl Peer {
@@ -114,6 +124,13 @@ impl Peer {
         count_heap: bool,
     ) -> Result<Peer> {
         let dir = proxy_tests::tempdir::TempDir::new(kind.name())?;
+        let path = dir.path().to_path_buf();
+        let dir_cleanup = crate::bench::cleanup::on_exit(
+            format!("{} directory {}", kind.label(), path.display()),
+            move || {
+                let _ = std::fs::remove_dir_all(&path);
+            },
+        );
         let (procs, addr) = match kind {
             PeerKind::Epoll | PeerKind::Uring => {
                 let mode = if kind == PeerKind::Uring {
@@ -131,7 +148,7 @@ impl Peer {
                 std::fs::write(&cfg, haproxy_config(port, node, &cert.combined()?, cpu))?;
                 let mut cmd = Command::new("haproxy");
                 cmd.arg("-db").arg("-f").arg(&cfg);
-                (external(cmd, "haproxy", dir.path())?, local(port))
+                (external(cmd, "haproxy", dir.path(), cpu)?, local(port))
             }
             PeerKind::Nginx => {
                 let port = free_port()?;
@@ -139,7 +156,7 @@ impl Peer {
                 std::fs::write(&cfg, nginx_config(port, node, cert, dir.path(), cpu))?;
                 let mut cmd = Command::new("nginx");
                 cmd.arg("-p").arg(dir.path()).arg("-c").arg(&cfg);
-                (external(cmd, "nginx", dir.path())?, local(port))
+                (external(cmd, "nginx", dir.path(), cpu)?, local(port))
             }
         };
         let mut peer = Peer {
@@ -147,6 +164,7 @@ impl Peer {
             addr,
             procs,
             _dir: dir,
+            _dir_cleanup: dir_cleanup,
         };
         peer.wait_listening()?;
         Ok(peer)
@@ -158,7 +176,7 @@ impl Peer {
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
-            if let Procs::External { child, what } = &mut self.procs {
+            if let Procs::External { child, what, .. } = &mut self.procs {
                 if let Some(st) = child.try_wait()? {
                     bail!(
                         "{what} exited with {st} before listening; its log: {}",
@@ -227,7 +245,12 @@ impl Peer {
     pub fn stop(self) -> Result<()> {
         match self.procs {
             Procs::Ours(p) => p.stop(),
-            Procs::External { mut child, what } => {
+            Procs::External {
+                mut child,
+                what,
+                reaper,
+            } => {
+                reaper.disarm();
                 // SIGTERM: both stop at once (HAProxy: hard stop; nginx: fast shutdown).
                 // SAFETY: kill(2) on our own child's pid.
                 unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -256,16 +279,42 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn external(mut cmd: Command, what: &'static str, dir: &Path) -> Result<Procs> {
+fn external(mut cmd: Command, what: &'static str, dir: &Path, cpu: Option<usize>) -> Result<Procs> {
     let log = std::fs::File::create(dir.join("stderr.log"))?;
     die_with_parent(&mut cmd);
+    if let Some(cpu) = cpu {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: sched_setaffinity only touches the child's own state.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {what} (run `cargo xtask setup` to install it)"))?;
-    Ok(Procs::External { child, what })
+    let pid = child.id() as i32;
+    let reaper = crate::bench::cleanup::on_exit(format!("{what} (pid {pid})"), move || {
+        // SAFETY: kill(2) and waitpid(2) on our own child, which nothing else reaps.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    });
+    Ok(Procs::External {
+        child,
+        what,
+        reaper,
+    })
 }
 
 /// At most 20,000 open files per process here, two per proxied connection.
@@ -310,7 +359,7 @@ fn nginx_config(
     });
     format!(
         "daemon off;\n\
-         master_process on;\n\
+         master_process off;\n\
          worker_processes 1;\n\
          {affinity}\
          worker_rlimit_nofile 20000;\n\
