@@ -169,7 +169,7 @@ pub fn format_value(v: f64) -> String {
         let digits = n.unsigned_abs().to_string();
         let mut out = String::new();
         for (i, ch) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(ch);
@@ -248,7 +248,10 @@ mod tests {
         assert_eq!(v["cases"][1]["ratio"], 2.0);
         assert!(v["cases"][0]["ratio"].is_null());
         let md = std::fs::read_to_string(dir.join("demo.md")).unwrap();
-        assert!(md.contains("| cycles_per_s | haproxy | 2,500 | 1/s | 2.00× |"), "{md}");
+        assert!(
+            md.contains("| cycles_per_s | haproxy | 2,500 | 1/s | 2.00× |"),
+            "{md}"
+        );
         assert!(md.contains("- a note"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
