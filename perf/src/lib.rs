@@ -1,4 +1,5 @@
 pub mod bench;
 pub mod demo;
+pub mod l4_bench;
 pub mod node_sim;
 pub mod proxy_bench;
