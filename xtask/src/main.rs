@@ -30,6 +30,7 @@ const APT_PACKAGES: &[&str] = &[
     "procps",     // sysctl in the test namespaces (forwarding, accept_local)
     "util-linux", // nsenter: the demo runs the proxy in the balancer namespace
     "nftables",   // the DNAT peer of `cargo xtask bench storm`
+    "haproxy",    // the `mode tcp` peer of `cargo xtask bench l4` (HAProxy 2.6)
     "prometheus", // promtool and a real Prometheus server for the metrics tests
     "chromium",   // renders /stats headless in the operator-view test
     "dpkg-dev",   // dpkg-shlibdeps: the Depends of `cargo xtask package`
