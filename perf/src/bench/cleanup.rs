@@ -101,10 +101,7 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
 pub fn sweep_labs(prefix: &str) -> CleanupGuard {
     let prefix = prefix.to_string();
     on_exit(format!("namespaces and pins named {prefix}*"), move || {
-        let ours = |name: &str| {
-            name.strip_prefix(prefix.as_str())
-                .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
-        };
+        let ours = |name: &str| named_by(name, &prefix);
         let names = |dir: &str| -> Vec<String> {
             std::fs::read_dir(dir)
                 .map(|d| {
@@ -125,11 +122,25 @@ pub fn sweep_labs(prefix: &str) -> CleanupGuard {
     })
 }
 
+/// `name` starts with `prefix` and does not go on with a digit (`pxt12-a`, not `pxt123-a`).
+fn named_by(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{atomic::AtomicUsize, Arc};
 
     use super::*;
+
+    #[test]
+    fn the_sweep_takes_only_this_pids_names() {
+        assert!(named_by("pxt12-l0-cl", "pxt12"));
+        assert!(named_by("pxt12b3", "pxt12"));
+        assert!(!named_by("pxt123-l0-cl", "pxt12"));
+        assert!(!named_by("xdp-proxy", "pxt12"));
+    }
 
     #[test]
     fn guards_undo_once_in_reverse_order() {
