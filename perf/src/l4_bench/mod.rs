@@ -675,3 +675,53 @@ fn limit_notes(rounds: &[Round], peers: &[Peer]) -> Vec<String> {
     }
     notes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(peer: Peer, conns: f64, busy_ns: f64) -> Round {
+        let small = Window {
+            secs: 1.0,
+            packets: 1000,
+            balancer_busy_ns: busy_ns,
+            ..Window::default()
+        };
+        Round {
+            peer,
+            small_messages_per_s: 500.0,
+            small,
+            large_gbit_s: 1.0,
+            large: Window::default(),
+            connections_per_s: conns,
+            failed_connections: 0,
+            storm: Window::default(),
+        }
+    }
+
+    #[test]
+    fn ratios_say_better_for_xdp_above_one_and_take_medians() {
+        let rounds = [
+            round(Peer::Xdp, 300.0, 1e6),
+            round(Peer::Nftables, 100.0, 3e6),
+            round(Peer::Xdp, 200.0, 2e6),
+            round(Peer::Nftables, 100.0, 3e6),
+            round(Peer::Xdp, 100.0, 1e6),
+        ];
+        let cases = cases(&rounds, &[Peer::Xdp, Peer::Nftables]);
+        let find = |name: &str, peer: &str| {
+            cases
+                .iter()
+                .find(|c| c.name == name && c.peer == peer)
+                .unwrap_or_else(|| panic!("no {name} for {peer}"))
+        };
+        let conns = find("new_connections_per_s", "xdp-proxy");
+        assert_eq!((conns.value, conns.ratio), (200.0, None));
+        assert_eq!(find("new_connections_per_s", "nftables").ratio, Some(2.0));
+        // 1,000 ns/packet against 3,000: lower is better, so 3×.
+        let ns = find("balancer_cpu_ns_per_packet", "nftables");
+        assert_eq!((ns.value, ns.ratio), (3000.0, Some(3.0)));
+        assert_eq!(find("balancer_cpu_busy_small", "nftables").ratio, None);
+        assert!(!cases.iter().any(|c| c.peer == "haproxy"));
+    }
+}
