@@ -391,9 +391,10 @@ fn run_peer_round(
         (report, meter.window(&s0)?)
     };
     eprintln!(
-        "  {:.0} connections/s, {} failed, {}",
+        "  {:.0} connections/s, {} failed, slowest connection {} ms, {}",
         report.rate(),
         report.failed,
+        report.slowest.as_millis(),
         cpu_part(&storm_w),
     );
     if !report.errors.is_empty() {
