@@ -448,24 +448,27 @@ fn cpu_part(w: &Window) -> String {
 /// generator's. A device that refuses is reported (once, in the first round), not hidden.
 /// Returns the balancer's NAPI kthreads.
 fn isolate(lab: &Lab, opts: &Options, first: bool, notes: &mut Vec<String>) -> Result<Vec<u32>> {
-    let mut devices: Vec<(&NetNs, String, usize)> = lab
+    // (namespace, device, CPU, is the balancer's)
+    let mut devices: Vec<(&NetNs, String, usize, bool)> = lab
         .lb_interfaces()
         .into_iter()
-        .map(|d| (&lab.lb, d, opts.proxy_cpu))
+        .map(|d| (&lab.lb, d, opts.proxy_cpu, true))
         .collect();
-    devices.push((&lab.client, "cl".into(), opts.client_cpu));
-    devices.push((&lab.nodes[0].ns, "nic".into(), opts.client_cpu));
+    devices.push((&lab.client, "cl".into(), opts.client_cpu, false));
+    devices.push((&lab.nodes[0].ns, "nic".into(), opts.client_cpu, false));
     let mut pinned = Vec::new();
     let mut balancer = Vec::new();
-    for (ns, dev, cpu) in devices {
+    let mut failed = false;
+    for (ns, dev, cpu, ours) in devices {
         match isolation::threaded_napi(ns, &dev, cpu) {
             Ok(pids) => {
                 pinned.push(format!("{dev}→CPU {cpu} ({} kthread)", pids.len()));
-                if std::ptr::eq(ns, &lab.lb) {
+                if ours {
                     balancer.extend(pids.iter().map(|&p| p as u32));
                 }
             }
             Err(e) => {
+                failed = true;
                 let note = format!(
                     "threaded NAPI could not be set up on {dev}: {e:#}; its receive work runs on the sending CPU, \
                      so the balancer's CPU figures are not isolated"
@@ -478,7 +481,11 @@ fn isolate(lab: &Lab, opts: &Options, first: bool, notes: &mut Vec<String>) -> R
         }
     }
     if first {
-        eprintln!("  threaded NAPI: {}", pinned.join(", "));
+        let line = format!("threaded NAPI: {}", pinned.join(", "));
+        eprintln!("  {line}");
+        if !failed {
+            notes.push(format!("{line} (the balancer's veths on its CPU, the client's and node's on the load generator's)"));
+        }
     }
     Ok(balancer)
 }
