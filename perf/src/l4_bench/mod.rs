@@ -242,9 +242,10 @@ pub fn run(opts: &Options) -> Result<()> {
         "{} round(s) per peer, interleaved, {secs} s windows, medians; balancer on CPU {}, load generator on CPU {}; \
          small: {} connections × {} B request/response; large: {} streams; storm: {} client threads; \
          packets = packets entering the balancer (client's and node's veth transmit counters); \
-         balancer_cpu = busy time of the balancer's CPU (/proc/stat), \
+         balancer_cpu = busy time of the balancer's CPU (/proc/stat, sampled at the tick), \
          balancer_threads = CPU time of its veths' NAPI kthreads plus HAProxy's (all pinned there; \
-         what else ran on that CPU is left out), ns/packet = that / packets; busy shares are of one CPU.",
+         scheduler-exact, and what else ran on that CPU is left out), ns/packet = that / packets; \
+         busy shares are of one CPU.",
         opts.rounds,
         opts.proxy_cpu,
         opts.client_cpu,
