@@ -106,11 +106,52 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
+/// Registers a sweep of every network namespace (`/var/run/netns`) and bpffs pin
+/// (`/sys/fs/bpf`) whose name starts with `prefix` (not followed by a digit, so `pxt12`
+/// leaves `pxt123...` alone): also what a lab was still building when the signal came.
+pub fn sweep_labs(prefix: &str) -> CleanupGuard {
+    let prefix = prefix.to_string();
+    on_exit(format!("namespaces and pins named {prefix}*"), move || {
+        let ours = |name: &str| named_by(name, &prefix);
+        let names = |dir: &str| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .filter(|n| ours(n))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for ns in names("/var/run/netns") {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &ns])
+                .status();
+        }
+        for pin in names("/sys/fs/bpf") {
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/sys/fs/bpf").join(pin));
+        }
+    })
+}
+
+/// `name` starts with `prefix` and does not go on with a digit (`pxt12-a`, not `pxt123-a`).
+fn named_by(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{atomic::AtomicUsize, Arc};
 
     use super::*;
+
+    #[test]
+    fn the_sweep_takes_only_this_pids_names() {
+        assert!(named_by("pxt12-l0-cl", "pxt12"));
+        assert!(named_by("pxt12b3", "pxt12"));
+        assert!(!named_by("pxt123-l0-cl", "pxt12"));
+        assert!(!named_by("xdp-proxy", "pxt12"));
+    }
 
     #[test]
     fn guards_undo_once_in_reverse_order() {

@@ -24,6 +24,7 @@ use proxy::{
     ebpf::{DataPlane, LoadOptions},
 };
 use proxy_common::Reason;
+use proxy_perf::bench::cleanup;
 use proxy_tests::{
     netns::{self, unique_prefix},
     storm::{l4_config, storm, StormReport, StormServer, NODE_PORT, VIP_PORT as PORT},
@@ -191,6 +192,9 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("storm-bench needs root (namespaces, XDP, nftables)");
     }
+    // Ctrl-C or SIGTERM mid-round: delete this run's namespaces and pins (`pxt<pid>*`) too,
+    // not only on the normal path (Drop).
+    let _sweep = cleanup::sweep_labs(&unique_prefix());
     let mut rounds = Vec::new();
     for _ in 0..args.rounds {
         for peer in [Peer::Xdp, Peer::Nftables] {
