@@ -257,7 +257,10 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
             );
         }
     }
-    for c in conns.into_iter().flatten().chain(push_conns) {
+    // Subscribers have megabytes queued towards them (nobody read between windows): a
+    // clean close would first read all of it, so they are just dropped (reset).
+    drop(push_conns);
+    for c in conns.into_iter().flatten() {
         let (failed, first) = wss_load::close_all(c).await;
         if failed > 0 {
             eprintln!(
