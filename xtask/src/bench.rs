@@ -1,6 +1,6 @@
 //! `cargo xtask bench [SCENARIO] [--quick]`: builds the bench binaries once, runs the
-//! scenarios in turn with progress and an estimate of what is left, and after a full run of
-//! every scenario puts the tables into `perf/results/README.md` and the README's
+//! scenarios in turn with progress and an estimate of what is left, then collects the latest
+//! table of every scenario into `<results>/README.md` and (not for --quick) the README's
 //! performance section.
 //!
 //! Each scenario's binary cleans up what it started (namespaces, pins, peers) itself, also
@@ -167,11 +167,15 @@ pub fn bench(root: &Path, scenario: Option<&str>, quick: bool, args: &[String]) 
         human(started.elapsed().as_secs()),
         out_dir.display()
     );
-    if scenario.is_none() || scenario == Some("all") {
-        let summary = summarize(&out_dir, &chosen, quick)?;
-        if !quick {
-            update_readme(&root.join("README.md"), &summary)?;
-        }
+    // The tables of every scenario that has results in this directory (the latest run of
+    // each), and after a full run the README's performance section.
+    let all: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| s.in_all && out_dir.join(format!("{}.md", s.name)).exists())
+        .collect();
+    let summary = summarize(&out_dir, &all, quick)?;
+    if !quick {
+        update_readme(&root.join("README.md"), &summary)?;
     }
     Ok(())
 }

@@ -319,6 +319,8 @@ fn external(mut cmd: Command, what: &'static str, dir: &Path, cpu: Option<usize>
 
 /// At most 20,000 open files per process here, two per proxied connection.
 const MAX_CONNS: u32 = 9_900;
+/// nginx counts both sides of a proxied connection against `worker_connections`.
+const NGINX_CONNS: u32 = 2 * MAX_CONNS;
 
 fn haproxy_config(port: u16, node: SocketAddr, pem: &Path, cpu: Option<usize>) -> String {
     let cpu_map = cpu.map_or(String::new(), |c| format!("    cpu-map 1/1 {c}\n"));
@@ -365,7 +367,7 @@ fn nginx_config(
          worker_rlimit_nofile 20000;\n\
          pid {dir}/nginx.pid;\n\
          error_log {dir}/error.log warn;\n\
-         events {{ worker_connections {MAX_CONNS}; }}\n\
+         events {{ worker_connections {NGINX_CONNS}; }}\n\
          http {{\n\
          \x20   access_log off;\n\
          \x20   client_body_temp_path {dir}/body;\n\
