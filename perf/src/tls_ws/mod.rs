@@ -14,7 +14,7 @@
 //!   P-256, upgrade, one call, WebSocket close both ways, TLS/TCP close), `--cycle-concurrency`
 //!   in flight;
 //! - `msgs_<N>`: ping-pong of a small JSON-RPC call on N established connections (`--clients`,
-//!   100 and 1,000), round trip latency;
+//!   10, 100 and 1,000), round trip latency;
 //! - `push_<N>`: the node pushes subscription notices as fast as they are taken to N
 //!   subscribed connections; notices relayed per second.
 //!
@@ -74,8 +74,8 @@ pub struct Args {
     /// Connection cycles in flight at once.
     #[arg(long, default_value_t = 16)]
     pub cycle_concurrency: usize,
-    /// Established connections of the ping-pong cases.
-    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    /// Established connections of the ping-pong cases (the plot draws throughput against them).
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     pub clients: Vec<usize>,
     /// Subscribed connections of the push case.
     #[arg(long, default_value_t = 1000)]
