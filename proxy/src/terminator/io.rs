@@ -77,26 +77,7 @@ impl Io for tokio::net::TcpStream {
     }
 }
 
-impl Io for tokio_uring::net::TcpStream {
-    async fn ready(&self) -> io::Result<()> {
-        Ok(())
-    }
-
-    async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        buf.clear();
-        tokio_uring::net::TcpStream::read(self, buf).await
-    }
-
-    async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        tokio_uring::net::TcpStream::write_all(self, buf).await
-    }
-
-    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        tokio_uring::net::TcpStream::shutdown(self, how)
-    }
-}
-
-fn shutdown_fd(fd: std::os::fd::RawFd, how: Shutdown) -> io::Result<()> {
+pub(crate) fn shutdown_fd(fd: std::os::fd::RawFd, how: Shutdown) -> io::Result<()> {
     let how = match how {
         Shutdown::Read => libc::SHUT_RD,
         Shutdown::Write => libc::SHUT_WR,

@@ -9,6 +9,7 @@ pub mod relay;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod uring;
 
 use std::{sync::Arc, time::Duration};
 

@@ -30,15 +30,14 @@ impl Connector for EpollConnector {
     }
 }
 
-/// io_uring: connect through tokio (cancellable on timeout), then hand the socket to
-/// tokio-uring for the data path.
+/// io_uring: connect through tokio (cancellable on timeout), then hand the socket to the
+/// worker's ring for the data path.
 pub struct UringConnector;
 
 impl Connector for UringConnector {
-    type Stream = tokio_uring::net::TcpStream;
+    type Stream = super::uring::UringStream;
     async fn connect(&self, addr: SocketAddr, timeout: Duration) -> io::Result<Self::Stream> {
         let stream = tokio_connect(addr, timeout).await?.into_std()?;
-        stream.set_nonblocking(false)?;
-        Ok(tokio_uring::net::TcpStream::from_std(stream))
+        super::uring::UringStream::from_std(stream)
     }
 }

@@ -163,19 +163,10 @@ struct Control {
     force: AtomicBool,
 }
 
-/// Whether this kernel lets us create an io_uring (containers and seccomp profiles often don't).
+/// Whether this kernel lets us run the io_uring mode (containers and seccomp profiles often
+/// don't; older kernels lack features): the missing feature otherwise.
 pub fn uring_available() -> Result<(), String> {
-    #[repr(C)]
-    struct Params([u32; 30]);
-    let mut p = Params([0; 30]);
-    // SAFETY: io_uring_setup(2) with a zeroed params struct of the kernel's size (120 bytes).
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, &mut p as *mut Params) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error().to_string());
-    }
-    // SAFETY: closing the fd we just got.
-    unsafe { libc::close(fd as i32) };
-    Ok(())
+    super::uring::probe()
 }
 
 /// `auto`: io_uring when the kernel allows it, else epoll (logged with the reason).
@@ -185,7 +176,10 @@ pub fn pick_mode(requested: Option<IoMode>) -> IoMode {
         None => match uring_available() {
             Ok(()) => IoMode::Uring,
             Err(why) => {
-                warn!("io_uring unavailable ({why}); using epoll");
+                warn!(
+                    "io_uring mode unavailable ({why}; it needs {}); using epoll",
+                    super::uring::needs()
+                );
                 IoMode::Epoll
             }
         },
@@ -230,6 +224,14 @@ impl Terminator {
         mut inherited: Vec<Vec<std::net::TcpListener>>,
     ) -> io::Result<Self> {
         let workers = workers.max(1);
+        if mode == IoMode::Uring {
+            uring_available().map_err(|why| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("io_uring mode: {why} (it needs {})", super::uring::needs()),
+                )
+            })?;
+        }
         inherited.resize_with(listeners.len(), Vec::new);
         let mut per_worker: Vec<Vec<(std::net::TcpListener, ListenerSpec)>> =
             (0..workers).map(|_| Vec::new()).collect();
@@ -486,7 +488,7 @@ impl Accepted for tokio::net::TcpStream {
     }
 }
 
-impl Accepted for tokio_uring::net::TcpStream {
+impl Accepted for super::uring::UringStream {
     fn no_delay(&self) {
         let _ = self.set_nodelay(true);
     }
@@ -591,36 +593,47 @@ fn run_uring(
     control: Arc<Control>,
     grace: Duration,
 ) {
-    tokio_uring::start(async move {
+    let served = super::uring::block_on(super::uring::RingConfig::default(), async move {
         let live = LiveSockets::default();
         let connector = Rc::new(UringConnector);
         let mut fds = Vec::new();
         // Held until the listeners are shut down (see `run_epoll`).
         let mut held = Vec::new();
+        let mut accepts = Vec::new();
         for (std_listener, spec) in socks {
             fds.push(std_listener.as_raw_fd());
-            let _ = std_listener.set_nonblocking(false);
-            let listener = Rc::new(tokio_uring::net::TcpListener::from_std(std_listener));
+            let listener = match super::uring::UringListener::from_std(std_listener) {
+                Ok(l) => Rc::new(l),
+                Err(e) => {
+                    warn!("io_uring worker: listener: {e}");
+                    continue;
+                }
+            };
             held.push(listener.clone());
-            // After a hand-over the pending accept cannot be cancelled (tokio-uring has no
-            // cancellation): it takes at most one more connection, which this process serves,
-            // and the loop ends.
-            tokio_uring::spawn(accept_loop(
+            accepts.push(tokio::task::spawn_local(accept_loop(
                 move || {
                     let l = listener.clone();
                     async move { l.accept().await }
                 },
                 |f| {
-                    tokio_uring::spawn(f);
+                    tokio::task::spawn_local(f);
                 },
                 spec,
                 Shared::new(&live, &limits, &connector, &control),
-            ));
+            )));
         }
         let handed_over = wait_for_stop(&fds, &control).await;
+        // Dropping the accept loops and listeners cancels their multishot accepts: after a
+        // hand-over, no connection is taken by this process.
+        for a in accepts {
+            a.abort();
+        }
         drop(held);
         drain(&live, &control, handed_over, grace).await;
     });
+    if let Err(e) = served {
+        warn!("io_uring worker failed to start: {e}");
+    }
 }
 
 #[cfg(test)]
