@@ -113,8 +113,10 @@ pub fn take_large() -> Vec<u8> {
         .unwrap_or_else(|| Vec::with_capacity(LARGE_BUF))
 }
 
-/// Returns a buffer to the pool (small or odd-sized ones are simply freed).
-pub fn give_back(buf: Vec<u8>) {
+/// Returns a buffer to the pool (small or odd-sized ones are simply freed). Pooled buffers
+/// are empty: a taker appends to what it gets.
+pub fn give_back(mut buf: Vec<u8>) {
+    buf.clear();
     if buf.capacity() == LARGE_BUF {
         POOL.with(|p| {
             let mut p = p.borrow_mut();
@@ -122,5 +124,21 @@ pub fn give_back(buf: Vec<u8>) {
                 p.push(buf);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooled_buffers_come_back_empty() {
+        // Readers append to the buffer they take: a pooled one holding old bytes would
+        // send them again.
+        let mut b = take_large();
+        b.extend_from_slice(b"old bytes");
+        give_back(b);
+        let b = take_large();
+        assert!(b.is_empty() && b.capacity() == LARGE_BUF);
     }
 }

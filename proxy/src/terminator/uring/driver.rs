@@ -41,12 +41,14 @@ pub struct RingConfig {
 
 impl Default for RingConfig {
     fn default() -> Self {
-        // 256 × 16 KiB = 4 MiB per worker, shared by all its connections: a buffer is held
-        // only from a receive's completion until its bytes were copied out.
+        // 1024 × 4 KiB = 4 MiB per worker, shared by all its connections: a buffer is held
+        // only from a receive's completion until its bytes were copied out. Small buffers,
+        // many of them: websocket messages are small, and a reader with room takes several
+        // completions at once.
         Self {
             sq_entries: 1024,
-            buffers: 256,
-            buf_size: 16 * 1024,
+            buffers: 1024,
+            buf_size: 4 * 1024,
         }
     }
 }
@@ -449,6 +451,18 @@ impl Driver {
             *waker = Some(cx.waker().clone());
         }
         (next, *armed)
+    }
+
+    /// The next completion of multishot slot `key` if it carries bytes (a reader with room
+    /// left takes several at once); EOF and errors stay queued for the next read.
+    pub fn next_data(&mut self, key: usize) -> Option<Completion> {
+        let Some(Slot::Multi { queue, .. }) = self.slots.get_mut(key) else {
+            return None;
+        };
+        match queue.front() {
+            Some(c) if c.res > 0 && cqueue::buffer_select(c.flags).is_some() => queue.pop_front(),
+            _ => None,
+        }
     }
 
     /// Our side of multishot slot `key` is gone: recycle what it holds, cancel it if armed,

@@ -164,3 +164,5 @@ async fn drive() {
         .await;
     }
 }
+#[cfg(test)]
+mod tests;

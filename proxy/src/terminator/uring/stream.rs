@@ -139,6 +139,7 @@ impl UringStream {
 
 /// A buffer of `cap` bytes again (pooled when it is a large one).
 fn fresh(cap: usize) -> Vec<u8> {
+    // Pooled buffers come back empty (`give_back` clears them).
     if cap == LARGE_BUF {
         take_large()
     } else {
@@ -200,12 +201,24 @@ impl Io for UringStream {
         };
         match (c.res, cqueue::buffer_select(c.flags)) {
             (n, Some(bid)) if n > 0 => {
-                let p = Partial {
+                let mut p = Partial {
                     bid,
                     start: 0,
                     end: n as usize,
                 };
-                let n = self.take_partial(&mut buf, p);
+                let mut n = self.take_partial(&mut buf, p);
+                // Room left: take what else already arrived, in order.
+                while buf.len() < buf.capacity() && self.partial.get().is_none() {
+                    let Some(c) = driver::with(|d| d.next_data(self.recv)) else {
+                        break;
+                    };
+                    p = Partial {
+                        bid: cqueue::buffer_select(c.flags).expect("a data completion"),
+                        start: 0,
+                        end: c.res as usize,
+                    };
+                    n += self.take_partial(&mut buf, p);
+                }
                 (Ok(n), buf)
             }
             (0, bid) => {
