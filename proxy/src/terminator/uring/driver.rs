@@ -232,10 +232,15 @@ impl Driver {
 
     fn flush(&mut self) {
         // Bounded: a completion storm must not starve the worker's tasks.
+        // Another round only when the kernel says more completion work is pending (or the
+        // queue filled up while dispatching): the woken tasks have not run yet, so there is
+        // nothing new to submit.
         for _ in 0..8 {
             self.enter(0);
-            let n = self.dispatch();
-            if n == 0 && self.ring.submission().is_empty() && !self.ring.submission().taskrun() {
+            self.dispatch();
+            let mut sq = self.ring.submission();
+            sq.sync();
+            if sq.is_empty() && !sq.taskrun() {
                 break;
             }
         }
