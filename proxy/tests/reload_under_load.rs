@@ -95,7 +95,7 @@ fn thousand_connections_survive_a_reload_that_adds_and_drains() {
             workers.push(thread::spawn(
                 move || -> Result<BTreeMap<String, usize>, String> {
                     let mut conns: Vec<(WsClient, String)> = (0..100u8)
-                        .map(|i| connect_from(2 + (w as u8 * 100 + i) % 250, addr))
+                        .map(|i| connect_from((2 + (w * 100 + i as usize) % 250) as u8, addr))
                         .collect();
                     let mut by_node = BTreeMap::new();
                     for (_, n) in &conns {

@@ -455,6 +455,7 @@ fn run_epoll(
             fds.push(listener.as_raw_fd());
             held.push(listener.clone());
             accepts.push(tokio::task::spawn_local(accept_loop(
+                false,
                 move || {
                     let l = listener.clone();
                     async move { l.accept().await }
@@ -519,8 +520,10 @@ impl<K> Shared<K> {
 }
 
 /// One listener's accept loop, for either runtime (`accept` and `spawn` are its own): admits
-/// each connection (limits, the live registry) and spawns its handler, until `stop`.
+/// each connection (limits, the live registry) and spawns its handler, until `stop` (with
+/// `drains`: until `accept` fails after `stop`).
 async fn accept_loop<S, K, A, Fut>(
+    drains: bool,
     mut accept: A,
     spawn: impl Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>),
     spec: ListenerSpec,
@@ -537,8 +540,17 @@ async fn accept_loop<S, K, A, Fut>(
     Fut: std::future::Future<Output = io::Result<(S, SocketAddr)>>,
 {
     let mut errors = AcceptErrors::default();
-    while !control.stop.load(Ordering::SeqCst) {
-        let Some((stream, peer)) = errors.take(accept().await).await else {
+    loop {
+        if control.stop.load(Ordering::SeqCst) && !drains {
+            break;
+        }
+        let accepted = accept().await;
+        // A source that drains (io_uring) ends with an error once it was stopped: what it
+        // took before that is served.
+        if accepted.is_err() && drains && control.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Some((stream, peer)) = errors.take(accepted).await else {
             continue;
         };
         stream.no_delay();
@@ -611,6 +623,7 @@ fn run_uring(
             };
             held.push(listener.clone());
             accepts.push(tokio::task::spawn_local(accept_loop(
+                true,
                 move || {
                     let l = listener.clone();
                     async move { l.accept().await }
@@ -623,10 +636,19 @@ fn run_uring(
             )));
         }
         let handed_over = wait_for_stop(&fds, &control).await;
-        // Dropping the accept loops and listeners cancels their multishot accepts: after a
-        // hand-over, no connection is taken by this process.
+        // Cancel the multishot accepts and serve what they took before the cancellation
+        // (after a hand-over, the rest of the queue is the next process's).
+        for l in &held {
+            l.stop_accepting();
+        }
         for a in accepts {
-            a.abort();
+            let abort = a.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), a)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
         drop(held);
         drain(&live, &control, handed_over, grace).await;

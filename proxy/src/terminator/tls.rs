@@ -1,5 +1,5 @@
-//! TLS termination with rustls, driven by hand over the `Io` trait (tokio-uring streams do
-//! not implement tokio's AsyncRead/AsyncWrite). Certificates per server name from certbot's
+//! TLS termination with rustls' unbuffered API, driven by hand over the `Io` trait (the
+//! io_uring streams do not implement tokio's AsyncRead/AsyncWrite, and the buffers stay ours). Certificates per server name from certbot's
 //! layout (`<dir>/fullchain.pem`, `<dir>/privkey.pem`), swapped without a restart.
 //!
 //! SNI is required: no SNI, an IP literal or an unknown name fails the handshake with an
@@ -9,7 +9,6 @@ use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     fmt, io,
-    io::{Read, Write},
     net::Shutdown,
     os::fd::{AsRawFd, RawFd},
     path::{Path, PathBuf},
@@ -18,9 +17,12 @@ use std::{
 };
 
 use rustls::{
-    server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache},
+    server::{
+        ClientHello, ResolvesServerCert, ServerSessionMemoryCache, UnbufferedServerConnection,
+    },
     sign::CertifiedKey,
-    ServerConfig, ServerConnection,
+    unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus},
+    ServerConfig,
 };
 use tracing::{info, warn};
 
@@ -252,11 +254,23 @@ impl TlsAcceptor {
 }
 
 /// A TLS session over a stream, usable by the two relay directions at once.
+///
+/// On rustls' unbuffered API: the ciphertext and plaintext buffers are ours and exist only
+/// while bytes are in flight, so an idle session holds none (the buffered `ServerConnection`
+/// keeps a 4 KiB receive buffer for its whole life). Between two operations `incoming` holds
+/// at most a partial record: every operation runs rustls until it needs more bytes.
 pub struct TlsIo<S: Io> {
     io: S,
-    tls: RefCell<ServerConnection>,
+    tls: RefCell<UnbufferedServerConnection>,
+    /// Received ciphertext not yet processed.
+    incoming: RefCell<Vec<u8>>,
+    /// Decrypted bytes the reader had no room for.
+    plain: RefCell<Vec<u8>>,
+    /// Records to send, in the order rustls made them (sequence numbers).
+    outgoing: RefCell<Vec<u8>>,
     /// Serialises socket writes: both directions may need to send TLS records.
     writing: tokio::sync::Mutex<()>,
+    /// close_notify (or a TCP EOF) received.
     eof: Cell<bool>,
 }
 
@@ -264,13 +278,67 @@ fn tls_err(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// Where rustls stands after [`TlsIo::process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// It needs more ciphertext (mid-handshake or mid-record).
+    NeedMore,
+    /// Handshake done, nothing left to read in what arrived.
+    Idle,
+    /// The session is over.
+    Closed,
+}
+
+/// What an operation asks of rustls once it may write application data.
+enum Action<'a> {
+    Nothing,
+    Encrypt(&'a [u8]),
+    CloseNotify,
+}
+
+/// Runs `encode` into the end of `out`, growing it to the size rustls asks for.
+fn append_with<E>(
+    out: &mut Vec<u8>,
+    first_guess: usize,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    too_small: impl Fn(&E) -> Option<usize>,
+) -> Result<(), E> {
+    let start = out.len();
+    let mut need = first_guess;
+    loop {
+        out.resize(start + need, 0);
+        match encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(e) => match too_small(&e) {
+                Some(required) if required > need => need = required,
+                _ => {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            },
+        }
+    }
+}
+
+/// Room for `len` bytes of application data once encrypted: a record per 16 KiB, each with
+/// its header, content type and tag (64 bytes is more than any suite adds).
+fn sealed_size(len: usize) -> usize {
+    len + (len / 16384 + 1) * 64
+}
+
 impl<S: Io> TlsIo<S> {
     /// Runs the handshake (bounded by `deadline`).
     pub async fn accept(io: S, acceptor: &TlsAcceptor, deadline: Duration) -> io::Result<Self> {
-        let conn = ServerConnection::new(acceptor.config.clone()).map_err(tls_err)?;
+        let conn = UnbufferedServerConnection::new(acceptor.config.clone()).map_err(tls_err)?;
         let this = Self {
             io,
             tls: RefCell::new(conn),
+            incoming: RefCell::new(Vec::new()),
+            plain: RefCell::new(Vec::new()),
+            outgoing: RefCell::new(Vec::new()),
             writing: tokio::sync::Mutex::new(()),
             eof: Cell::new(false),
         };
@@ -278,12 +346,19 @@ impl<S: Io> TlsIo<S> {
         let result = {
             let hs = async {
                 loop {
+                    let progress = this.step(None, Action::Nothing).await?;
                     this.flush().await?;
-                    if !this.tls.borrow().is_handshaking() {
-                        return Ok(());
+                    match progress {
+                        Progress::Idle => return Ok(()),
+                        Progress::Closed => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "closed during TLS handshake",
+                            ))
+                        }
+                        Progress::NeedMore => {}
                     }
-                    let (res, _) = this.fill(Vec::with_capacity(SMALL_BUF * 2)).await;
-                    if !res? {
+                    if !this.fill(SMALL_BUF * 2).await? {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "eof during TLS handshake",
@@ -311,17 +386,159 @@ impl<S: Io> TlsIo<S> {
         }
     }
 
-    /// Writes out whatever TLS records are pending.
-    async fn flush(&self) -> io::Result<()> {
-        let _guard = self.writing.lock().await;
+    /// [`Self::process`], and on a TLS error the alert rustls queued is sent before the
+    /// error is returned.
+    async fn step(&self, dest: Option<&mut Vec<u8>>, action: Action<'_>) -> io::Result<Progress> {
+        match self.process(dest, action) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let _ = self.flush().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs rustls over the received ciphertext until it needs more: decrypted bytes go to
+    /// `dest` (up to its capacity) and then to `plain`, records to send to `outgoing`;
+    /// `action` is done once application data may be written.
+    fn process(
+        &self,
+        mut dest: Option<&mut Vec<u8>>,
+        mut action: Action<'_>,
+    ) -> io::Result<Progress> {
+        let mut tls = self.tls.borrow_mut();
+        let mut incoming = self.incoming.borrow_mut();
         loop {
-            let mut out = Vec::new();
-            {
-                let mut tls = self.tls.borrow_mut();
-                while tls.wants_write() {
-                    tls.write_tls(&mut out)?;
+            let UnbufferedStatus { discard, state } = tls.process_tls_records(&mut incoming);
+            let step: io::Result<Option<Progress>> = match state {
+                Err(e) => Err(tls_err(e)),
+                Ok(ConnectionState::ReadTraffic(mut records)) => {
+                    let mut plain = self.plain.borrow_mut();
+                    let mut r = Ok(None);
+                    while let Some(record) = records.next_record() {
+                        match record {
+                            Ok(record) => {
+                                let mut payload = record.payload;
+                                if let Some(d) = dest.as_deref_mut() {
+                                    if plain.is_empty() {
+                                        let n = payload.len().min(d.capacity() - d.len());
+                                        d.extend_from_slice(&payload[..n]);
+                                        payload = &payload[n..];
+                                    }
+                                }
+                                plain.extend_from_slice(payload);
+                            }
+                            Err(e) => {
+                                r = Err(tls_err(e));
+                                break;
+                            }
+                        }
+                    }
+                    r
+                }
+                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                    let mut out = self.outgoing.borrow_mut();
+                    append_with(
+                        &mut out,
+                        0,
+                        |b| enc.encode(b),
+                        |e| match e {
+                            EncodeError::InsufficientSize(s) => Some(s.required_size),
+                            _ => None,
+                        },
+                    )
+                    .map(|()| None)
+                    .map_err(|e| io::Error::other(e.to_string()))
+                }
+                // `outgoing` is written, in order, by whoever flushes next.
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    t.done();
+                    Ok(None)
+                }
+                Ok(ConnectionState::BlockedHandshake) => Ok(Some(Progress::NeedMore)),
+                Ok(ConnectionState::PeerClosed) => {
+                    self.eof.set(true);
+                    Ok(None)
+                }
+                Ok(ConnectionState::Closed) => Ok(Some(Progress::Closed)),
+                Ok(ConnectionState::WriteTraffic(mut wt)) => {
+                    let mut out = self.outgoing.borrow_mut();
+                    let too_small = |e: &EncryptError| match e {
+                        EncryptError::InsufficientSize(s) => Some(s.required_size),
+                        _ => None,
+                    };
+                    let done = match std::mem::replace(&mut action, Action::Nothing) {
+                        Action::Nothing => Ok(()),
+                        Action::Encrypt(data) => append_with(
+                            &mut out,
+                            sealed_size(data.len()),
+                            |b| wt.encrypt(data, b),
+                            too_small,
+                        ),
+                        Action::CloseNotify => {
+                            append_with(&mut out, 64, |b| wt.queue_close_notify(b), too_small)
+                        }
+                    };
+                    done.map(|()| Some(Progress::Idle))
+                        .map_err(|e| io::Error::other(e.to_string()))
+                }
+                // Early data is off; nothing else is expected.
+                Ok(other) => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unexpected TLS state {other:?}"),
+                )),
+            };
+            incoming.drain(..discard);
+            if incoming.is_empty() && incoming.capacity() > 0 {
+                // Nothing half-received: give the buffer back (idle sessions hold none).
+                *incoming = Vec::new();
+            }
+            match step {
+                Ok(None) => continue,
+                Ok(Some(p)) => {
+                    if matches!(action, Action::Encrypt(_)) && p != Progress::Idle {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotConnected,
+                            "TLS session cannot send application data",
+                        ));
+                    }
+                    return Ok(p);
+                }
+                Err(e) => {
+                    // The alert rustls queued for this error, if any.
+                    for _ in 0..4 {
+                        let UnbufferedStatus { state, .. } = tls.process_tls_records(&mut []);
+                        match state {
+                            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                                let mut out = self.outgoing.borrow_mut();
+                                let _ = append_with(
+                                    &mut out,
+                                    0,
+                                    |b| enc.encode(b),
+                                    |e| match e {
+                                        EncodeError::InsufficientSize(s) => Some(s.required_size),
+                                        _ => None,
+                                    },
+                                );
+                            }
+                            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                            _ => break,
+                        }
+                    }
+                    return Err(e);
                 }
             }
+        }
+    }
+
+    /// Writes out whatever records are queued (in order, also when both directions flush).
+    async fn flush(&self) -> io::Result<()> {
+        if self.outgoing.borrow().is_empty() {
+            return Ok(());
+        }
+        let _guard = self.writing.lock().await;
+        loop {
+            let out = std::mem::take(&mut *self.outgoing.borrow_mut());
             if out.is_empty() {
                 return Ok(());
             }
@@ -330,52 +547,22 @@ impl<S: Io> TlsIo<S> {
         }
     }
 
-    /// Reads ciphertext into `buf` (up to its capacity) and processes it; false on EOF.
-    /// Sends an alert on a TLS error. Returns the buffer (emptied) to the caller, so an idle
-    /// connection's pending read holds only the caller's buffer, not one of its own.
-    async fn fill(&self, buf: Vec<u8>) -> (io::Result<bool>, Vec<u8>) {
-        if let Err(e) = self.io.ready().await {
-            return (Err(e), buf);
-        }
-        let (res, mut buf) = self.io.read(buf).await;
-        let n = match res {
-            Ok(0) => {
-                buf.clear();
-                return (Ok(false), buf);
-            }
-            Ok(n) => n,
-            Err(e) => {
-                buf.clear();
-                return (Err(e), buf);
-            }
-        };
-        let result = {
-            let mut tls = self.tls.borrow_mut();
-            let mut rd = &buf[..n];
-            let mut r = Ok(());
-            while !rd.is_empty() {
-                if let Err(e) = tls.read_tls(&mut rd) {
-                    r = Err(e);
-                    break;
+    /// Reads up to `cap` bytes of ciphertext into `incoming`; false on EOF.
+    async fn fill(&self, cap: usize) -> io::Result<bool> {
+        self.io.ready().await?;
+        let (res, chunk) = self.io.read(Vec::with_capacity(cap)).await;
+        match res? {
+            0 => Ok(false),
+            _ => {
+                let mut incoming = self.incoming.borrow_mut();
+                if incoming.is_empty() {
+                    *incoming = chunk;
+                } else {
+                    incoming.extend_from_slice(&chunk);
                 }
-                if let Err(e) = tls.process_new_packets() {
-                    r = Err(io::Error::new(io::ErrorKind::InvalidData, e));
-                    break;
-                }
+                Ok(true)
             }
-            r
-        };
-        buf.clear();
-        if let Err(e) = result {
-            let _ = self.flush().await; // the alert
-            return (Err(e), buf);
         }
-        (Ok(true), buf)
-    }
-
-    /// The negotiated server name (for logs and per-name stats).
-    pub fn server_name(&self) -> Option<String> {
-        self.tls.borrow().server_name().map(str::to_string)
     }
 }
 
@@ -387,13 +574,7 @@ impl<S: Io> AsRawFd for TlsIo<S> {
 
 impl<S: Io> Io for TlsIo<S> {
     async fn ready(&self) -> io::Result<()> {
-        if self
-            .tls
-            .borrow_mut()
-            .process_new_packets()
-            .map(|s| s.plaintext_bytes_to_read() > 0)
-            .unwrap_or(true)
-        {
+        if self.eof.get() || !self.plain.borrow().is_empty() {
             return Ok(());
         }
         self.io.ready().await
@@ -402,61 +583,49 @@ impl<S: Io> Io for TlsIo<S> {
     async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         buf.clear();
         if buf.capacity() == 0 {
-            // The buffer also takes ciphertext: a zero-sized read would look like EOF.
             buf.reserve_exact(SMALL_BUF);
         }
         loop {
+            {
+                let mut plain = self.plain.borrow_mut();
+                if !plain.is_empty() {
+                    let n = plain.len().min(buf.capacity());
+                    buf.extend_from_slice(&plain[..n]);
+                    plain.drain(..n);
+                    if plain.is_empty() {
+                        *plain = Vec::new();
+                    }
+                    return (Ok(n), buf);
+                }
+            }
             if self.eof.get() {
                 return (Ok(0), buf);
-            }
-            let got = {
-                let mut tls = self.tls.borrow_mut();
-                let cap = buf.capacity();
-                buf.resize(cap, 0);
-                let r = tls.reader().read(&mut buf);
-                match r {
-                    Ok(n) => {
-                        buf.truncate(n);
-                        if n == 0 {
-                            // close_notify received: clean EOF.
-                            self.eof.set(true);
-                        }
-                        Some(Ok(n))
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        buf.clear();
-                        None
-                    }
-                    Err(e) => {
-                        buf.clear();
-                        Some(Err(e))
-                    }
-                }
-            };
-            if let Some(r) = got {
-                return (r, buf);
             }
             // Session tickets, key updates: answer before waiting for more.
             if let Err(e) = self.flush().await {
                 return (Err(e), buf);
             }
-            // No plaintext yet: the caller's (empty) buffer takes the ciphertext.
-            let (res, b) = self.fill(buf).await;
-            buf = b;
-            match res {
+            let cap = buf.capacity().max(SMALL_BUF * 2);
+            match self.fill(cap).await {
                 Ok(true) => {}
-                Ok(false) => {
-                    // TCP EOF without close_notify: treat as EOF (clients often do this).
-                    self.eof.set(true);
-                    return (Ok(0), buf);
-                }
+                // TCP EOF without close_notify: EOF (clients often do this).
+                Ok(false) => self.eof.set(true),
                 Err(e) => return (Err(e), buf),
+            }
+            match self.step(Some(&mut buf), Action::Nothing).await {
+                Ok(Progress::Closed) => self.eof.set(true),
+                Ok(_) => {}
+                Err(e) => return (Err(e), buf),
+            }
+            if !buf.is_empty() {
+                let n = buf.len();
+                return (Ok(n), buf);
             }
         }
     }
 
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        if let Err(e) = self.tls.borrow_mut().writer().write_all(&buf) {
+        if let Err(e) = self.step(None, Action::Encrypt(&buf)).await {
             return (Err(e), buf);
         }
         let r = self.flush().await;
@@ -465,27 +634,22 @@ impl<S: Io> Io for TlsIo<S> {
 
     fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         if how != Shutdown::Read {
-            // close_notify is tiny: send it without waiting, then the TCP FIN.
-            let mut out = Vec::new();
-            {
-                let mut tls = self.tls.borrow_mut();
-                tls.send_close_notify();
-                while tls.wants_write() {
-                    if tls.write_tls(&mut out).is_err() {
-                        break;
-                    }
+            // close_notify is tiny: send it without waiting (unless a flush is under way; it
+            // sends it), then the TCP FIN.
+            let _ = self.process(None, Action::CloseNotify);
+            if let Ok(_guard) = self.writing.try_lock() {
+                let out = std::mem::take(&mut *self.outgoing.borrow_mut());
+                if !out.is_empty() {
+                    // SAFETY: send(2) with MSG_DONTWAIT on our socket and a live buffer.
+                    unsafe {
+                        libc::send(
+                            self.io.as_raw_fd(),
+                            out.as_ptr().cast(),
+                            out.len(),
+                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                        )
+                    };
                 }
-            }
-            if !out.is_empty() {
-                // SAFETY: send(2) with MSG_DONTWAIT on our socket and a live buffer.
-                unsafe {
-                    libc::send(
-                        self.io.as_raw_fd(),
-                        out.as_ptr().cast(),
-                        out.len(),
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                };
             }
         }
         self.io.shutdown(how)

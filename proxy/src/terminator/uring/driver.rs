@@ -470,6 +470,25 @@ impl Driver {
         }
     }
 
+    /// Cancels multishot slot `key` if it is armed; what completed before stays queued.
+    pub fn cancel_multi(&mut self, key: usize) {
+        if let Some(Slot::Multi {
+            armed: true,
+            cancelling,
+            ..
+        }) = self.slots.get_mut(key)
+        {
+            if !*cancelling {
+                *cancelling = true;
+                self.push(
+                    opcode::AsyncCancel::new(key as u64)
+                        .build()
+                        .user_data(IGNORED),
+                );
+            }
+        }
+    }
+
     /// Our side of multishot slot `key` is gone: recycle what it holds, cancel it if armed,
     /// free it once the kernel let go.
     pub fn drop_multi(&mut self, key: usize) {

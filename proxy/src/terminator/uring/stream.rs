@@ -293,6 +293,8 @@ impl Drop for UringStream {
 pub struct UringListener {
     fd: OwnedFd,
     accept: usize,
+    /// [`UringListener::stop_accepting`] was called.
+    stopped: Cell<bool>,
 }
 
 impl UringListener {
@@ -304,7 +306,17 @@ impl UringListener {
         Ok(Self {
             fd,
             accept: driver::with(|d| d.new_multi(false)),
+            stopped: Cell::new(false),
         })
+    }
+
+    /// Cancels the multishot accept. Connections it took before the cancellation are still
+    /// handed out by [`UringListener::accept`], which then fails with `ConnectionAborted`:
+    /// after a hand-over, what the kernel gave this process is served, and the rest of
+    /// the queue goes to the next process.
+    pub fn stop_accepting(&self) {
+        self.stopped.set(true);
+        driver::with(|d| d.cancel_multi(self.accept));
     }
 
     /// The next connection and its peer address.
@@ -313,16 +325,22 @@ impl UringListener {
         let c = poll_fn(|cx| {
             driver::with(|d| {
                 let (next, armed) = d.next_multi(self.accept, cx);
-                if next.is_none() && !armed {
-                    d.arm(self.accept, driver::accept_multi(fd));
-                }
                 match next {
-                    Some(c) => Poll::Ready(c),
-                    None => Poll::Pending,
+                    Some(c) => Poll::Ready(Ok(c)),
+                    None if !armed && self.stopped.get() => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the listener stopped accepting",
+                    ))),
+                    None => {
+                        if !armed {
+                            d.arm(self.accept, driver::accept_multi(fd));
+                        }
+                        Poll::Pending
+                    }
                 }
             })
         })
-        .await;
+        .await?;
         let fd = result(c)? as RawFd;
         // SAFETY: the accept's result is a new descriptor, ours now.
         let stream = UringStream::from_fd(unsafe { OwnedFd::from_raw_fd(fd) });
