@@ -107,6 +107,16 @@ thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
+/// An empty buffer of `cap` bytes (a pooled one when it is a large one): how a reader gets
+/// its buffer back after waiting without it.
+pub fn buffer_of(cap: usize) -> Vec<u8> {
+    if cap == LARGE_BUF {
+        take_large()
+    } else {
+        Vec::with_capacity(cap)
+    }
+}
+
 /// A large buffer from this thread's pool.
 pub fn take_large() -> Vec<u8> {
     POOL.with(|p| p.borrow_mut().pop())

@@ -112,10 +112,12 @@ async fn copy<A: Io, B: Io>(
                 false
             }
         });
+        // Boxed: a write is alive only while bytes go out, and the idle state machine of
+        // every connection is as large as its largest await.
         let (res, buf) = if buf.is_empty() {
             (Ok(()), buf)
         } else {
-            to.write_all(buf).await
+            Box::pin(to.write_all(buf)).await
         };
         restore(buf, &mut small);
         if res.is_err() {
@@ -123,7 +125,7 @@ async fn copy<A: Io, B: Io>(
         }
         last.set(Instant::now());
         if let (true, Some(d)) = (stop, down) {
-            close_client(to, from, d).await;
+            Box::pin(close_client(to, from, d)).await;
             return true;
         }
     };
@@ -209,10 +211,10 @@ pub async fn relay<C: Io, B: Io>(
         state.close.set(Some(leave_due(leave).await));
         state.leaving.set(true);
         if state.parked.get() && state.cursor.borrow().at_boundary() {
-            close_client(&*client, &*backend, &state).await;
+            Box::pin(close_client(&*client, &*backend, &state)).await;
         }
         // A client that does not answer the close, or a node stuck mid-frame: cut.
-        tokio::time::sleep(LEAVE_GRACE).await;
+        Box::pin(tokio::time::sleep(LEAVE_GRACE)).await;
         let _ = client.shutdown(Shutdown::Both);
         let _ = backend.shutdown(Shutdown::Both);
         std::future::pending::<()>().await;

@@ -350,7 +350,9 @@ async fn serve_conn<S: Io + 'static, K: Connector>(
     let ctx = spec.ctx.clone();
     match spec.tls {
         Some(acceptor) => {
-            let Ok(tls) = TlsIo::accept(stream, &acceptor, ctx.handshake_timeout).await else {
+            // Boxed: the handshake's state machine is not kept for the connection's life.
+            let Ok(tls) = Box::pin(TlsIo::accept(stream, &acceptor, ctx.handshake_timeout)).await
+            else {
                 return;
             };
             handle(Rc::new(tls), peer, ctx, &*connector).await;

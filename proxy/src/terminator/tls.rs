@@ -26,7 +26,7 @@ use rustls::{
 };
 use tracing::{info, warn};
 
-use super::io::{Io, SMALL_BUF};
+use super::io::{buffer_of, give_back, Io, SMALL_BUF};
 use crate::config::Config;
 
 /// Errors loading certificates.
@@ -601,21 +601,31 @@ impl<S: Io> Io for TlsIo<S> {
             if self.eof.get() {
                 return (Ok(0), buf);
             }
-            // Session tickets, key updates: answer before waiting for more.
-            if let Err(e) = self.flush().await {
-                return (Err(e), buf);
+            // Session tickets, key updates: answer before waiting for more (boxed, as the
+            // other rare awaits here: the state machine of an idle read stays small).
+            if !self.outgoing.borrow().is_empty() {
+                if let Err(e) = Box::pin(self.flush()).await {
+                    return (Err(e), buf);
+                }
             }
-            let cap = buf.capacity().max(SMALL_BUF * 2);
-            match self.fill(cap).await {
+            // Wait without the caller's (empty) buffer: an idle session holds none.
+            let cap = buf.capacity();
+            give_back(std::mem::take(&mut buf));
+            let filled = self.fill(cap.max(SMALL_BUF * 2)).await;
+            buf = buffer_of(cap);
+            match filled {
                 Ok(true) => {}
                 // TCP EOF without close_notify: EOF (clients often do this).
                 Ok(false) => self.eof.set(true),
                 Err(e) => return (Err(e), buf),
             }
-            match self.step(Some(&mut buf), Action::Nothing).await {
+            match self.process(Some(&mut buf), Action::Nothing) {
                 Ok(Progress::Closed) => self.eof.set(true),
                 Ok(_) => {}
-                Err(e) => return (Err(e), buf),
+                Err(e) => {
+                    let _ = Box::pin(self.flush()).await; // the alert
+                    return (Err(e), buf);
+                }
             }
             if !buf.is_empty() {
                 let n = buf.len();

@@ -14,7 +14,7 @@ use std::{
 use io_uring::{cqueue, opcode, types};
 
 use super::driver::{self, Completion};
-use crate::terminator::io::{give_back, shutdown_fd, take_large, Io, LARGE_BUF};
+use crate::terminator::io::{buffer_of, give_back, shutdown_fd, Io, LARGE_BUF};
 
 /// A one-shot operation in flight; dropping it orphans the slot (the kernel may still be
 /// using the kept buffer, which the slot frees at completion).
@@ -137,16 +137,6 @@ impl UringStream {
     }
 }
 
-/// A buffer of `cap` bytes again (pooled when it is a large one).
-fn fresh(cap: usize) -> Vec<u8> {
-    // Pooled buffers come back empty (`give_back` clears them).
-    if cap == LARGE_BUF {
-        take_large()
-    } else {
-        Vec::with_capacity(cap)
-    }
-}
-
 impl AsRawFd for UringStream {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
@@ -193,7 +183,7 @@ impl Io for UringStream {
             }
         })
         .await;
-        let mut buf = held.take().unwrap_or_else(|| fresh(cap));
+        let mut buf = held.take().unwrap_or_else(|| buffer_of(cap));
         let c = match next {
             Ok(c) => c,
             Err(0) => return (Ok(0), buf),
