@@ -566,6 +566,16 @@ impl<S: Io> TlsIo<S> {
     }
 }
 
+#[cfg(test)]
+impl<S: Io> TlsIo<S> {
+    /// Bytes of buffer the session holds (what an idle one must not).
+    fn held_bytes(&self) -> usize {
+        self.incoming.borrow().capacity()
+            + self.plain.borrow().capacity()
+            + self.outgoing.borrow().capacity()
+    }
+}
+
 impl<S: Io> AsRawFd for TlsIo<S> {
     fn as_raw_fd(&self) -> RawFd {
         self.io.as_raw_fd()
@@ -668,10 +678,94 @@ impl<S: Io> Io for TlsIo<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+
     use proxy_tests::{certs::TestCert, tempdir::TempDir};
 
     use super::*;
     use crate::config::tests::GOOD;
+    use crate::terminator::{io::IoMode, uring};
+
+    /// One exchange, then the session waits in a read: it must hold no buffer then.
+    async fn exchange_then_idle<S: Io>(stream: S, acceptor: TlsAcceptor) {
+        let tls = TlsIo::accept(stream, &acceptor, Duration::from_secs(5))
+            .await
+            .expect("handshake");
+        let (r, got) = tls.read(Vec::with_capacity(SMALL_BUF)).await;
+        assert_eq!((r.unwrap(), &got[..]), (4, &b"ping"[..]));
+        let (r, _) = tls.write_all(b"pong".to_vec()).await;
+        r.unwrap();
+        let idle = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let held = tls.held_bytes();
+            let _ = tls.shutdown(Shutdown::Both);
+            held
+        };
+        let (read, held) = tokio::join!(tls.read(Vec::with_capacity(SMALL_BUF)), idle);
+        assert_eq!(held, 0, "an idle TLS session holds {held} bytes of buffers");
+        assert_eq!(read.0.unwrap(), 0, "the shut-down session reads EOF");
+    }
+
+    #[test]
+    fn an_idle_session_holds_no_buffer_in_either_mode() {
+        proxy_tests::terminator::init_crypto();
+        let dir = TempDir::new("idletls").unwrap();
+        let cert = TestCert::write(&dir.path().join("c"), "idle.example.test").unwrap();
+        let source = CertSource {
+            server_name: cert.server_name.clone(),
+            dir: cert.dir.clone(),
+        };
+        let resolver = SniResolver::load(&[source], None).unwrap();
+        let acceptor = TlsAcceptor::new(resolver);
+        for mode in [IoMode::Epoll, IoMode::Uring] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let pem = cert.cert_pem.clone();
+            let client = std::thread::spawn(move || {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
+                    roots.add(c.unwrap()).unwrap();
+                }
+                let config = rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let name = rustls::pki_types::ServerName::try_from("idle.example.test").unwrap();
+                let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+                let tcp = std::net::TcpStream::connect(addr).unwrap();
+                tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut s = rustls::StreamOwned::new(conn, tcp);
+                s.write_all(b"ping").unwrap();
+                let mut pong = [0u8; 4];
+                s.read_exact(&mut pong).unwrap();
+                assert_eq!(&pong, b"pong");
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+            });
+            let (sock, _) = listener.accept().unwrap();
+            let acceptor = acceptor.clone();
+            match mode {
+                IoMode::Epoll => {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async {
+                        sock.set_nonblocking(true).unwrap();
+                        let stream = tokio::net::TcpStream::from_std(sock).unwrap();
+                        exchange_then_idle(stream, acceptor).await
+                    });
+                }
+                IoMode::Uring => {
+                    uring::block_on(uring::RingConfig::default(), async {
+                        let stream = uring::UringStream::from_std(sock).unwrap();
+                        exchange_then_idle(stream, acceptor).await
+                    })
+                    .unwrap();
+                }
+            }
+            client.join().unwrap();
+        }
+    }
 
     #[test]
     fn certificates_are_checked_against_their_server_name() {
