@@ -97,8 +97,9 @@ pub(crate) fn shutdown_fd(fd: std::os::fd::RawFd, how: Shutdown) -> io::Result<(
     }
 }
 
-/// Relay buffers: a small one while a direction is idle (io_uring pins it in the kernel for
-/// as long as the read waits), a large pooled one while data flows.
+/// Relay buffers: a small one for occasional messages, a large pooled one while data flows.
+/// Neither is held while a read waits: both runtimes' reads let go of the caller's buffer
+/// until bytes are there.
 pub const SMALL_BUF: usize = 2 * 1024;
 pub const LARGE_BUF: usize = 32 * 1024;
 const POOL_MAX: usize = 256;

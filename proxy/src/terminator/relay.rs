@@ -67,8 +67,7 @@ async fn copy<A: Io, B: Io>(
 ) -> bool {
     let mut small = Vec::with_capacity(SMALL_BUF);
     // After a read that filled its buffer, data is flowing: use a large pooled buffer.
-    // After a short read, go back to the small one before waiting (io_uring pins the
-    // buffer of a pending read; an idle websocket should pin little).
+    // After a short read, go back to the small one (the large one returns to the pool).
     let mut flowing = false;
     let clean = loop {
         if let Some(d) = down {

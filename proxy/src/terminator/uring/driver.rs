@@ -113,6 +113,18 @@ pub fn with<R>(f: impl FnOnce(&mut Driver) -> R) -> R {
     })
 }
 
+/// As [`with`], but does nothing where no driver is installed: for `Drop`, which may run
+/// after the worker's ring was closed (the kernel let go of everything by then).
+pub fn try_with(f: impl FnOnce(&mut Driver)) {
+    DRIVER.with(|d| {
+        if let Ok(mut d) = d.try_borrow_mut() {
+            if let Some(d) = d.as_mut() {
+                f(d);
+            }
+        }
+    });
+}
+
 /// Installs a driver on this thread; it lives until [`uninstall`].
 pub fn install(config: RingConfig) -> io::Result<()> {
     let driver = Driver::new(config)?;

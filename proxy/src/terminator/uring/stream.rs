@@ -40,7 +40,7 @@ impl Once {
 impl Drop for Once {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            driver::with(|d| d.forget_once(key));
+            driver::try_with(|d| d.forget_once(key));
         }
     }
 }
@@ -268,7 +268,7 @@ impl Io for UringStream {
 impl Drop for UringStream {
     fn drop(&mut self) {
         let partial = self.partial.take();
-        driver::with(|d| {
+        driver::try_with(|d| {
             if let Some(p) = partial {
                 d.bufs().recycle(p.bid);
             }
@@ -349,6 +349,6 @@ impl Drop for UringListener {
     fn drop(&mut self) {
         // Cancels the armed accept: after a hand-over, no connection is taken by a listener
         // this worker no longer serves.
-        driver::with(|d| d.drop_multi(self.accept));
+        driver::try_with(|d| d.drop_multi(self.accept));
     }
 }
