@@ -119,24 +119,23 @@ pub async fn handle<S: Io + 'static, K: Connector>(
 ) -> Ending {
     let mut head = Vec::new();
     let limits = &ctx.limits;
-    // The handshake-phase futures are boxed: a task is as large as its largest await, and
-    // for the life of the connection it waits in the relay.
-    let (decision, timed_out) = Box::pin(read_until(
-        &*client,
-        &mut head,
-        ctx.handshake_timeout,
-        |b| match handshake::inspect(b, limits) {
-            Decision::NeedMore => None,
-            d => Some(d),
-        },
-    ))
-    .await;
+    let (decision, timed_out) =
+        read_until(
+            &*client,
+            &mut head,
+            ctx.handshake_timeout,
+            |b| match handshake::inspect(b, limits) {
+                Decision::NeedMore => None,
+                d => Some(d),
+            },
+        )
+        .await;
     let decision = match decision {
         Some(d) => d,
         None if timed_out => {
             counter!(catalog::HANDSHAKE_REJECTS, "listener" => ctx.name.clone(), "status" => "408")
                 .increment(1);
-            Box::pin(send_and_close(&*client, handshake::timeout_response())).await;
+            send_and_close(&*client, handshake::timeout_response()).await;
             return Ending::HandshakeTimeout;
         }
         None => return Ending::ClientGone,
@@ -146,13 +145,13 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         Decision::NeedMore => unreachable!("read_until only returns final decisions"),
         Decision::Reject(r) => {
             counter!(catalog::HANDSHAKE_REJECTS, "listener" => ctx.name.clone(), "status" => r.status.to_string()).increment(1);
-            Box::pin(send_and_close(&*client, r.response())).await;
+            send_and_close(&*client, r.response()).await;
             return Ending::Rejected(r.status);
         }
         Decision::Stats { json, .. } => {
             let pages = ctx.observe.stats.current();
             let page = if json { pages.json } else { pages.html };
-            Box::pin(send_and_close(&*client, page.to_vec())).await;
+            send_and_close(&*client, page.to_vec()).await;
             return Ending::Stats;
         }
         Decision::Upgrade {
@@ -177,7 +176,7 @@ pub async fn handle<S: Io + 'static, K: Connector>(
     let mut chosen: Option<(Rc<K::Stream>, Upstream)> = None;
     for up in set.candidates(peer.ip()) {
         let started = Instant::now();
-        match Box::pin(connector.connect(up.addr, ctx.connect_timeout)).await {
+        match connector.connect(up.addr, ctx.connect_timeout).await {
             Ok(s) => {
                 ctx.upstreams.report(&up.name, true);
                 meters(&ctx, up).record_connect(started.elapsed());
@@ -197,33 +196,30 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         }
     }
     let Some((backend, up)) = chosen else {
-        Box::pin(send_and_close(&*client, handshake::overloaded_response())).await;
+        send_and_close(&*client, handshake::overloaded_response()).await;
         return Ending::NoBackend;
     };
     let requested_at = Instant::now();
-    let (res, _) = Box::pin(backend.write_all(forward)).await;
+    let (res, _) = backend.write_all(forward).await;
     if res.is_err() {
         backend_error(&ctx, &up, "reset");
-        Box::pin(send_and_close(&*client, bad_gateway())).await;
+        send_and_close(&*client, bad_gateway()).await;
         return Ending::BadUpstreamAnswer;
     }
     let mut leave = None;
     if let Some(key) = ws_key {
         let mut answer = Vec::new();
-        let (head_len, _) = Box::pin(read_until(
-            &*backend,
-            &mut answer,
-            ctx.handshake_timeout,
-            |b| match handshake::check_upgrade_response(b, &key) {
+        let (head_len, _) = read_until(&*backend, &mut answer, ctx.handshake_timeout, |b| {
+            match handshake::check_upgrade_response(b, &key) {
                 Ok(Some(n)) => Some(Some(n)),
                 Ok(None) => None,
                 Err(_) => Some(None),
-            },
-        ))
+            }
+        })
         .await;
         let Some(Some(head_len)) = head_len else {
             backend_error(&ctx, &up, "bad_upstream_answer");
-            Box::pin(send_and_close(&*client, bad_gateway())).await;
+            send_and_close(&*client, bad_gateway()).await;
             return Ending::BadUpstreamAnswer;
         };
         meters(&ctx, &up).record_time_to_101(requested_at.elapsed());
@@ -234,7 +230,7 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         cursor.advance(answer.get(head_len..).unwrap_or_default(), false);
         leave = Some(Leave { rx, seq, cursor });
         // The 101 and anything the node sent right after it.
-        let (res, _) = Box::pin(client.write_all(answer)).await;
+        let (res, _) = client.write_all(answer).await;
         if res.is_err() {
             return Ending::ClientGone;
         }

@@ -116,7 +116,7 @@ async fn copy<A: Io, B: Io>(
         let (res, buf) = if buf.is_empty() {
             (Ok(()), buf)
         } else {
-            Box::pin(to.write_all(buf)).await
+            to.write_all(buf).await
         };
         restore(buf, &mut small);
         if res.is_err() {

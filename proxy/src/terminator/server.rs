@@ -350,9 +350,7 @@ async fn serve_conn<S: Io + 'static, K: Connector>(
     let ctx = spec.ctx.clone();
     match spec.tls {
         Some(acceptor) => {
-            // Boxed: the handshake's state machine is not kept for the connection's life.
-            let Ok(tls) = Box::pin(TlsIo::accept(stream, &acceptor, ctx.handshake_timeout)).await
-            else {
+            let Ok(tls) = TlsIo::accept(stream, &acceptor, ctx.handshake_timeout).await else {
                 return;
             };
             handle(Rc::new(tls), peer, ctx, &*connector).await;
