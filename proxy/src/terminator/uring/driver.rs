@@ -141,7 +141,10 @@ pub fn uninstall() {
     driver.cancel_all();
     let deadline = Instant::now() + Duration::from_millis(500);
     while !driver.slots.is_empty() && Instant::now() < deadline {
-        driver.flush_wait(Duration::from_millis(10));
+        driver.enter();
+        if driver.dispatch() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     if !driver.slots.is_empty() {
         let Driver {
@@ -209,7 +212,7 @@ impl Driver {
             if pushed {
                 break;
             }
-            self.submit();
+            self.enter();
         }
         self.queued += 1;
         if self.queued == 1 {
@@ -219,19 +222,16 @@ impl Driver {
         }
     }
 
-    fn submit(&mut self) {
-        self.enter(0);
-    }
-
     /// One `io_uring_enter`: submits everything queued and runs the kernel's pending
-    /// completion work (DEFER_TASKRUN runs it only here), waiting for `wait` completions.
-    fn enter(&mut self, wait: u32) {
+    /// completion work (DEFER_TASKRUN runs it only here). It never waits: the worker sleeps
+    /// in epoll, woken by the ring's eventfd.
+    fn enter(&mut self) {
         let to_submit = self.ring.submission().len() as u32;
         // SAFETY: plain io_uring_enter with no extra argument.
         let r = unsafe {
             self.ring
                 .submitter()
-                .enter::<libc::sigset_t>(to_submit, wait, ENTER_GETEVENTS, None)
+                .enter::<libc::sigset_t>(to_submit, 0, ENTER_GETEVENTS, None)
         };
         match r {
             Ok(_) => self.queued = self.ring.submission().len(),
@@ -248,21 +248,13 @@ impl Driver {
         // queue filled up while dispatching): the woken tasks have not run yet, so there is
         // nothing new to submit.
         for _ in 0..8 {
-            self.enter(0);
+            self.enter();
             self.dispatch();
             let mut sq = self.ring.submission();
             sq.sync();
             if sq.is_empty() && !sq.taskrun() {
                 break;
             }
-        }
-    }
-
-    fn flush_wait(&mut self, wait: Duration) {
-        let _ = wait;
-        self.enter(0);
-        if self.dispatch() == 0 {
-            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -350,32 +342,37 @@ impl Driver {
                     w.wake();
                 }
                 if cancel {
-                    self.push(
-                        opcode::AsyncCancel::new(key as u64)
-                            .build()
-                            .user_data(IGNORED),
-                    );
+                    self.push_cancel(key);
                 }
             }
         }
     }
 
-    /// Cancels every multishot request (one-shot ones complete on their own once their
-    /// sockets close).
+    /// Cancels every request still in flight (at worker exit).
     fn cancel_all(&mut self) {
         let keys: Vec<usize> = self
             .slots
             .iter()
-            .filter(|(_, s)| matches!(s, Slot::Multi { armed: true, .. }))
+            .filter(|(_, s)| {
+                matches!(
+                    s,
+                    Slot::Multi { armed: true, .. } | Slot::Once { done: None, .. }
+                )
+            })
             .map(|(k, _)| k)
             .collect();
         for k in keys {
-            self.push(
-                opcode::AsyncCancel::new(k as u64)
-                    .build()
-                    .user_data(IGNORED),
-            );
+            self.push_cancel(k);
         }
+    }
+
+    /// Queues the cancellation of the request in slot `key`.
+    fn push_cancel(&mut self, key: usize) {
+        self.push(
+            opcode::AsyncCancel::new(key as u64)
+                .build()
+                .user_data(IGNORED),
+        );
     }
 
     /// Starts a one-shot operation; `keep` stays alive until it completes.
@@ -415,7 +412,9 @@ impl Driver {
         }
     }
 
-    /// The future of `key` was dropped before its completion.
+    /// The future of `key` was dropped before its completion: nobody wants the result, so
+    /// the request is cancelled (a send to a peer that never reads would otherwise hold its
+    /// socket and buffer for good); the slot goes at the final completion.
     pub fn forget_once(&mut self, key: usize) {
         match self.slots.get_mut(key) {
             Some(Slot::Once { done: Some(_), .. }) => {
@@ -424,6 +423,7 @@ impl Driver {
             Some(Slot::Once { orphan, waker, .. }) => {
                 *orphan = true;
                 *waker = None;
+                self.push_cancel(key);
             }
             _ => {}
         }
@@ -492,11 +492,7 @@ impl Driver {
         {
             if !*cancelling {
                 *cancelling = true;
-                self.push(
-                    opcode::AsyncCancel::new(key as u64)
-                        .build()
-                        .user_data(IGNORED),
-                );
+                self.push_cancel(key);
             }
         }
     }
@@ -507,10 +503,10 @@ impl Driver {
         let Some(Slot::Multi {
             queue,
             armed,
-            cancelling,
             orphan,
             waker,
             bounded,
+            ..
         }) = self.slots.get_mut(key)
         else {
             return;
@@ -526,21 +522,14 @@ impl Driver {
                 None => {}
             }
         }
-        let (armed, cancelling) = (*armed, *cancelling);
+        let armed = *armed;
         for bid in held {
             self.bufs.recycle(bid);
         }
-        if !armed {
+        if armed {
+            self.cancel_multi(key);
+        } else {
             self.slots.remove(key);
-        } else if !cancelling {
-            if let Some(Slot::Multi { cancelling, .. }) = self.slots.get_mut(key) {
-                *cancelling = true;
-            }
-            self.push(
-                opcode::AsyncCancel::new(key as u64)
-                    .build()
-                    .user_data(IGNORED),
-            );
         }
     }
 

@@ -14,7 +14,7 @@ use std::{
 use io_uring::{cqueue, opcode, types};
 
 use super::driver::{self, Completion};
-use crate::terminator::io::{buffer_of, give_back, shutdown_fd, Io, LARGE_BUF};
+use crate::terminator::io::{buffer_of, give_back, shutdown_fd, Io};
 
 /// A one-shot operation in flight; dropping it orphans the slot (the kernel may still be
 /// using the kept buffer, which the slot frees at completion).
@@ -174,9 +174,7 @@ impl Io for UringStream {
                 Some(c) => Poll::Ready(Ok(c)),
                 None => {
                     if let Some(b) = held.take() {
-                        if b.capacity() == LARGE_BUF {
-                            give_back(b);
-                        }
+                        give_back(b);
                     }
                     Poll::Pending
                 }

@@ -180,21 +180,27 @@ fn abandoned_reads_and_closed_streams_give_everything_back() {
             0,
             "the receive was cancelled"
         );
-        // A write in flight when its stream goes: the slot keeps the buffer until the end.
-        let (s, peer) = pair();
+        // A write abandoned mid-flight to a peer that never reads: the send is cancelled
+        // (it would otherwise hold its socket and buffer for good), the slot freed.
+        let (s, _peer) = pair();
         let big = vec![9u8; 4 << 20];
         let write = tokio::time::timeout(Duration::from_millis(20), s.write_all(big)).await;
         assert!(
             write.is_err(),
             "4 MiB to a peer that does not read cannot finish"
         );
-        drop(peer);
+        settle().await;
+        assert_eq!(
+            driver::with(|d| d.in_flight()),
+            1,
+            "left: the stream's receive slot"
+        );
         drop(s);
         settle().await;
         assert_eq!(
             driver::with(|d| d.in_flight()),
             0,
-            "the send ended, its buffer freed"
+            "the send was cancelled, its buffer freed"
         );
     })
     .unwrap();
