@@ -171,17 +171,32 @@ pub fn uring_available() -> Result<(), String> {
 
 /// `auto`: io_uring when the kernel allows it, else epoll (logged with the reason).
 pub fn pick_mode(requested: Option<IoMode>) -> IoMode {
+    let (mode, fallback) = decide_mode(requested, uring_available);
+    if let Some(line) = fallback {
+        warn!("{line}");
+    }
+    mode
+}
+
+/// The pure part of [`pick_mode`]: the mode, and the log line when `auto` falls back to
+/// epoll (it names what the kernel lacks and what the mode needs). The probe runs only
+/// for `auto`: an explicit mode is taken as asked, and a ring that cannot be made then
+/// fails the start with its own error.
+pub fn decide_mode(
+    requested: Option<IoMode>,
+    probe: impl FnOnce() -> Result<(), String>,
+) -> (IoMode, Option<String>) {
     match requested {
-        Some(m) => m,
-        None => match uring_available() {
-            Ok(()) => IoMode::Uring,
-            Err(why) => {
-                warn!(
+        Some(m) => (m, None),
+        None => match probe() {
+            Ok(()) => (IoMode::Uring, None),
+            Err(why) => (
+                IoMode::Epoll,
+                Some(format!(
                     "io_uring mode unavailable ({why}; it needs {}); using epoll",
                     super::uring::needs()
-                );
-                IoMode::Epoll
-            }
+                )),
+            ),
         },
     }
 }
@@ -674,5 +689,36 @@ mod tests {
         assert_eq!(errors.streak, 0, "a good accept starts the back-off over");
         let failed: Option<()> = errors.take(Err(emfile)).await;
         assert_eq!((failed, errors.streak), (None, 1));
+    }
+
+    #[test]
+    fn auto_falls_back_to_epoll_naming_the_missing_feature() {
+        let missing = || Err("IORING_SETUP_DEFER_TASKRUN is not supported (needs Linux 6.1)".into());
+        let (mode, line) = decide_mode(None, missing);
+        assert_eq!(mode, IoMode::Epoll);
+        let line = line.expect("a fallback is logged");
+        assert!(line.contains("DEFER_TASKRUN is not supported"), "{line}");
+        assert!(line.contains("using epoll"), "{line}");
+
+        assert_eq!(decide_mode(None, || Ok(())), (IoMode::Uring, None));
+        let never = || -> Result<(), String> { panic!("an explicit mode is not probed") };
+        assert_eq!(decide_mode(Some(IoMode::Epoll), never), (IoMode::Epoll, None));
+        assert_eq!(decide_mode(Some(IoMode::Uring), never), (IoMode::Uring, None));
+    }
+
+    #[test]
+    fn auto_on_this_kernel_agrees_with_the_probe() {
+        // The real probe: on a kernel with every feature `auto` is io_uring; otherwise the
+        // fallback line carries the probe's reason.
+        let probed = uring_available();
+        let (mode, line) = decide_mode(None, uring_available);
+        match probed {
+            Ok(()) => assert_eq!((mode, line), (IoMode::Uring, None)),
+            Err(why) => {
+                println!("io_uring unavailable here: {why}");
+                assert_eq!(mode, IoMode::Epoll);
+                assert!(line.unwrap().contains(&why));
+            }
+        }
     }
 }
