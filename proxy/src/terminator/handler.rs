@@ -117,11 +117,50 @@ pub async fn handle<S: Io + 'static, K: Connector>(
     ctx: Arc<ListenerCtx>,
     connector: &K,
 ) -> Ending {
+    // Boxed: the handshake's state (head buffer, parsers, connects, timers) is freed when
+    // the relay starts, instead of sizing the task every idle connection keeps.
+    let (backend, up, leave) = match Box::pin(open(&client, peer, &ctx, connector)).await {
+        Ok(opened) => opened,
+        Err(ending) => return ending,
+    };
+    let client_count = meters(&ctx, &up).client();
+    let outcome = relay(client, backend, ctx.idle_timeout, leave).await;
+    if outcome.moved_off {
+        counter!(catalog::MOVED_OFF, "pool" => ctx.observe.pool.clone(), "backend" => up.name.clone()).increment(1);
+    }
+    drop(client_count);
+    let labels = |direction: &'static str| {
+        [
+            ("pool", ctx.observe.pool.clone()),
+            ("backend", up.name.clone()),
+            ("direction", direction.to_string()),
+        ]
+    };
+    counter!(catalog::BACKEND_BYTES, &labels("up")).increment(outcome.up_bytes);
+    counter!(catalog::BACKEND_BYTES, &labels("down")).increment(outcome.down_bytes);
+    if outcome.idle_timeout {
+        backend_error(&ctx, &up, "idle_timeout");
+    } else if outcome.reset {
+        backend_error(&ctx, &up, "reset");
+    }
+    Ending::Relayed
+}
+
+/// Everything before the relay: reads and checks the client's request, answers what is not
+/// relayed, connects to a node and forwards the request, checks the node's 101. Answers the
+/// node's stream, the node, and what the relay watches to move the client off.
+#[allow(clippy::type_complexity)]
+async fn open<S: Io + 'static, K: Connector>(
+    client: &Rc<S>,
+    peer: SocketAddr,
+    ctx: &Arc<ListenerCtx>,
+    connector: &K,
+) -> Result<(Rc<K::Stream>, Upstream, Option<Leave>), Ending> {
     let mut head = Vec::new();
     let limits = &ctx.limits;
     let (decision, timed_out) =
         read_until(
-            &*client,
+            &**client,
             &mut head,
             ctx.handshake_timeout,
             |b| match handshake::inspect(b, limits) {
@@ -135,24 +174,24 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         None if timed_out => {
             counter!(catalog::HANDSHAKE_REJECTS, "listener" => ctx.name.clone(), "status" => "408")
                 .increment(1);
-            send_and_close(&*client, handshake::timeout_response()).await;
-            return Ending::HandshakeTimeout;
+            send_and_close(&**client, handshake::timeout_response()).await;
+            return Err(Ending::HandshakeTimeout);
         }
-        None => return Ending::ClientGone,
+        None => return Err(Ending::ClientGone),
     };
     // What the node gets: the validator's canonical head (see `handshake`), then any body.
     let (forward, ws_key) = match decision {
         Decision::NeedMore => unreachable!("read_until only returns final decisions"),
         Decision::Reject(r) => {
             counter!(catalog::HANDSHAKE_REJECTS, "listener" => ctx.name.clone(), "status" => r.status.to_string()).increment(1);
-            send_and_close(&*client, r.response()).await;
-            return Ending::Rejected(r.status);
+            send_and_close(&**client, r.response()).await;
+            return Err(Ending::Rejected(r.status));
         }
         Decision::Stats { json, .. } => {
             let pages = ctx.observe.stats.current();
             let page = if json { pages.json } else { pages.html };
-            send_and_close(&*client, page.to_vec()).await;
-            return Ending::Stats;
+            send_and_close(&**client, page.to_vec()).await;
+            return Err(Ending::Stats);
         }
         Decision::Upgrade {
             head: canonical,
@@ -196,15 +235,15 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         }
     }
     let Some((backend, up)) = chosen else {
-        send_and_close(&*client, handshake::overloaded_response()).await;
-        return Ending::NoBackend;
+        send_and_close(&**client, handshake::overloaded_response()).await;
+        return Err(Ending::NoBackend);
     };
     let requested_at = Instant::now();
     let (res, _) = backend.write_all(forward).await;
     if res.is_err() {
         backend_error(&ctx, &up, "reset");
-        send_and_close(&*client, bad_gateway()).await;
-        return Ending::BadUpstreamAnswer;
+        send_and_close(&**client, bad_gateway()).await;
+        return Err(Ending::BadUpstreamAnswer);
     }
     let mut leave = None;
     if let Some(key) = ws_key {
@@ -219,8 +258,8 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         .await;
         let Some(Some(head_len)) = head_len else {
             backend_error(&ctx, &up, "bad_upstream_answer");
-            send_and_close(&*client, bad_gateway()).await;
-            return Ending::BadUpstreamAnswer;
+            send_and_close(&**client, bad_gateway()).await;
+            return Err(Ending::BadUpstreamAnswer);
         };
         meters(&ctx, &up).record_time_to_101(requested_at.elapsed());
         // A WebSocket client can be moved off a node that falls sick: watch for it, and
@@ -232,30 +271,10 @@ pub async fn handle<S: Io + 'static, K: Connector>(
         // The 101 and anything the node sent right after it.
         let (res, _) = client.write_all(answer).await;
         if res.is_err() {
-            return Ending::ClientGone;
+            return Err(Ending::ClientGone);
         }
     }
-    let client_count = meters(&ctx, &up).client();
-    let outcome = relay(client, backend, ctx.idle_timeout, leave).await;
-    if outcome.moved_off {
-        counter!(catalog::MOVED_OFF, "pool" => ctx.observe.pool.clone(), "backend" => up.name.clone()).increment(1);
-    }
-    drop(client_count);
-    let labels = |direction: &'static str| {
-        [
-            ("pool", ctx.observe.pool.clone()),
-            ("backend", up.name.clone()),
-            ("direction", direction.to_string()),
-        ]
-    };
-    counter!(catalog::BACKEND_BYTES, &labels("up")).increment(outcome.up_bytes);
-    counter!(catalog::BACKEND_BYTES, &labels("down")).increment(outcome.down_bytes);
-    if outcome.idle_timeout {
-        backend_error(&ctx, &up, "idle_timeout");
-    } else if outcome.reset {
-        backend_error(&ctx, &up, "reset");
-    }
-    Ending::Relayed
+    Ok((backend, up, leave))
 }
 
 fn bad_gateway() -> Vec<u8> {

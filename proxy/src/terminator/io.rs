@@ -17,11 +17,19 @@ pub enum IoMode {
 /// A connected byte stream.
 #[allow(async_fn_in_trait)] // single-threaded runtimes: futures need not be Send
 pub trait Io: std::os::fd::AsRawFd {
-    /// Waits until a read would not block (epoll), so no buffer is held by idle
-    /// connections. With io_uring it returns at once: the read itself waits.
+    /// Waits until a read would not block (epoll: the socket is readable; io_uring: the
+    /// multishot receive completed), holding nothing: this is where an idle connection
+    /// waits, so that neither a buffer nor a read's state machine is kept for it.
     async fn ready(&self) -> io::Result<()>;
     /// Reads at most `buf.capacity()` bytes into `buf` (cleared first); `Ok(0)` is EOF.
     async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    /// As [`Io::read`] after [`Io::ready`], but `Err(WouldBlock)` instead of waiting when
+    /// the readiness was stale (epoll's is until a read finds nothing), so that the caller
+    /// goes back to waiting in `ready`, holding nothing (a TLS record half received stays
+    /// in the session until the rest comes).
+    async fn read_ready(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.read(buf).await
+    }
     /// Writes the whole buffer.
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
     fn shutdown(&self, how: Shutdown) -> io::Result<()>;
@@ -54,6 +62,16 @@ impl Io for tokio::net::TcpStream {
                 Err(e) => return (Err(e), buf),
             }
         }
+    }
+
+    async fn read_ready(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        buf.clear();
+        if buf.capacity() == 0 {
+            buf.reserve_exact(SMALL_BUF);
+        }
+        // A WouldBlock clears tokio's readiness: the next `ready` really waits.
+        let r = self.try_read_buf(&mut buf);
+        (r, buf)
     }
 
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
@@ -97,24 +115,30 @@ pub(crate) fn shutdown_fd(fd: std::os::fd::RawFd, how: Shutdown) -> io::Result<(
     }
 }
 
-/// Relay buffers: a small one for occasional messages, a large pooled one while data flows.
-/// Neither is held while a read waits: both runtimes' reads let go of the caller's buffer
-/// until bytes are there.
+/// Relay buffers: a small one for occasional messages, a large one while data flows. Both
+/// come from a per-worker pool only while bytes are in flight: no reader holds its buffer
+/// while it waits, and the relay gives it back after each write.
 pub const SMALL_BUF: usize = 2 * 1024;
 pub const LARGE_BUF: usize = 32 * 1024;
+/// Buffers kept per size and worker: bounds what the pool holds after a burst (8 MiB of
+/// large ones, 2 MiB of small ones).
 const POOL_MAX: usize = 256;
+const SMALL_POOL_MAX: usize = 1024;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SMALL_POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty buffer of `cap` bytes (a pooled one when it is a large one): how a reader gets
-/// its buffer back after waiting without it.
+/// An empty buffer of `cap` bytes (a pooled one for the two relay sizes): how a reader
+/// gets its buffer back after waiting without it.
 pub fn buffer_of(cap: usize) -> Vec<u8> {
-    if cap == LARGE_BUF {
-        take_large()
-    } else {
-        Vec::with_capacity(cap)
+    match cap {
+        LARGE_BUF => take_large(),
+        SMALL_BUF => SMALL_POOL
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(SMALL_BUF)),
+        _ => Vec::with_capacity(cap),
     }
 }
 
@@ -124,18 +148,21 @@ pub fn take_large() -> Vec<u8> {
         .unwrap_or_else(|| Vec::with_capacity(LARGE_BUF))
 }
 
-/// Returns a buffer to the pool (small or odd-sized ones are simply freed). Pooled buffers
-/// are empty: a taker appends to what it gets.
+/// Returns a buffer to the pool (odd-sized ones are simply freed). Pooled buffers are
+/// empty: a taker appends to what it gets.
 pub fn give_back(mut buf: Vec<u8>) {
     buf.clear();
-    if buf.capacity() == LARGE_BUF {
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL_MAX {
-                p.push(buf);
-            }
-        });
-    }
+    let (pool, max) = match buf.capacity() {
+        LARGE_BUF => (&POOL, POOL_MAX),
+        SMALL_BUF => (&SMALL_POOL, SMALL_POOL_MAX),
+        _ => return,
+    };
+    pool.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < max {
+            p.push(buf);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -151,5 +178,13 @@ mod tests {
         give_back(b);
         let b = take_large();
         assert!(b.is_empty() && b.capacity() == LARGE_BUF);
+
+        let mut b = buffer_of(SMALL_BUF);
+        b.extend_from_slice(b"old bytes");
+        let at = b.as_ptr();
+        give_back(b);
+        let b = buffer_of(SMALL_BUF);
+        assert_eq!(b.as_ptr(), at, "a small buffer is reused");
+        assert!(b.is_empty() && b.capacity() == SMALL_BUF);
     }
 }

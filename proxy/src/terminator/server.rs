@@ -365,7 +365,10 @@ async fn serve_conn<S: Io + 'static, K: Connector>(
     let ctx = spec.ctx.clone();
     match spec.tls {
         Some(acceptor) => {
-            let Ok(tls) = TlsIo::accept(stream, &acceptor, ctx.handshake_timeout).await else {
+            // Boxed: the handshake's state is freed once done (the task keeps its largest
+            // await for as long as the connection lives).
+            let accepting = Box::pin(TlsIo::accept(stream, &acceptor, ctx.handshake_timeout));
+            let Ok(tls) = accepting.await else {
                 return;
             };
             handle(Rc::new(tls), peer, ctx, &*connector).await;

@@ -547,10 +547,74 @@ impl<S: Io> TlsIo<S> {
         }
     }
 
+    /// [`Io::read`] (`wait`) or [`Io::read_ready`].
+    async fn read_as(&self, mut buf: Vec<u8>, wait: bool) -> (io::Result<usize>, Vec<u8>) {
+        buf.clear();
+        if buf.capacity() == 0 {
+            buf.reserve_exact(SMALL_BUF);
+        }
+        loop {
+            {
+                let mut plain = self.plain.borrow_mut();
+                if !plain.is_empty() {
+                    let n = plain.len().min(buf.capacity());
+                    buf.extend_from_slice(&plain[..n]);
+                    plain.drain(..n);
+                    if plain.is_empty() {
+                        *plain = Vec::new();
+                    }
+                    return (Ok(n), buf);
+                }
+            }
+            if self.eof.get() {
+                return (Ok(0), buf);
+            }
+            // Session tickets, key updates: answer before waiting for more (boxed, as the
+            // other rare awaits here: the state machine of an idle read stays small).
+            if !self.outgoing.borrow().is_empty() {
+                if let Err(e) = Box::pin(self.flush()).await {
+                    return (Err(e), buf);
+                }
+            }
+            // Wait without the caller's (empty) buffer: an idle session holds none.
+            let cap = buf.capacity();
+            give_back(std::mem::take(&mut buf));
+            let filled = self.fill_as(cap.max(SMALL_BUF * 2), wait).await;
+            buf = buffer_of(cap);
+            match filled {
+                Ok(true) => {}
+                // TCP EOF without close_notify: EOF (clients often do this).
+                Ok(false) => self.eof.set(true),
+                Err(e) => return (Err(e), buf),
+            }
+            match self.process(Some(&mut buf), Action::Nothing) {
+                Ok(Progress::Closed) => self.eof.set(true),
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = Box::pin(self.flush()).await; // the alert
+                    return (Err(e), buf);
+                }
+            }
+            if !buf.is_empty() {
+                let n = buf.len();
+                return (Ok(n), buf);
+            }
+        }
+    }
+
     /// Reads up to `cap` bytes of ciphertext into `incoming`; false on EOF.
     async fn fill(&self, cap: usize) -> io::Result<bool> {
-        self.io.ready().await?;
-        let (res, chunk) = self.io.read(Vec::with_capacity(cap)).await;
+        self.fill_as(cap, true).await
+    }
+
+    /// [`Self::fill`]; without `wait`, `Err(WouldBlock)` when the stream has nothing yet.
+    async fn fill_as(&self, cap: usize, wait: bool) -> io::Result<bool> {
+        let (res, chunk) = if wait {
+            self.io.ready().await?;
+            self.io.read(Vec::with_capacity(cap)).await
+        } else {
+            self.io.read_ready(Vec::with_capacity(cap)).await
+        };
         match res? {
             0 => Ok(false),
             _ => {
@@ -590,58 +654,12 @@ impl<S: Io> Io for TlsIo<S> {
         self.io.ready().await
     }
 
-    async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        buf.clear();
-        if buf.capacity() == 0 {
-            buf.reserve_exact(SMALL_BUF);
-        }
-        loop {
-            {
-                let mut plain = self.plain.borrow_mut();
-                if !plain.is_empty() {
-                    let n = plain.len().min(buf.capacity());
-                    buf.extend_from_slice(&plain[..n]);
-                    plain.drain(..n);
-                    if plain.is_empty() {
-                        *plain = Vec::new();
-                    }
-                    return (Ok(n), buf);
-                }
-            }
-            if self.eof.get() {
-                return (Ok(0), buf);
-            }
-            // Session tickets, key updates: answer before waiting for more (boxed, as the
-            // other rare awaits here: the state machine of an idle read stays small).
-            if !self.outgoing.borrow().is_empty() {
-                if let Err(e) = Box::pin(self.flush()).await {
-                    return (Err(e), buf);
-                }
-            }
-            // Wait without the caller's (empty) buffer: an idle session holds none.
-            let cap = buf.capacity();
-            give_back(std::mem::take(&mut buf));
-            let filled = self.fill(cap.max(SMALL_BUF * 2)).await;
-            buf = buffer_of(cap);
-            match filled {
-                Ok(true) => {}
-                // TCP EOF without close_notify: EOF (clients often do this).
-                Ok(false) => self.eof.set(true),
-                Err(e) => return (Err(e), buf),
-            }
-            match self.process(Some(&mut buf), Action::Nothing) {
-                Ok(Progress::Closed) => self.eof.set(true),
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = Box::pin(self.flush()).await; // the alert
-                    return (Err(e), buf);
-                }
-            }
-            if !buf.is_empty() {
-                let n = buf.len();
-                return (Ok(n), buf);
-            }
-        }
+    async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.read_as(buf, true).await
+    }
+
+    async fn read_ready(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.read_as(buf, false).await
     }
 
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {

@@ -470,6 +470,25 @@ impl Driver {
         (next, *armed)
     }
 
+    /// Whether multishot slot `key` has a completion queued (registering the waker when
+    /// not), and whether it is armed: a readiness wait that takes nothing.
+    pub fn peek_multi(&mut self, key: usize, cx: &Context<'_>) -> (bool, bool) {
+        let Some(Slot::Multi {
+            waker,
+            queue,
+            armed,
+            ..
+        }) = self.slots.get_mut(key)
+        else {
+            unreachable!("poll of a slot that is not multishot");
+        };
+        let queued = !queue.is_empty();
+        if !queued {
+            *waker = Some(cx.waker().clone());
+        }
+        (queued, *armed)
+    }
+
     /// The next completion of multishot slot `key` if it carries bytes (a reader with room
     /// left takes several at once); EOF and errors stay queued for the next read.
     pub fn next_data(&mut self, key: usize) -> Option<Completion> {

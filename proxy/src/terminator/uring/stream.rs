@@ -144,8 +144,28 @@ impl AsRawFd for UringStream {
 }
 
 impl Io for UringStream {
+    /// Waits until a completion of the multishot receive is queued (bytes, EOF or an
+    /// error), holding nothing: the idle connection's wait, so that the read (and the
+    /// caller's buffer) exists only once there is something to take.
     async fn ready(&self) -> io::Result<()> {
-        Ok(())
+        let fd = self.fd.as_raw_fd();
+        poll_fn(|cx| {
+            if self.partial.get().is_some() || self.ended.get().is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            driver::with(|d| {
+                let (queued, armed) = d.peek_multi(self.recv, cx);
+                if !queued && !armed {
+                    d.arm(self.recv, driver::recv_multi(fd));
+                }
+                if queued {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                }
+            })
+        })
+        .await
     }
 
     async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
