@@ -218,7 +218,7 @@ async fn open<S: Io + 'static, K: Connector>(
         match connector.connect(up.addr, ctx.connect_timeout).await {
             Ok(s) => {
                 ctx.upstreams.report(&up.name, true);
-                meters(&ctx, up).record_connect(started.elapsed());
+                meters(ctx, up).record_connect(started.elapsed());
                 chosen = Some((Rc::new(s), up.clone()));
                 break;
             }
@@ -229,7 +229,7 @@ async fn open<S: Io + 'static, K: Connector>(
                 } else {
                     "refused"
                 };
-                backend_error(&ctx, up, kind);
+                backend_error(ctx, up, kind);
                 debug!(listener = %ctx.name, backend = %up.name, error = %e, "connect failed, trying the next node");
             }
         }
@@ -241,7 +241,7 @@ async fn open<S: Io + 'static, K: Connector>(
     let requested_at = Instant::now();
     let (res, _) = backend.write_all(forward).await;
     if res.is_err() {
-        backend_error(&ctx, &up, "reset");
+        backend_error(ctx, &up, "reset");
         send_and_close(&**client, bad_gateway()).await;
         return Err(Ending::BadUpstreamAnswer);
     }
@@ -257,11 +257,11 @@ async fn open<S: Io + 'static, K: Connector>(
         })
         .await;
         let Some(Some(head_len)) = head_len else {
-            backend_error(&ctx, &up, "bad_upstream_answer");
+            backend_error(ctx, &up, "bad_upstream_answer");
             send_and_close(&**client, bad_gateway()).await;
             return Err(Ending::BadUpstreamAnswer);
         };
-        meters(&ctx, &up).record_time_to_101(requested_at.elapsed());
+        meters(ctx, &up).record_time_to_101(requested_at.elapsed());
         // A WebSocket client can be moved off a node that falls sick: watch for it, and
         // follow the node's frames from the first byte after the 101.
         let (rx, seq) = ctx.upstreams.move_offs.watch(&up.name);

@@ -37,7 +37,10 @@ pub trait Io: std::os::fd::AsRawFd {
 
 impl Io for tokio::net::TcpStream {
     async fn ready(&self) -> io::Result<()> {
-        self.readable().await
+        // Not `readable()`: its future (a waiter node, ~180 bytes) would be kept by every
+        // idle connection; the stream's own read waker is enough, as each stream has one
+        // reader at a time.
+        std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
     }
 
     async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {

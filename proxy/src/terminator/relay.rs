@@ -185,8 +185,9 @@ async fn close_client<C: Io, B: Io>(client: &C, backend: &B, d: &Down) {
 
 /// Waits until this connection's turn to leave its node comes (never without `leave`);
 /// answers the close frame to send.
-async fn leave_due(leave: Option<Leave>) -> Close {
-    let Some(mut l) = leave else {
+async fn leave_due(leave: &mut Option<Leave>) -> Close {
+    // By reference: moved in, it would be stored again in this future's state.
+    let Some(l) = leave else {
         return std::future::pending().await;
     };
     loop {
@@ -214,7 +215,7 @@ pub async fn relay<C: Io, B: Io>(
     client: Rc<C>,
     backend: Rc<B>,
     idle: Duration,
-    leave: Option<Leave>,
+    mut leave: Option<Leave>,
 ) -> RelayOutcome {
     let last = Cell::new(Instant::now());
     let up = Cell::new(0u64);
@@ -231,7 +232,7 @@ pub async fn relay<C: Io, B: Io>(
         )
     };
     let leaver = async {
-        state.close.set(Some(leave_due(leave).await));
+        state.close.set(Some(leave_due(&mut leave).await));
         state.leaving.set(true);
         if state.parked.get() && state.cursor.borrow().at_boundary() {
             Box::pin(close_client(&*client, &*backend, &state)).await;
