@@ -133,20 +133,42 @@ thread_local! {
     static SMALL_POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Relay-size buffers taken on this thread and not given back yet.
+    static OUT: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+/// Relay-size buffers this thread took from the pool and has not given back (tests: what
+/// idle connections hold must be none).
+#[cfg(test)]
+pub fn buffers_out() -> isize {
+    OUT.with(|o| o.get())
+}
+
+fn count_out(_delta: isize) {
+    #[cfg(test)]
+    OUT.with(|o| o.set(o.get() + _delta));
+}
+
 /// An empty buffer of `cap` bytes (a pooled one for the two relay sizes): how a reader
 /// gets its buffer back after waiting without it.
 pub fn buffer_of(cap: usize) -> Vec<u8> {
     match cap {
         LARGE_BUF => take_large(),
-        SMALL_BUF => SMALL_POOL
-            .with(|p| p.borrow_mut().pop())
-            .unwrap_or_else(|| Vec::with_capacity(SMALL_BUF)),
+        SMALL_BUF => {
+            count_out(1);
+            SMALL_POOL
+                .with(|p| p.borrow_mut().pop())
+                .unwrap_or_else(|| Vec::with_capacity(SMALL_BUF))
+        }
         _ => Vec::with_capacity(cap),
     }
 }
 
 /// A large buffer from this thread's pool.
 pub fn take_large() -> Vec<u8> {
+    count_out(1);
     POOL.with(|p| p.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(LARGE_BUF))
 }
@@ -160,6 +182,7 @@ pub fn give_back(mut buf: Vec<u8>) {
         SMALL_BUF => (&SMALL_POOL, SMALL_POOL_MAX),
         _ => return,
     };
+    count_out(-1);
     pool.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < max {

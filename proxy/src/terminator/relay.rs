@@ -271,3 +271,79 @@ pub async fn relay<C: Io, B: Io>(
         reset: !(idle_timeout || moved_off || clean_up && clean_down),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::terminator::io::buffers_out;
+
+    /// A connected pair on loopback: (ours, the peer's end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (ours, _) = l.accept().await.unwrap();
+        (ours, peer)
+    }
+
+    /// Between messages the relay waits in `ready()` and holds no buffer in either
+    /// direction; bytes after the pause still pass, in order, and EOFs end it cleanly.
+    #[tokio::test]
+    async fn an_idle_relay_holds_no_buffer_and_goes_on_after_the_pause() {
+        let (client, mut client_peer) = pair().await;
+        let (backend, mut node) = pair().await;
+        let relay = relay(
+            Rc::new(client),
+            Rc::new(backend),
+            Duration::from_secs(60),
+            None,
+        );
+        let local = async {
+            let mut got = [0u8; 64];
+            for round in 0..3u8 {
+                let up = [b'u', round];
+                AsyncWriteExt::write_all(&mut client_peer, &up)
+                    .await
+                    .unwrap();
+                node.read_exact(&mut got[..2]).await.unwrap();
+                assert_eq!(&got[..2], &up);
+                // More than a small buffer holds: two reads, the second a large buffer.
+                let down: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + round).collect();
+                AsyncWriteExt::write_all(&mut node, &down).await.unwrap();
+                let mut back = vec![0u8; down.len()];
+                client_peer.read_exact(&mut back).await.unwrap();
+                assert_eq!(back, down, "round {round}: bytes in order");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                assert_eq!(
+                    buffers_out(),
+                    0,
+                    "round {round}: an idle relay holds a buffer"
+                );
+            }
+            AsyncWriteExt::shutdown(&mut client_peer).await.unwrap();
+            assert_eq!(
+                AsyncReadExt::read(&mut node, &mut got).await.unwrap(),
+                0,
+                "half-close passes"
+            );
+            AsyncWriteExt::shutdown(&mut node).await.unwrap();
+            assert_eq!(
+                AsyncReadExt::read(&mut client_peer, &mut got)
+                    .await
+                    .unwrap(),
+                0
+            );
+        };
+        let (outcome, ()) = tokio::join!(relay, local);
+        assert_eq!(outcome.up_bytes, 6);
+        assert_eq!(outcome.down_bytes, 15_000);
+        assert!(!outcome.reset && !outcome.idle_timeout, "{outcome:?}");
+        assert_eq!(buffers_out(), 0);
+    }
+}
