@@ -211,64 +211,68 @@ async fn leave_due(leave: &mut Option<Leave>) -> Close {
 
 /// Relays until both directions ended, or nothing moved for `idle`. With `leave`, a request
 /// to move clients off the node closes the connection between two of the node's frames.
-pub async fn relay<C: Io, B: Io>(
+#[allow(clippy::manual_async_fn)] // on purpose: see the body's first comment
+pub fn relay<C: Io, B: Io>(
     client: Rc<C>,
     backend: Rc<B>,
     idle: Duration,
     mut leave: Option<Leave>,
-) -> RelayOutcome {
-    let last = Cell::new(Instant::now());
-    let up = Cell::new(0u64);
-    let down = Cell::new(0u64);
-    let watched = leave.is_some();
-    let state = Down::default();
-    if let Some(l) = &leave {
-        *state.cursor.borrow_mut() = l.cursor.clone();
-    }
-    let work = async {
-        tokio::join!(
-            copy(&*client, &*backend, &last, &up, None),
-            copy(&*backend, &*client, &last, &down, watched.then_some(&state))
-        )
-    };
-    let leaver = async {
-        state.close.set(Some(leave_due(&mut leave).await));
-        state.leaving.set(true);
-        if state.parked.get() && state.cursor.borrow().at_boundary() {
-            Box::pin(close_client(&*client, &*backend, &state)).await;
+) -> impl std::future::Future<Output = RelayOutcome> {
+    // An async block, not an async fn: a fn's future keeps its arguments twice.
+    async move {
+        let last = Cell::new(Instant::now());
+        let up = Cell::new(0u64);
+        let down = Cell::new(0u64);
+        let watched = leave.is_some();
+        let state = Down::default();
+        if let Some(l) = &leave {
+            *state.cursor.borrow_mut() = l.cursor.clone();
         }
-        // A client that does not answer the close, or a node stuck mid-frame: cut.
-        Box::pin(tokio::time::sleep(LEAVE_GRACE)).await;
-        let _ = client.shutdown(Shutdown::Both);
-        let _ = backend.shutdown(Shutdown::Both);
-        std::future::pending::<()>().await;
-    };
-    tokio::pin!(leaver);
-    tokio::pin!(work);
-    let check = (idle / 4).max(Duration::from_millis(50));
-    let mut idle_timeout = false;
-    let (clean_up, clean_down) = loop {
-        tokio::select! {
-            r = &mut work => break r,
-            _ = &mut leaver => {}
-            _ = tokio::time::sleep(check), if !idle_timeout => {
-                if last.get().elapsed() >= idle {
-                    // Shutting down completes the pending reads (with io_uring, dropping
-                    // them would not).
-                    idle_timeout = true;
-                    let _ = client.shutdown(Shutdown::Both);
-                    let _ = backend.shutdown(Shutdown::Both);
+        let work = async {
+            tokio::join!(
+                copy(&*client, &*backend, &last, &up, None),
+                copy(&*backend, &*client, &last, &down, watched.then_some(&state))
+            )
+        };
+        let leaver = async {
+            state.close.set(Some(leave_due(&mut leave).await));
+            state.leaving.set(true);
+            if state.parked.get() && state.cursor.borrow().at_boundary() {
+                Box::pin(close_client(&*client, &*backend, &state)).await;
+            }
+            // A client that does not answer the close, or a node stuck mid-frame: cut.
+            Box::pin(tokio::time::sleep(LEAVE_GRACE)).await;
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = backend.shutdown(Shutdown::Both);
+            std::future::pending::<()>().await;
+        };
+        tokio::pin!(leaver);
+        tokio::pin!(work);
+        let check = (idle / 4).max(Duration::from_millis(50));
+        let mut idle_timeout = false;
+        let (clean_up, clean_down) = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = &mut leaver => {}
+                _ = tokio::time::sleep(check), if !idle_timeout => {
+                    if last.get().elapsed() >= idle {
+                        // Shutting down completes the pending reads (with io_uring, dropping
+                        // them would not).
+                        idle_timeout = true;
+                        let _ = client.shutdown(Shutdown::Both);
+                        let _ = backend.shutdown(Shutdown::Both);
+                    }
                 }
             }
+        };
+        let moved_off = state.leaving.get();
+        RelayOutcome {
+            up_bytes: up.get(),
+            down_bytes: down.get(),
+            idle_timeout,
+            moved_off,
+            reset: !(idle_timeout || moved_off || clean_up && clean_down),
         }
-    };
-    let moved_off = state.leaving.get();
-    RelayOutcome {
-        up_bytes: up.get(),
-        down_bytes: down.get(),
-        idle_timeout,
-        moved_off,
-        reset: !(idle_timeout || moved_off || clean_up && clean_down),
     }
 }
 
