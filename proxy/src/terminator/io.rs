@@ -195,6 +195,31 @@ pub fn give_back(mut buf: Vec<u8>) {
 mod tests {
     use super::*;
 
+    /// epoll's readiness stays set after a read until one finds nothing: `read_ready` then
+    /// says WouldBlock instead of waiting, and the next `ready` really waits.
+    #[tokio::test]
+    async fn a_stale_readiness_goes_back_to_waiting() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (ours, _) = l.accept().await.unwrap();
+        AsyncWriteExt::write_all(&mut peer, b"ping").await.unwrap();
+        Io::ready(&ours).await.unwrap();
+        let (r, b) = ours.read_ready(Vec::with_capacity(SMALL_BUF)).await;
+        assert_eq!((r.unwrap(), &b[..]), (4, &b"ping"[..]));
+        Io::ready(&ours).await.unwrap(); // stale: nothing is there
+        let (r, _) = ours.read_ready(b).await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(50), Io::ready(&ours));
+        assert!(wait.await.is_err(), "ready waits once a read found nothing");
+        AsyncWriteExt::write_all(&mut peer, b"pong").await.unwrap();
+        Io::ready(&ours).await.unwrap();
+        let (r, b) = ours.read_ready(Vec::new()).await;
+        assert_eq!((r.unwrap(), &b[..]), (4, &b"pong"[..]));
+    }
+
     #[test]
     fn pooled_buffers_come_back_empty() {
         // Readers append to the buffer they take: a pooled one holding old bytes would

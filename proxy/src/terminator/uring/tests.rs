@@ -253,3 +253,38 @@ fn the_probe_passes_on_a_kernel_that_has_every_feature() {
         Err(why) => panic!("Linux {release} has every feature, yet: {why}"),
     }
 }
+
+#[test]
+fn ready_waits_for_bytes_holding_nothing_and_leaves_them_to_the_read() {
+    block_on(small_ring(), async {
+        let (s, mut peer) = pair();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), s.ready()).await;
+        assert!(waiting.is_err(), "ready before any byte arrived");
+        settle().await;
+        assert_eq!(
+            driver::with(|d| d.bufs().lent),
+            0,
+            "a readiness wait holds no buffer"
+        );
+        peer.write_all(b"hello").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), s.ready())
+            .await
+            .expect("ready once bytes arrive")
+            .unwrap();
+        // It took nothing: still ready, and the read gets every byte.
+        tokio::time::timeout(Duration::from_millis(100), s.ready())
+            .await
+            .expect("still ready before the read")
+            .unwrap();
+        let (r, b) = s.read(Vec::with_capacity(64)).await;
+        assert_eq!((r.unwrap(), &b[..]), (5, &b"hello"[..]));
+        drop(peer);
+        tokio::time::timeout(Duration::from_secs(5), s.ready())
+            .await
+            .expect("ready at EOF")
+            .unwrap();
+        let (r, _) = s.read(Vec::with_capacity(16)).await;
+        assert_eq!(r.unwrap(), 0, "EOF");
+    })
+    .unwrap();
+}
