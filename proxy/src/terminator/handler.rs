@@ -146,16 +146,18 @@ pub async fn handle<S: Io + 'static, K: Connector>(
     Ending::Relayed
 }
 
+/// What [`open`] hands the relay: the node's stream, the node, and what the relay watches
+/// to move the client off.
+type Opened<K> = (Rc<<K as Connector>::Stream>, Upstream, Option<Leave>);
+
 /// Everything before the relay: reads and checks the client's request, answers what is not
-/// relayed, connects to a node and forwards the request, checks the node's 101. Answers the
-/// node's stream, the node, and what the relay watches to move the client off.
-#[allow(clippy::type_complexity)]
+/// relayed, connects to a node and forwards the request, checks the node's 101.
 async fn open<S: Io + 'static, K: Connector>(
     client: &Rc<S>,
     peer: SocketAddr,
     ctx: &Arc<ListenerCtx>,
     connector: &K,
-) -> Result<(Rc<K::Stream>, Upstream, Option<Leave>), Ending> {
+) -> Result<Opened<K>, Ending> {
     let mut head = Vec::new();
     let limits = &ctx.limits;
     let (decision, timed_out) =

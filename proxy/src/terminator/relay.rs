@@ -57,6 +57,24 @@ pub struct RelayOutcome {
     pub reset: bool,
 }
 
+/// One direction of the relay: where bytes come from and go to, the activity clock both
+/// directions share, this direction's byte count, and (node → client) the leave state.
+struct Leg<'a, A, B> {
+    from: &'a A,
+    to: &'a B,
+    last: &'a Cell<Instant>,
+    total: &'a Cell<u64>,
+    down: Option<&'a Down>,
+}
+
+// Not derived: the derive would ask `A: Copy, B: Copy`, and it is only references.
+impl<A, B> Clone for Leg<'_, A, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A, B> Copy for Leg<'_, A, B> {}
+
 /// What one burst of [`forward`] left the copy loop to do.
 enum Burst {
     /// Bytes went through (or none were there yet): wait for the next ones.
@@ -73,44 +91,38 @@ enum Burst {
 /// that follow run in a boxed future (one allocation per burst, a few tens of nanoseconds
 /// against microseconds of syscalls and crypto), because an async fn's state is as large as
 /// its largest await, kept for every connection however idle.
-async fn copy<A: Io, B: Io>(
-    from: &A,
-    to: &B,
-    last: &Cell<Instant>,
-    total: &Cell<u64>,
-    down: Option<&Down>,
-) -> bool {
+async fn copy<A: Io, B: Io>(leg: Leg<'_, A, B>) -> bool {
     // After a read that filled its buffer, data is flowing: use a large buffer. After a
     // short read, go back to a small one. Both come from the worker's pool per burst.
     let mut flowing = false;
     let clean = loop {
-        if let Some(d) = down {
+        if let Some(d) = leg.down {
             d.parked.set(true);
         }
-        if from.ready().await.is_err() {
+        if leg.from.ready().await.is_err() {
             break false;
         }
-        match Box::pin(forward(from, to, last, total, down, &mut flowing)).await {
+        match Box::pin(forward(leg, &mut flowing)).await {
             Burst::Again => {}
             Burst::End(clean) => break clean,
             Burst::Closed => return true,
         }
     };
-    if !down.is_some_and(|d| d.closed.get()) {
-        let _ = to.shutdown(Shutdown::Write);
+    if !leg.down.is_some_and(|d| d.closed.get()) {
+        let _ = leg.to.shutdown(Shutdown::Write);
     }
     clean
 }
 
 /// One read from `from` and its write to `to`.
-async fn forward<A: Io, B: Io>(
-    from: &A,
-    to: &B,
-    last: &Cell<Instant>,
-    total: &Cell<u64>,
-    down: Option<&Down>,
-    flowing: &mut bool,
-) -> Burst {
+async fn forward<A: Io, B: Io>(leg: Leg<'_, A, B>, flowing: &mut bool) -> Burst {
+    let Leg {
+        from,
+        to,
+        last,
+        total,
+        down,
+    } = leg;
     let buf = if *flowing {
         take_large()
     } else {
@@ -230,8 +242,20 @@ pub fn relay<C: Io, B: Io>(
         }
         let work = async {
             tokio::join!(
-                copy(&*client, &*backend, &last, &up, None),
-                copy(&*backend, &*client, &last, &down, watched.then_some(&state))
+                copy(Leg {
+                    from: &*client,
+                    to: &*backend,
+                    last: &last,
+                    total: &up,
+                    down: None,
+                }),
+                copy(Leg {
+                    from: &*backend,
+                    to: &*client,
+                    last: &last,
+                    total: &down,
+                    down: watched.then_some(&state),
+                })
             )
         };
         let leaver = async {

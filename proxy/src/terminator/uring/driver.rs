@@ -451,9 +451,15 @@ impl Driver {
         }
     }
 
-    /// The next completion of multishot slot `key`, or None (the waker is kept). Also says
-    /// whether the request is still armed.
-    pub fn next_multi(&mut self, key: usize, cx: &Context<'_>) -> (Option<Completion>, bool) {
+    /// The front completion of multishot slot `key`, taken (`take`) or only looked at (a
+    /// readiness wait); when there is none, the waker is kept. Also says whether the
+    /// request is still armed.
+    pub fn poll_multi(
+        &mut self,
+        key: usize,
+        cx: &Context<'_>,
+        take: bool,
+    ) -> (Option<Completion>, bool) {
         let Some(Slot::Multi {
             waker,
             queue,
@@ -463,30 +469,15 @@ impl Driver {
         else {
             unreachable!("poll of a slot that is not multishot");
         };
-        let next = queue.pop_front();
-        if next.is_none() {
-            *waker = Some(cx.waker().clone());
-        }
-        (next, *armed)
-    }
-
-    /// Whether multishot slot `key` has a completion queued (registering the waker when
-    /// not), and whether it is armed: a readiness wait that takes nothing.
-    pub fn peek_multi(&mut self, key: usize, cx: &Context<'_>) -> (bool, bool) {
-        let Some(Slot::Multi {
-            waker,
-            queue,
-            armed,
-            ..
-        }) = self.slots.get_mut(key)
-        else {
-            unreachable!("poll of a slot that is not multishot");
+        let front = if take {
+            queue.pop_front()
+        } else {
+            queue.front().copied()
         };
-        let queued = !queue.is_empty();
-        if !queued {
+        if front.is_none() {
             *waker = Some(cx.waker().clone());
         }
-        (queued, *armed)
+        (front, *armed)
     }
 
     /// The next completion of multishot slot `key` if it carries bytes (a reader with room

@@ -121,6 +121,18 @@ impl UringStream {
         n
     }
 
+    /// The multishot receive's next completion, taken or only looked at (see
+    /// `Driver::poll_multi`), arming the receive when it is not.
+    fn poll_receive(&self, cx: &std::task::Context<'_>, take: bool) -> Option<Completion> {
+        driver::with(|d| {
+            let (front, armed) = d.poll_multi(self.recv, cx, take);
+            if front.is_none() && !armed {
+                d.arm(self.recv, driver::recv_multi(self.fd.as_raw_fd()));
+            }
+            front
+        })
+    }
+
     /// The ring ran out of buffers: one plain receive into a buffer of our own.
     async fn read_own(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let cap = buf.capacity() as u32;
@@ -148,22 +160,13 @@ impl Io for UringStream {
     /// error), holding nothing: the idle connection's wait, so that the read (and the
     /// caller's buffer) exists only once there is something to take.
     async fn ready(&self) -> io::Result<()> {
-        let fd = self.fd.as_raw_fd();
         poll_fn(|cx| {
-            if self.partial.get().is_some() || self.ended.get().is_some() {
-                return Poll::Ready(Ok(()));
+            let done = self.partial.get().is_some() || self.ended.get().is_some();
+            if done || self.poll_receive(cx, false).is_some() {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
             }
-            driver::with(|d| {
-                let (queued, armed) = d.peek_multi(self.recv, cx);
-                if !queued && !armed {
-                    d.arm(self.recv, driver::recv_multi(fd));
-                }
-                if queued {
-                    Poll::Ready(Ok(()))
-                } else {
-                    Poll::Pending
-                }
-            })
         })
         .await
     }
@@ -178,19 +181,11 @@ impl Io for UringStream {
         // While we wait, the caller's buffer goes back to the allocator: an idle connection
         // holds no buffer, in userspace or in the kernel.
         let mut held = Some(buf);
-        let fd = self.fd.as_raw_fd();
         let next = poll_fn(|cx| {
             if let Some(res) = self.ended.get() {
                 return Poll::Ready(Err(res));
             }
-            let next = driver::with(|d| {
-                let (next, armed) = d.next_multi(self.recv, cx);
-                if next.is_none() && !armed {
-                    d.arm(self.recv, driver::recv_multi(fd));
-                }
-                next
-            });
-            match next {
+            match self.poll_receive(cx, true) {
                 Some(c) => Poll::Ready(Ok(c)),
                 None => {
                     if let Some(b) = held.take() {
@@ -332,7 +327,7 @@ impl UringListener {
         let fd = self.fd.as_raw_fd();
         let c = poll_fn(|cx| {
             driver::with(|d| {
-                let (next, armed) = d.next_multi(self.accept, cx);
+                let (next, armed) = d.poll_multi(self.accept, cx, true);
                 match next {
                     Some(c) => Poll::Ready(Ok(c)),
                     None if !armed && self.stopped.get() => Poll::Ready(Err(io::Error::new(
