@@ -33,6 +33,9 @@ pub trait Io: std::os::fd::AsRawFd {
     /// Writes the whole buffer.
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
     fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+    /// The connection has gone quiet: free what the next bytes can rebuild cheaply (a TLS
+    /// session's expanded record keys). Called by the relay, between two operations.
+    fn rest(&self) {}
 }
 
 impl Io for tokio::net::TcpStream {

@@ -5,6 +5,7 @@ pub mod handler;
 pub mod io;
 pub mod move_off;
 pub mod net;
+pub mod record;
 pub mod relay;
 pub mod server;
 pub mod tls;

@@ -4,6 +4,7 @@
 
 use std::{
     cell::{Cell, RefCell},
+    future::Future,
     net::Shutdown,
     rc::Rc,
     time::{Duration, Instant},
@@ -19,6 +20,11 @@ use crate::websocket::{self, FrameCursor};
 
 /// How long a client told to leave (or a node mid-frame) gets before the connection is cut.
 const LEAVE_GRACE: Duration = Duration::from_secs(5);
+
+/// Quiet this long, a connection is put to rest ([`Io::rest`]: TLS keys go back to bytes).
+/// Short, as re-expanding costs about a microsecond; a node's notice every few seconds
+/// pays that per notice, and an idle connection keeps only what it needs.
+const REST_AFTER: Duration = Duration::from_millis(500);
 
 /// Moving this connection off its node (see `move_off`): what the relay watches.
 #[derive(Debug)]
@@ -273,19 +279,51 @@ pub fn relay<C: Io, B: Io>(
         tokio::pin!(leaver);
         tokio::pin!(work);
         let check = (idle / 4).max(Duration::from_millis(50));
+        // Ends when nothing moved for `idle`; on the way, puts the connection to rest once
+        // per quiet spell of `REST_AFTER`. One timer: its deadline is the next of the two
+        // that can still come, moved when traffic resumes after a rest (this is polled
+        // whenever the relay is, so it sees `last` change).
+        let timer = tokio::time::sleep(REST_AFTER.min(check));
+        tokio::pin!(timer);
+        // `last` as it was when the connection was last put to rest.
+        let mut rested = None;
+        // The deadline accounts for the latest traffic.
+        let mut armed = true;
+        let quiet_watch = std::future::poll_fn(|cx| loop {
+            if !armed && rested != Some(last.get()) {
+                let wake = timer.deadline().min((last.get() + REST_AFTER).into());
+                timer.as_mut().reset(wake);
+                armed = true;
+            }
+            std::task::ready!(timer.as_mut().poll(cx));
+            let quiet = last.get().elapsed();
+            if quiet >= REST_AFTER && rested != Some(last.get()) {
+                rested = Some(last.get());
+                client.rest();
+                backend.rest();
+            }
+            if quiet >= idle {
+                return std::task::Poll::Ready(());
+            }
+            let mut wake = Instant::now() + check;
+            armed = rested != Some(last.get());
+            if armed {
+                wake = wake.min(last.get() + REST_AFTER);
+            }
+            timer.as_mut().reset(wake.into());
+        });
+        tokio::pin!(quiet_watch);
         let mut idle_timeout = false;
         let (clean_up, clean_down) = loop {
             tokio::select! {
                 r = &mut work => break r,
                 _ = &mut leaver => {}
-                _ = tokio::time::sleep(check), if !idle_timeout => {
-                    if last.get().elapsed() >= idle {
-                        // Shutting down completes the pending reads (with io_uring, dropping
-                        // them would not).
-                        idle_timeout = true;
-                        let _ = client.shutdown(Shutdown::Both);
-                        let _ = backend.shutdown(Shutdown::Both);
-                    }
+                _ = &mut quiet_watch, if !idle_timeout => {
+                    // Shutting down completes the pending reads (with io_uring, dropping
+                    // them would not).
+                    idle_timeout = true;
+                    let _ = client.shutdown(Shutdown::Both);
+                    let _ = backend.shutdown(Shutdown::Both);
                 }
             }
         };
@@ -318,6 +356,78 @@ mod tests {
         let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (ours, _) = l.accept().await.unwrap();
         (ours, peer)
+    }
+
+    /// A socket that counts how often the relay put it to rest.
+    struct Counted(TcpStream, Cell<u32>);
+
+    impl std::os::fd::AsRawFd for Counted {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+
+    impl Io for Counted {
+        async fn ready(&self) -> std::io::Result<()> {
+            Io::ready(&self.0).await
+        }
+        async fn read(&self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+            Io::read(&self.0, buf).await
+        }
+        async fn read_ready(&self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+            Io::read_ready(&self.0, buf).await
+        }
+        async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+            Io::write_all(&self.0, buf).await
+        }
+        fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+            Io::shutdown(&self.0, how)
+        }
+        fn rest(&self) {
+            self.1.set(self.1.get() + 1);
+        }
+    }
+
+    /// A connection quiet for `REST_AFTER` is put to rest once (both sides), not again
+    /// while it stays quiet, and again after the next quiet spell; traffic in between
+    /// does not.
+    #[tokio::test]
+    async fn a_quiet_relay_is_put_to_rest_once_per_quiet_spell() {
+        let (client, mut client_peer) = pair().await;
+        let (backend, mut node) = pair().await;
+        let client = Rc::new(Counted(client, Cell::new(0)));
+        let backend = Rc::new(Counted(backend, Cell::new(0)));
+        let relay = relay(
+            client.clone(),
+            backend.clone(),
+            Duration::from_secs(60),
+            None,
+        );
+        let local = async {
+            let mut got = [0u8; 8];
+            let rests = || (client.1.get(), backend.1.get());
+            // Busy: a message every 100 ms for longer than REST_AFTER.
+            for i in 0..8u8 {
+                AsyncWriteExt::write_all(&mut client_peer, &[i])
+                    .await
+                    .unwrap();
+                node.read_exact(&mut got[..1]).await.unwrap();
+                tokio::time::sleep(REST_AFTER / 5).await;
+            }
+            assert_eq!(rests(), (0, 0), "a busy connection is not put to rest");
+            tokio::time::sleep(REST_AFTER * 2).await;
+            assert_eq!(rests(), (1, 1), "quiet: put to rest");
+            tokio::time::sleep(REST_AFTER * 2).await;
+            assert_eq!(rests(), (1, 1), "still quiet: not again");
+            AsyncWriteExt::write_all(&mut node, b"x").await.unwrap();
+            client_peer.read_exact(&mut got[..1]).await.unwrap();
+            tokio::time::sleep(REST_AFTER * 2).await;
+            assert_eq!(rests(), (2, 2), "the next quiet spell");
+            AsyncWriteExt::shutdown(&mut client_peer).await.unwrap();
+            AsyncWriteExt::shutdown(&mut node).await.unwrap();
+        };
+        let (outcome, ()) = tokio::join!(relay, local);
+        assert!(!outcome.reset && !outcome.idle_timeout, "{outcome:?}");
     }
 
     /// Between messages the relay waits in `ready()` and holds no buffer in either

@@ -26,7 +26,10 @@ use rustls::{
 };
 use tracing::{info, warn};
 
-use super::io::{buffer_of, give_back, Io, SMALL_BUF};
+use super::{
+    io::{buffer_of, give_back, Io, SMALL_BUF},
+    record::{Alert, Opened, RecordError, Tls13Records},
+};
 use crate::config::Config;
 
 /// Errors loading certificates.
@@ -246,6 +249,8 @@ impl TlsAcceptor {
         }
         // Small buffers: websocket clients are mostly idle.
         config.send_tls13_tickets = 1;
+        // After a TLS 1.3 handshake our record layer takes the keys over (see `record`).
+        config.enable_secret_extraction = true;
         Self {
             config: Arc::new(config),
             resolver,
@@ -261,7 +266,7 @@ impl TlsAcceptor {
 /// at most a partial record: every operation runs rustls until it needs more bytes.
 pub struct TlsIo<S: Io> {
     io: S,
-    tls: RefCell<UnbufferedServerConnection>,
+    tls: RefCell<Session>,
     /// Received ciphertext not yet processed.
     incoming: RefCell<Vec<u8>>,
     /// Decrypted bytes the reader had no room for.
@@ -272,6 +277,16 @@ pub struct TlsIo<S: Io> {
     writing: tokio::sync::Mutex<()>,
     /// close_notify (or a TCP EOF) received.
     eof: Cell<bool>,
+}
+
+/// Who handles the records: rustls during the handshake and for TLS 1.2; our own layer for
+/// TLS 1.3 afterwards (see `record`: what an idle session keeps is much smaller). Both are
+/// boxed, so the session is no larger than the one it has.
+enum Session {
+    Rustls(Box<UnbufferedServerConnection>),
+    Tls13(Box<Tls13Records>),
+    /// Only while switching from one to the other.
+    Switching,
 }
 
 fn tls_err(e: rustls::Error) -> io::Error {
@@ -335,7 +350,7 @@ impl<S: Io> TlsIo<S> {
         let conn = UnbufferedServerConnection::new(acceptor.config.clone()).map_err(tls_err)?;
         let this = Self {
             io,
-            tls: RefCell::new(conn),
+            tls: RefCell::new(Session::Rustls(Box::new(conn))),
             incoming: RefCell::new(Vec::new()),
             plain: RefCell::new(Vec::new()),
             outgoing: RefCell::new(Vec::new()),
@@ -380,10 +395,78 @@ impl<S: Io> TlsIo<S> {
             }
         };
         match result {
-            Ok(()) => Ok(this),
+            Ok(()) => {
+                this.take_over_tls13()?;
+                Ok(this)
+            }
             Err(e) if timed_out.get() => Err(io::Error::new(io::ErrorKind::TimedOut, e)),
             Err(e) => Err(e),
         }
+    }
+
+    /// Once a TLS 1.3 handshake is done (and its tickets queued), our record layer takes
+    /// over from rustls.
+    fn take_over_tls13(&self) -> io::Result<()> {
+        let mut session = self.tls.borrow_mut();
+        let Session::Rustls(conn) = &*session else {
+            return Ok(());
+        };
+        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return Ok(());
+        }
+        let Session::Rustls(conn) = std::mem::replace(&mut *session, Session::Switching) else {
+            unreachable!("matched above");
+        };
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_err)?;
+        let records = Tls13Records::new(secrets, kernel)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        *session = Session::Tls13(Box::new(records));
+        Ok(())
+    }
+
+    /// Our TLS 1.3 record layer's share of [`Self::process`].
+    fn process_tls13(
+        &self,
+        records: &mut Tls13Records,
+        mut dest: Option<&mut Vec<u8>>,
+        action: Action<'_>,
+    ) -> io::Result<Progress> {
+        let mut incoming = self.incoming.borrow_mut();
+        let mut out = self.outgoing.borrow_mut();
+        let opened = {
+            let mut plain = self.plain.borrow_mut();
+            records.open(&mut incoming, &mut out, |mut payload| {
+                if let Some(d) = dest.as_deref_mut() {
+                    if plain.is_empty() {
+                        let n = payload.len().min(d.capacity() - d.len());
+                        d.extend_from_slice(&payload[..n]);
+                        payload = &payload[n..];
+                    }
+                }
+                plain.extend_from_slice(payload);
+            })
+        };
+        if incoming.is_empty() && incoming.capacity() > 0 {
+            // Nothing half-received: give the buffer back (idle sessions hold none).
+            *incoming = Vec::new();
+        }
+        let invalid = |e: RecordError| io::Error::new(io::ErrorKind::InvalidData, e);
+        match opened {
+            Ok(Opened::NeedMore) => {}
+            Ok(Opened::CloseNotify) => self.eof.set(true),
+            Err(e) => {
+                records.alert(e.alert, &mut out);
+                return Err(invalid(e));
+            }
+        }
+        match action {
+            Action::Nothing => {}
+            Action::Encrypt(data) => records
+                .seal(data, &mut out)
+                .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?,
+            Action::CloseNotify => records.alert(Alert::CloseNotify, &mut out),
+        }
+        Ok(Progress::Idle)
     }
 
     /// [`Self::process`], and on a TLS error the alert rustls queued is sent before the
@@ -401,12 +484,21 @@ impl<S: Io> TlsIo<S> {
     /// Runs rustls over the received ciphertext until it needs more: decrypted bytes go to
     /// `dest` (up to its capacity) and then to `plain`, records to send to `outgoing`;
     /// `action` is done once application data may be written.
-    fn process(
+    fn process(&self, dest: Option<&mut Vec<u8>>, action: Action<'_>) -> io::Result<Progress> {
+        match &mut *self.tls.borrow_mut() {
+            Session::Rustls(tls) => self.process_rustls(tls, dest, action),
+            Session::Tls13(records) => self.process_tls13(records, dest, action),
+            Session::Switching => Err(io::Error::other("TLS session lost while switching")),
+        }
+    }
+
+    /// rustls' share of [`Self::process`].
+    fn process_rustls(
         &self,
+        tls: &mut UnbufferedServerConnection,
         mut dest: Option<&mut Vec<u8>>,
         mut action: Action<'_>,
     ) -> io::Result<Progress> {
-        let mut tls = self.tls.borrow_mut();
         let mut incoming = self.incoming.borrow_mut();
         loop {
             let UnbufferedStatus { discard, state } = tls.process_tls_records(&mut incoming);
@@ -632,6 +724,14 @@ impl<S: Io> TlsIo<S> {
 
 #[cfg(test)]
 impl<S: Io> TlsIo<S> {
+    /// Runs `f` on our TLS 1.3 record layer, if it took over.
+    fn records<R>(&self, f: impl FnOnce(&mut Tls13Records) -> R) -> Option<R> {
+        match &mut *self.tls.borrow_mut() {
+            Session::Tls13(r) => Some(f(r)),
+            _ => None,
+        }
+    }
+
     /// Bytes of buffer the session holds (what an idle one must not).
     fn held_bytes(&self) -> usize {
         self.incoming.borrow().capacity()
@@ -656,6 +756,14 @@ impl<S: Io> Io for TlsIo<S> {
 
     async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         self.read_as(buf, true).await
+    }
+
+    fn rest(&self) {
+        if let Ok(mut session) = self.tls.try_borrow_mut() {
+            if let Session::Tls13(records) = &mut *session {
+                records.rest();
+            }
+        }
     }
 
     async fn read_ready(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
@@ -782,6 +890,277 @@ mod tests {
                 }
             }
             client.join().unwrap();
+        }
+    }
+
+    /// What the server side of a record-layer test saw.
+    #[derive(Debug, Default)]
+    struct Seen {
+        tls13: bool,
+        echoed: usize,
+        rx_updates: u32,
+        tx_updates: u32,
+        /// Put to rest after every echo, and no key was expanded then.
+        rested_clean: bool,
+        error: Option<io::ErrorKind>,
+    }
+
+    /// Echoes what it reads until EOF (or an error), putting the session to rest after
+    /// each echo; with our record layer, our key is replaced every 4 records.
+    async fn echo<S: Io>(stream: S, acceptor: TlsAcceptor) -> Seen {
+        let tls = TlsIo::accept(stream, &acceptor, Duration::from_secs(5))
+            .await
+            .expect("handshake");
+        let mut seen = Seen {
+            tls13: tls.records(|r| r.set_tx_limit(4)).is_some(),
+            rested_clean: true,
+            ..Seen::default()
+        };
+        loop {
+            let (r, buf) = tls.read(Vec::with_capacity(SMALL_BUF)).await;
+            match r {
+                Ok(0) => break,
+                Ok(n) => seen.echoed += n,
+                Err(e) => {
+                    seen.error = Some(e.kind());
+                    break;
+                }
+            }
+            let (r, _) = tls.write_all(buf).await;
+            r.expect("echo");
+            tls.rest();
+            if tls.records(|r| r.is_expanded()) == Some(true) {
+                seen.rested_clean = false;
+            }
+        }
+        if let Some((rx, tx)) = tls.records(|r| (r.rx_updates, r.tx_updates)) {
+            (seen.rx_updates, seen.tx_updates) = (rx, tx);
+        }
+        let _ = tls.shutdown(Shutdown::Both);
+        seen
+    }
+
+    /// Serves one connection from `listener` with [`echo`] in `mode`, while `client` runs.
+    fn serve_echo(
+        mode: IoMode,
+        acceptor: &TlsAcceptor,
+        client: impl FnOnce(std::net::SocketAddr) + Send + 'static,
+    ) -> Seen {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || client(addr));
+        let (sock, _) = listener.accept().unwrap();
+        let acceptor = acceptor.clone();
+        let seen = match mode {
+            IoMode::Epoll => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    sock.set_nonblocking(true).unwrap();
+                    echo(tokio::net::TcpStream::from_std(sock).unwrap(), acceptor).await
+                }),
+            IoMode::Uring => uring::block_on(uring::RingConfig::default(), async {
+                echo(uring::UringStream::from_std(sock).unwrap(), acceptor).await
+            })
+            .unwrap(),
+        };
+        client.join().expect("client");
+        seen
+    }
+
+    fn test_acceptor(name: &str) -> (TlsAcceptor, TestCert, TempDir) {
+        proxy_tests::terminator::init_crypto();
+        let dir = TempDir::new("records").unwrap();
+        let cert = TestCert::write(&dir.path().join("c"), name).unwrap();
+        let source = CertSource {
+            server_name: cert.server_name.clone(),
+            dir: cert.dir.clone(),
+        };
+        let resolver = SniResolver::load(&[source], None).unwrap();
+        (TlsAcceptor::new(resolver), cert, dir)
+    }
+
+    fn client_config(
+        pem: &str,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        suites: Option<&[rustls::SupportedCipherSuite]>,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        if let Some(suites) = suites {
+            provider.cipher_suites = suites.to_vec();
+        }
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    /// A rustls client's session against the echo: small and large messages, a KeyUpdate
+    /// of its own (asking for ours), then close_notify. Returns the bytes it checked.
+    fn chat(config: Arc<rustls::ClientConfig>, name: &'static str, addr: std::net::SocketAddr) {
+        let name = rustls::pki_types::ServerName::try_from(name).unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let round = |s: &mut rustls::StreamOwned<_, _>, msg: &[u8]| {
+            s.write_all(msg).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back).unwrap();
+            assert!(back == msg, "echoed bytes differ ({} bytes)", msg.len());
+        };
+        round(&mut s, b"ping");
+        let big: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+        round(&mut s, &big);
+        if s.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            s.conn.refresh_traffic_keys().unwrap();
+        }
+        for i in 0..10u8 {
+            round(&mut s, &[b'm', i]);
+        }
+        s.conn.send_close_notify();
+        s.flush().unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "nothing after the last echo");
+    }
+
+    /// After a TLS 1.3 handshake our record layer carries the session, for each TLS 1.3
+    /// cipher: bytes pass exactly both ways (records up to 16 KiB), through the client's
+    /// KeyUpdate (answered with ours) and ours every 4 records, with keys put to rest and
+    /// expanded again between messages; close_notify ends it. TLS 1.2 stays on rustls.
+    #[test]
+    fn tls13_records_carry_sessions_through_key_updates_and_rest_in_either_mode() {
+        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+        let (acceptor, cert, _dir) = test_acceptor("records.example.test");
+        let suites = [
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+        ];
+        let expected = 4 + 40_000 + 20;
+        for mode in [IoMode::Epoll, IoMode::Uring] {
+            for suite in suites {
+                let config =
+                    client_config(&cert.cert_pem, &[&rustls::version::TLS13], Some(&[suite]));
+                let seen = serve_echo(mode, &acceptor, move |a| {
+                    chat(config, "records.example.test", a)
+                });
+                let what = format!("{mode:?} {:?}", suite.suite());
+                assert!(seen.tls13, "{what}: our record layer took over");
+                assert_eq!(seen.error, None, "{what}");
+                assert_eq!(seen.echoed, expected, "{what}");
+                assert_eq!(seen.rx_updates, 1, "{what}: the client's KeyUpdate");
+                // 3 rounds of records before the update, 10 after: ours every 4 records,
+                // and one answering the client's.
+                assert!(
+                    seen.tx_updates >= 4,
+                    "{what}: {} of our KeyUpdates",
+                    seen.tx_updates
+                );
+                assert!(
+                    seen.rested_clean,
+                    "{what}: a rested session keeps no expanded key"
+                );
+            }
+            let config = client_config(&cert.cert_pem, &[&rustls::version::TLS12], None);
+            let seen = serve_echo(mode, &acceptor, move |a| {
+                chat(config, "records.example.test", a)
+            });
+            assert!(!seen.tls13, "{mode:?}: TLS 1.2 stays on rustls");
+            assert_eq!(
+                (seen.error, seen.echoed),
+                (None, expected),
+                "{mode:?} TLS 1.2"
+            );
+        }
+    }
+
+    /// Completes a TLS 1.3 handshake by hand and returns the client and its socket.
+    fn handshake_by_hand(
+        pem: &str,
+        addr: std::net::SocketAddr,
+    ) -> (rustls::ClientConnection, std::net::TcpStream) {
+        let config = client_config(pem, &[&rustls::version::TLS13], None);
+        let name = rustls::pki_types::ServerName::try_from("records.example.test").unwrap();
+        let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).unwrap();
+        }
+        (conn, tcp)
+    }
+
+    /// Broken records after the handshake: the session ends with an error, and the client
+    /// gets the alert that says why.
+    #[test]
+    fn broken_tls13_records_end_the_session_with_the_right_alert() {
+        use rustls::AlertDescription as A;
+        let (acceptor, cert, _dir) = test_acceptor("records.example.test");
+        type Break = fn(&mut Vec<u8>);
+        let cases: [(&str, Break, A); 4] = [
+            (
+                "a flipped byte",
+                |r| *r.last_mut().unwrap() ^= 1,
+                A::BadRecordMac,
+            ),
+            ("a handshake record", |r| r[0] = 22, A::UnexpectedMessage),
+            (
+                "an oversized record",
+                |r| r.splice(3..5, [0x48, 0]).for_each(drop),
+                A::RecordOverflow,
+            ),
+            (
+                "a record too short for its tag",
+                |r| {
+                    r.truncate(5 + 8);
+                    r[3..5].copy_from_slice(&[0, 8]);
+                },
+                A::DecodeError,
+            ),
+        ];
+        for mode in [IoMode::Epoll, IoMode::Uring] {
+            for (what, broken, alert) in cases {
+                let pem = cert.cert_pem.clone();
+                let seen = serve_echo(mode, &acceptor, move |addr| {
+                    let (mut conn, mut tcp) = handshake_by_hand(&pem, addr);
+                    conn.writer().write_all(b"hello").unwrap();
+                    let mut record = Vec::new();
+                    conn.write_tls(&mut record).unwrap();
+                    broken(&mut record);
+                    tcp.write_all(&record).unwrap();
+                    let got = loop {
+                        match conn.read_tls(&mut tcp) {
+                            Ok(0) | Err(_) => break None,
+                            Ok(_) => {}
+                        }
+                        if let Err(e) = conn.process_new_packets() {
+                            break Some(e);
+                        }
+                    };
+                    assert_eq!(
+                        got,
+                        Some(rustls::Error::AlertReceived(alert)),
+                        "{mode:?}, {what}"
+                    );
+                });
+                assert!(seen.tls13, "{mode:?}, {what}");
+                assert_eq!(seen.echoed, 0, "{mode:?}, {what}: nothing passed");
+                assert_eq!(
+                    seen.error,
+                    Some(io::ErrorKind::InvalidData),
+                    "{mode:?}, {what}"
+                );
+            }
         }
     }
 
