@@ -8,15 +8,19 @@
 //! its key as bytes (tens of bytes) and expands it only while records flow: the relay calls
 //! [`Tls13Records::rest`] once a connection has gone quiet.
 //!
-//! rustls' `KernelConnection` stays for what it alone knows: the traffic secrets, to
-//! derive the next keys on a KeyUpdate (the peer's, or ours before our key wears out).
-//! TLS 1.2 sessions stay on rustls throughout.
+//! A KeyUpdate (the peer's, or ours before our key wears out) derives the next key from
+//! the direction's traffic secret (§7.2), which rustls hands out only to a `KeyLog` while
+//! the handshake runs: [`CatchTrafficSecrets`] takes it there. rustls' `KernelConnection`
+//! could derive it too, but keeps about 1 KB per session for that. TLS 1.2 sessions stay on
+//! rustls throughout.
 
-use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use rustls::{
-    kernel::KernelConnection, server::ServerConnectionData, ConnectionTrafficSecrets,
-    ExtractedSecrets,
+use std::cell::RefCell;
+
+use aws_lc_rs::{
+    aead::{self, Aad, LessSafeKey, Nonce, UnboundKey},
+    hkdf,
 };
+use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, KeyLog};
 use zeroize::Zeroize;
 
 /// Record content types (RFC 8446 §5.1).
@@ -86,6 +90,14 @@ impl Cipher {
         }
     }
 
+    /// The suite's hash, for HKDF.
+    fn hkdf(self) -> hkdf::Algorithm {
+        match self {
+            Self::Aes256Gcm => hkdf::HKDF_SHA384,
+            Self::Aes128Gcm | Self::Chacha20Poly1305 => hkdf::HKDF_SHA256,
+        }
+    }
+
     fn limit(self) -> u64 {
         match self {
             Self::Aes128Gcm | Self::Aes256Gcm => AES_GCM_LIMIT,
@@ -94,13 +106,117 @@ impl Cipher {
     }
 }
 
-/// One direction's traffic key: the bytes always, the expanded AEAD context only while
-/// records flow.
+/// A traffic secret as rustls logged it (a hash's length: 32 or 48 bytes).
+#[derive(Clone)]
+pub struct Secret {
+    bytes: [u8; 48],
+    len: u8,
+}
+
+impl Secret {
+    fn new(b: &[u8]) -> Option<Self> {
+        let mut bytes = [0; 48];
+        bytes.get_mut(..b.len())?.copy_from_slice(b);
+        Some(Self {
+            bytes,
+            len: b.len() as u8,
+        })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+/// A handshake's two application traffic secrets, as far as caught.
+#[derive(Default)]
+pub struct TrafficSecrets {
+    pub client: Option<Secret>,
+    pub server: Option<Secret>,
+}
+
+impl TrafficSecrets {
+    /// Adds what the handshake step that just ran on this thread logged.
+    pub fn catch(&mut self) {
+        CAUGHT.with(|c| {
+            let mut c = c.borrow_mut();
+            if let Some(s) = c.client.take() {
+                self.client = Some(s);
+            }
+            if let Some(s) = c.server.take() {
+                self.server = Some(s);
+            }
+        });
+    }
+}
+
+thread_local! {
+    static CAUGHT: RefCell<TrafficSecrets> = RefCell::new(TrafficSecrets::default());
+}
+
+const CLIENT_SECRET: &str = "CLIENT_TRAFFIC_SECRET_0";
+const SERVER_SECRET: &str = "SERVER_TRAFFIC_SECRET_0";
+
+/// The `KeyLog` of our server config: keeps a handshake's application traffic secrets on
+/// this thread until [`TrafficSecrets::catch`] takes them. rustls logs them inside the
+/// `process_tls_records` call that derives them, so the session whose step just ran is the
+/// one they belong to (and takeover checks that they give rustls' keys).
+#[derive(Debug)]
+pub struct CatchTrafficSecrets;
+
+impl KeyLog for CatchTrafficSecrets {
+    fn will_log(&self, label: &str) -> bool {
+        label == CLIENT_SECRET || label == SERVER_SECRET
+    }
+
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        CAUGHT.with(|c| {
+            let mut c = c.borrow_mut();
+            match label {
+                CLIENT_SECRET => c.client = Secret::new(secret),
+                SERVER_SECRET => c.server = Secret::new(secret),
+                _ => {}
+            }
+        });
+    }
+}
+
+/// HKDF-Expand-Label (§7.1) with an empty context.
+fn expand_label(
+    alg: hkdf::Algorithm,
+    secret: &[u8],
+    label: &[u8],
+    out: &mut [u8],
+) -> Result<(), RecordError> {
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let len = (out.len() as u16).to_be_bytes();
+    let label_len = [(6 + label.len()) as u8];
+    let info: [&[u8]; 5] = [&len, &label_len, b"tls13 ", label, &[0]];
+    hkdf::Prk::new_less_safe(alg, secret)
+        .expand(&info, Len(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .map_err(|_| fail(Alert::InternalError, "HKDF-Expand-Label failed"))
+}
+
+/// One direction's traffic key: the bytes and the secret they come from always, the
+/// expanded AEAD context only while records flow.
 struct TrafficKey {
     cipher: Cipher,
     key: [u8; 32],
     iv: [u8; 12],
     seq: u64,
+    secret: Secret,
     expanded: Option<LessSafeKey>,
 }
 
@@ -112,7 +228,48 @@ impl Drop for TrafficKey {
 }
 
 impl TrafficKey {
-    fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> Result<Self, RecordError> {
+    /// The key of `secret` (§7.3).
+    fn derive(cipher: Cipher, secret: Secret) -> Result<Self, RecordError> {
+        let mut this = Self {
+            cipher,
+            key: [0; 32],
+            iv: [0; 12],
+            seq: 0,
+            secret,
+            expanded: None,
+        };
+        let alg = cipher.hkdf();
+        let key_len = cipher.algorithm().key_len();
+        expand_label(
+            alg,
+            this.secret.as_bytes(),
+            b"key",
+            &mut this.key[..key_len],
+        )?;
+        expand_label(alg, this.secret.as_bytes(), b"iv", &mut this.iv)?;
+        Ok(this)
+    }
+
+    /// The next key after a KeyUpdate (§7.2).
+    fn next(&self) -> Result<Self, RecordError> {
+        let mut next = self.secret.clone();
+        let len = usize::from(next.len);
+        expand_label(
+            self.cipher.hkdf(),
+            self.secret.as_bytes(),
+            b"traffic upd",
+            &mut next.bytes[..len],
+        )?;
+        Self::derive(self.cipher, next)
+    }
+
+    /// rustls' key for this direction, checked against the one derived from the caught
+    /// secret (so a secret caught from another session can never be used).
+    fn new(
+        seq: u64,
+        secrets: ConnectionTrafficSecrets,
+        secret: Option<Secret>,
+    ) -> Result<Self, RecordError> {
         let (cipher, key, iv) = match secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Cipher::Aes128Gcm, key, iv),
             ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Cipher::Aes256Gcm, key, iv),
@@ -121,19 +278,17 @@ impl TrafficKey {
             }
             _ => return Err(fail(Alert::InternalError, "unsupported TLS 1.3 cipher")),
         };
-        let mut this = Self {
-            cipher,
-            key: [0; 32],
-            iv: [0; 12],
-            seq,
-            expanded: None,
-        };
-        let (k, v) = (key.as_ref(), iv.as_ref());
-        if k.len() != cipher.algorithm().key_len() || v.len() != this.iv.len() {
-            return Err(fail(Alert::InternalError, "traffic key of the wrong size"));
+        let secret =
+            secret.ok_or_else(|| fail(Alert::InternalError, "traffic secret not caught"))?;
+        let mut this = Self::derive(cipher, secret)?;
+        let key_len = cipher.algorithm().key_len();
+        if key.as_ref() != &this.key[..key_len] || iv.as_ref() != this.iv {
+            return Err(fail(
+                Alert::InternalError,
+                "the caught traffic secret does not give rustls' key",
+            ));
         }
-        this.key[..k.len()].copy_from_slice(k);
-        this.iv.copy_from_slice(v);
+        this.seq = seq;
         Ok(this)
     }
 
@@ -169,7 +324,6 @@ impl TrafficKey {
 pub struct Tls13Records {
     rx: TrafficKey,
     tx: TrafficKey,
-    kernel: KernelConnection<ServerConnectionData>,
     /// Records sealed under one key before ours is replaced (the cipher's limit; tests set
     /// it low).
     tx_limit: u64,
@@ -181,18 +335,18 @@ pub struct Tls13Records {
 }
 
 impl Tls13Records {
-    /// Takes over from rustls: the secrets it extracted and what derives the next ones.
+    /// Takes over from rustls: the keys and sequence numbers it extracted, and the traffic
+    /// secrets caught during the handshake (client's: what we receive).
     pub fn new(
         secrets: ExtractedSecrets,
-        kernel: KernelConnection<ServerConnectionData>,
+        mut traffic: TrafficSecrets,
     ) -> Result<Self, RecordError> {
-        let rx = TrafficKey::new(secrets.rx.0, secrets.rx.1)?;
-        let tx = TrafficKey::new(secrets.tx.0, secrets.tx.1)?;
+        let rx = TrafficKey::new(secrets.rx.0, secrets.rx.1, traffic.client.take())?;
+        let tx = TrafficKey::new(secrets.tx.0, secrets.tx.1, traffic.server.take())?;
         let tx_limit = tx.cipher.limit();
         Ok(Self {
             rx,
             tx,
-            kernel,
             tx_limit,
             closed: false,
             rx_updates: 0,
@@ -338,11 +492,7 @@ impl Tls13Records {
             if body.len() > len {
                 return Err(fail(Alert::UnexpectedMessage, "data after a KeyUpdate"));
             }
-            let (seq, secrets) = self
-                .kernel
-                .update_rx_secret()
-                .map_err(|e| fail(Alert::InternalError, e.to_string()))?;
-            self.rx = TrafficKey::new(seq, secrets)?;
+            self.rx = self.rx.next()?;
             self.rx_updates += 1;
             if requested && !self.closed {
                 self.update_tx(out)?;
@@ -355,11 +505,7 @@ impl Tls13Records {
     /// Sends our KeyUpdate (under the old key), then switches to the next key.
     fn update_tx(&mut self, out: &mut Vec<u8>) -> Result<(), RecordError> {
         self.seal_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], out)?;
-        let (seq, secrets) = self
-            .kernel
-            .update_tx_secret()
-            .map_err(|e| fail(Alert::InternalError, e.to_string()))?;
-        self.tx = TrafficKey::new(seq, secrets)?;
+        self.tx = self.tx.next()?;
         self.tx_updates += 1;
         Ok(())
     }
@@ -415,5 +561,49 @@ impl Tls13Records {
         };
         out.extend_from_slice(tag.as_ref());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    }
+
+    /// RFC 8448 §3: the server's application traffic secret and the key and IV it gives.
+    #[test]
+    fn traffic_keys_derive_as_rfc_8448_says() {
+        let secret = hex("a1 1a f9 f0 55 31 f8 56 ad 47 11 6b 45 a9 50 32 82 04 b4 f4 4b fb 6b 3a 4b 4f 1f 3f cb 63 16 43");
+        let k = TrafficKey::derive(Cipher::Aes128Gcm, Secret::new(&secret).unwrap()).unwrap();
+        assert_eq!(
+            k.key[..16],
+            hex("9f 02 28 3b 6c 9c 07 ef c2 6b b9 f2 ac 92 e3 56")[..]
+        );
+        assert_eq!(k.iv[..], hex("cf 78 2b 88 dd 83 54 9a ad f1 e9 84")[..]);
+    }
+
+    /// A secret that does not give rustls' key (another session's) is refused.
+    #[test]
+    fn a_secret_that_does_not_match_rustls_key_is_refused() {
+        let secret = Secret::new(&[7; 48]).unwrap();
+        let right = TrafficKey::derive(Cipher::Aes256Gcm, secret.clone()).unwrap();
+        let secrets = |key: [u8; 32]| ConnectionTrafficSecrets::Aes256Gcm {
+            key: rustls::crypto::cipher::AeadKey::from(key),
+            iv: rustls::crypto::cipher::Iv::new(right.iv),
+        };
+        let ok = TrafficKey::new(5, secrets(right.key), Some(secret.clone())).unwrap();
+        assert_eq!(ok.seq, 5);
+        let mut wrong = right.key;
+        wrong[0] ^= 1;
+        let err = TrafficKey::new(5, secrets(wrong), Some(secret))
+            .err()
+            .unwrap();
+        assert!(err.what.contains("does not give rustls' key"), "{err}");
+        let err = TrafficKey::new(5, secrets(right.key), None).err().unwrap();
+        assert!(err.what.contains("not caught"), "{err}");
     }
 }

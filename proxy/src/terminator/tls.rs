@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use super::{
     io::{buffer_of, give_back, Io, SMALL_BUF},
-    record::{Alert, Opened, RecordError, Tls13Records},
+    record::{Alert, CatchTrafficSecrets, Opened, RecordError, Tls13Records, TrafficSecrets},
 };
 use crate::config::Config;
 
@@ -251,6 +251,7 @@ impl TlsAcceptor {
         config.send_tls13_tickets = 1;
         // After a TLS 1.3 handshake our record layer takes the keys over (see `record`).
         config.enable_secret_extraction = true;
+        config.key_log = Arc::new(CatchTrafficSecrets);
         Self {
             config: Arc::new(config),
             resolver,
@@ -283,10 +284,28 @@ pub struct TlsIo<S: Io> {
 /// TLS 1.3 afterwards (see `record`: what an idle session keeps is much smaller). Both are
 /// boxed, so the session is no larger than the one it has.
 enum Session {
-    Rustls(Box<UnbufferedServerConnection>),
+    Rustls(Box<Handshaking>),
     Tls13(Box<Tls13Records>),
     /// Only while switching from one to the other.
     Switching,
+}
+
+/// A rustls session, and the traffic secrets caught from its handshake (see `record`).
+struct Handshaking {
+    conn: UnbufferedServerConnection,
+    secrets: TrafficSecrets,
+}
+
+impl Handshaking {
+    /// rustls' `process_tls_records`, catching the secrets this step logged.
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, rustls::server::ServerConnectionData> {
+        let status = self.conn.process_tls_records(incoming);
+        self.secrets.catch();
+        status
+    }
 }
 
 fn tls_err(e: rustls::Error) -> io::Error {
@@ -350,7 +369,10 @@ impl<S: Io> TlsIo<S> {
         let conn = UnbufferedServerConnection::new(acceptor.config.clone()).map_err(tls_err)?;
         let this = Self {
             io,
-            tls: RefCell::new(Session::Rustls(Box::new(conn))),
+            tls: RefCell::new(Session::Rustls(Box::new(Handshaking {
+                conn,
+                secrets: TrafficSecrets::default(),
+            }))),
             incoming: RefCell::new(Vec::new()),
             plain: RefCell::new(Vec::new()),
             outgoing: RefCell::new(Vec::new()),
@@ -408,17 +430,20 @@ impl<S: Io> TlsIo<S> {
     /// over from rustls.
     fn take_over_tls13(&self) -> io::Result<()> {
         let mut session = self.tls.borrow_mut();
-        let Session::Rustls(conn) = &*session else {
+        let Session::Rustls(hs) = &*session else {
             return Ok(());
         };
-        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        if hs.conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
             return Ok(());
         }
-        let Session::Rustls(conn) = std::mem::replace(&mut *session, Session::Switching) else {
+        let Session::Rustls(hs) = std::mem::replace(&mut *session, Session::Switching) else {
             unreachable!("matched above");
         };
-        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_err)?;
-        let records = Tls13Records::new(secrets, kernel)
+        let Handshaking { conn, secrets } = *hs;
+        // Its KernelConnection could derive KeyUpdates, but we do that from the caught
+        // secrets: it is dropped here, with the rest of rustls' session.
+        let (keys, _) = conn.dangerous_into_kernel_connection().map_err(tls_err)?;
+        let records = Tls13Records::new(keys, secrets)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         *session = Session::Tls13(Box::new(records));
         Ok(())
@@ -495,13 +520,13 @@ impl<S: Io> TlsIo<S> {
     /// rustls' share of [`Self::process`].
     fn process_rustls(
         &self,
-        tls: &mut UnbufferedServerConnection,
+        tls: &mut Handshaking,
         mut dest: Option<&mut Vec<u8>>,
         mut action: Action<'_>,
     ) -> io::Result<Progress> {
         let mut incoming = self.incoming.borrow_mut();
         loop {
-            let UnbufferedStatus { discard, state } = tls.process_tls_records(&mut incoming);
+            let UnbufferedStatus { discard, state } = tls.process(&mut incoming);
             let step: io::Result<Option<Progress>> = match state {
                 Err(e) => Err(tls_err(e)),
                 Ok(ConnectionState::ReadTraffic(mut records)) => {
@@ -599,7 +624,7 @@ impl<S: Io> TlsIo<S> {
                 Err(e) => {
                     // The alert rustls queued for this error, if any.
                     for _ in 0..4 {
-                        let UnbufferedStatus { state, .. } = tls.process_tls_records(&mut []);
+                        let UnbufferedStatus { state, .. } = tls.process(&mut []);
                         match state {
                             Ok(ConnectionState::EncodeTlsData(mut enc)) => {
                                 let mut out = self.outgoing.borrow_mut();
