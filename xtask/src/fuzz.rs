@@ -42,6 +42,11 @@ pub const TARGETS: &[(&str, &str, usize)] = &[
     ("agent_feed", "agent feed (parse_agent)", 256),
     ("config", "config loader (Config::parse)", 8_192),
     (
+        "tls13_records",
+        "TLS 1.3 records after the handshake (terminator::record)",
+        20_000,
+    ),
+    (
         "xdp",
         "XDP packet path through BPF_PROG_TEST_RUN (root)",
         1_600,

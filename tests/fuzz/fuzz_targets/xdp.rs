@@ -268,7 +268,11 @@ fn build_network() -> (u32, u32) {
         .collect();
     clients.push((IpAddr::V6(CLIENT6), [0x02, 0xcc, 0, 0, 0x06, 0x10]));
     for (addr, mac, side) in lab_neighbours(&clients, &BACKENDS) {
-        ip(&neighbour_args(&addr.to_string(), &fmt_mac(mac), side.dev()));
+        ip(&neighbour_args(
+            &addr.to_string(),
+            &fmt_mac(mac),
+            side.dev(),
+        ));
     }
     (ifindex(CLI_DEV), ifindex(BK_DEV))
 }
