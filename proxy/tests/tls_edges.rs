@@ -162,6 +162,61 @@ fn run(cmd: &mut Command, input: &[u8]) -> Run {
     }
 }
 
+/// As [`run`], with stdin written in pieces, each followed by its pause (then EOF): an
+/// interactive client's lines arrive one at a time.
+fn run_paced(cmd: &mut Command, pieces: &[(&[u8], Duration)]) -> Run {
+    let mut script = Vec::new();
+    for (bytes, pause) in pieces {
+        script.push((bytes.to_vec(), *pause));
+    }
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {shown}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = thread::spawn(move || {
+        for (bytes, pause) in script {
+            let _ = stdin.write_all(&bytes);
+            let _ = stdin.flush();
+            thread::sleep(pause);
+        }
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_t = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > TOOL_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{shown} did not finish within {TOOL_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    let mut text = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
+    text.push_str(&String::from_utf8_lossy(&err_t.join().unwrap()));
+    Run {
+        success: status.success(),
+        text,
+    }
+}
+
 /// `openssl s_client` against the proxy with `args` added; stdin is `input` then EOF.
 fn s_client(p: &Proxy, args: &[&str], input: &[u8]) -> Run {
     let mut cmd = Command::new("openssl");
@@ -413,6 +468,47 @@ fn session_resumption_on_tls12_and_tls13() {
                 r.text
             );
         }
+    }
+}
+
+/// OpenSSL's KeyUpdate mid-session (s_client's `K`: it updates its key and asks for ours):
+/// our record layer takes it and answers with its own, and the `/stats` answer that
+/// follows passes under the new keys both ways.
+#[test]
+fn an_openssl_key_update_mid_session_is_answered() {
+    if !have("openssl", &["version"]) {
+        return;
+    }
+    for mode in modes() {
+        let p = Proxy::start(mode, "keyupdate");
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-connect", &p.connect_arg()])
+            .arg("-CAfile")
+            .arg(&p.ca)
+            .args(["-servername", NAME, "-alpn", "http/1.1", "-tls1_3"]);
+        let r = run_paced(
+            &mut cmd,
+            &[
+                (b"K\n", Duration::from_millis(300)),
+                (STATS_REQUEST, Duration::from_millis(1500)),
+            ],
+        );
+        let ctx = format!("{mode:?}");
+        assert!(
+            r.text.contains("KEYUPDATE"),
+            "{ctx}: no KeyUpdate sent:\n{}",
+            r.text
+        );
+        assert!(
+            r.text.contains("HTTP/1.1 200"),
+            "{ctx}: /stats not answered after the KeyUpdate:\n{}",
+            r.text
+        );
+        assert!(
+            !r.text.contains("SSL alert number") && !r.text.contains(":error:"),
+            "{ctx}: TLS error:\n{}",
+            r.text
+        );
     }
 }
 

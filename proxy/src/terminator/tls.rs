@@ -1,6 +1,8 @@
 //! TLS termination with rustls' unbuffered API, driven by hand over the `Io` trait (the
-//! io_uring streams do not implement tokio's AsyncRead/AsyncWrite, and the buffers stay ours). Certificates per server name from certbot's
-//! layout (`<dir>/fullchain.pem`, `<dir>/privkey.pem`), swapped without a restart.
+//! io_uring streams do not implement tokio's AsyncRead/AsyncWrite, and the buffers stay
+//! ours); after a TLS 1.3 handshake our own record layer (`record`) takes over.
+//! Certificates per server name from certbot's layout (`<dir>/fullchain.pem`,
+//! `<dir>/privkey.pem`), swapped without a restart.
 //!
 //! SNI is required: no SNI, an IP literal or an unknown name fails the handshake with an
 //! alert, unless a default certificate is configured.
@@ -264,7 +266,8 @@ impl TlsAcceptor {
 /// On rustls' unbuffered API: the ciphertext and plaintext buffers are ours and exist only
 /// while bytes are in flight, so an idle session holds none (the buffered `ServerConnection`
 /// keeps a 4 KiB receive buffer for its whole life). Between two operations `incoming` holds
-/// at most a partial record: every operation runs rustls until it needs more bytes.
+/// at most a partial record: every operation runs rustls (or, after a TLS 1.3 handshake, our
+/// record layer) until it needs more bytes.
 pub struct TlsIo<S: Io> {
     io: S,
     tls: RefCell<Session>,
