@@ -329,6 +329,8 @@ pub struct Tls13Records {
     tx_limit: u64,
     /// A fatal alert or close_notify went out: nothing more may be sealed.
     closed: bool,
+    /// The peer's close_notify came: nothing more is read.
+    peer_closed: bool,
     /// KeyUpdates taken from the peer and made by us (a rare event worth seeing in tests).
     pub rx_updates: u32,
     pub tx_updates: u32,
@@ -349,6 +351,7 @@ impl Tls13Records {
             tx,
             tx_limit,
             closed: false,
+            peer_closed: false,
             rx_updates: 0,
             tx_updates: 0,
         })
@@ -381,6 +384,10 @@ impl Tls13Records {
         out: &mut Vec<u8>,
         mut deliver: impl FnMut(&[u8]),
     ) -> Result<Opened, RecordError> {
+        if self.peer_closed {
+            incoming.clear();
+            return Ok(Opened::CloseNotify);
+        }
         let mut at = 0;
         let result = loop {
             let rest = &mut incoming[at..];
@@ -432,7 +439,12 @@ impl Tls13Records {
             match kind {
                 APPLICATION_DATA => deliver(content),
                 ALERT => match content {
-                    [_, 0] => break Ok(Opened::CloseNotify),
+                    [_, 0] => {
+                        // What follows close_notify is ignored (§6.1).
+                        self.peer_closed = true;
+                        at = incoming.len();
+                        break Ok(Opened::CloseNotify);
+                    }
                     // user_canceled: a close_notify follows.
                     [_, 90] => {}
                     [_, d] => {
@@ -463,6 +475,10 @@ impl Tls13Records {
     /// Post-handshake messages from a client: only KeyUpdate is valid here (we ask for no
     /// client certificate, and a client sends no tickets).
     fn handshake(&mut self, mut msgs: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        if msgs.is_empty() {
+            // §5.1: handshake records are never empty.
+            return Err(fail(Alert::UnexpectedMessage, "empty handshake record"));
+        }
         while !msgs.is_empty() {
             let [kind, a, b, c, body @ ..] = msgs else {
                 return Err(fail(
@@ -580,6 +596,7 @@ pub fn fuzz_pair(cipher: u8) -> (Tls13Records, Tls13Records) {
         tx: key(tx).expect("derive"),
         tx_limit: 64,
         closed: false,
+        peer_closed: false,
         rx_updates: 0,
         tx_updates: 0,
     };
@@ -620,6 +637,57 @@ mod tests {
             hex("9f 02 28 3b 6c 9c 07 ef c2 6b b9 f2 ac 92 e3 56")[..]
         );
         assert_eq!(k.iv[..], hex("cf 78 2b 88 dd 83 54 9a ad f1 e9 84")[..]);
+    }
+
+    /// What a peer sends after close_notify is never delivered, however it arrives.
+    #[test]
+    fn nothing_after_close_notify_is_read() {
+        let (mut server, mut client) = fuzz_pair(0);
+        let mut wire = Vec::new();
+        client.fuzz_send(APPLICATION_DATA, b"before", &mut wire);
+        client.fuzz_send(ALERT, &[1, 0], &mut wire);
+        client.fuzz_send(APPLICATION_DATA, b"after", &mut wire);
+        let (mut got, mut out) = (Vec::new(), Vec::new());
+        let r = server.open(&mut wire, &mut out, |p| got.extend_from_slice(p));
+        assert_eq!((r, &got[..]), (Ok(Opened::CloseNotify), &b"before"[..]));
+        assert!(wire.is_empty(), "the rest is dropped");
+        client.fuzz_send(APPLICATION_DATA, b"later", &mut wire);
+        let r = server.open(&mut wire, &mut out, |p| got.extend_from_slice(p));
+        assert_eq!((r, &got[..]), (Ok(Opened::CloseNotify), &b"before"[..]));
+    }
+
+    /// Handshake records after the handshake: only a KeyUpdate, whole and last in its
+    /// record; anything else is `unexpected_message` (or `decode_error`).
+    #[test]
+    fn only_whole_key_updates_pass_as_handshake_records() {
+        let cases: [(&[u8], Alert); 5] = [
+            (&[], Alert::UnexpectedMessage),
+            (&[KEY_UPDATE, 0, 0, 1], Alert::UnexpectedMessage),
+            (&[KEY_UPDATE, 0, 0, 1, 2], Alert::DecodeError),
+            (&[KEY_UPDATE, 0, 0, 1, 0, 23], Alert::UnexpectedMessage),
+            (&[4, 0, 0, 1, 0], Alert::UnexpectedMessage),
+        ];
+        for (content, alert) in cases {
+            let (mut server, mut client) = fuzz_pair(1);
+            let mut wire = Vec::new();
+            client.fuzz_send(HANDSHAKE, content, &mut wire);
+            let r = server.open(&mut wire, &mut Vec::new(), |_| {});
+            assert_eq!(r.map_err(|e| e.alert), Err(alert), "{content:?}");
+        }
+        let (mut server, mut client) = fuzz_pair(2);
+        let mut wire = Vec::new();
+        client.fuzz_send(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 1], &mut wire);
+        client.fuzz_send(APPLICATION_DATA, b"new key", &mut wire);
+        let (mut got, mut out) = (Vec::new(), Vec::new());
+        let r = server.open(&mut wire, &mut out, |p| got.extend_from_slice(p));
+        assert_eq!((r, &got[..]), (Ok(Opened::NeedMore), &b"new key"[..]));
+        assert_eq!((server.rx_updates, server.tx_updates), (1, 1));
+        let r = client.open(&mut out, &mut Vec::new(), |_| {});
+        assert_eq!(
+            (r, client.rx_updates),
+            (Ok(Opened::NeedMore), 1),
+            "ours opens"
+        );
     }
 
     /// A secret that does not give rustls' key (another session's) is refused.
