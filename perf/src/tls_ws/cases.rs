@@ -1,7 +1,10 @@
 //! The `tls-ws` scenario: connection cycles, ping-pong at each client count, and server
 //! push, every peer in every round; then the table, JSON and plots.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Result};
 use proxy_tests::procfs::cpu_seconds;
@@ -18,6 +21,10 @@ use crate::{
     },
     wss_load::{self, Latency, Load, Report, WsClient},
 };
+
+/// After a push window's subscribers are reset: time for the peer, the node and the kernel
+/// to tear their connections down and free the buffers before the next window.
+const PUSH_SETTLE: Duration = Duration::from_millis(500);
 
 /// One measurement window of one peer.
 pub struct Window {
@@ -91,10 +98,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
             target.clone(),
             &Load {
                 expect_echo: true,
-                ..Load::new(
-                    args.cycle_concurrency,
-                    std::time::Duration::from_millis(500),
-                )
+                ..Load::new(args.cycle_concurrency, Duration::from_millis(500))
             },
         )
         .await?;
@@ -132,10 +136,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
 
     let cycle_load = Load {
         expect_echo: true,
-        ..Load::new(
-            args.cycle_concurrency,
-            std::time::Duration::from_secs_f64(secs),
-        )
+        ..Load::new(args.cycle_concurrency, Duration::from_secs_f64(secs))
     };
     for round in 1..=rounds {
         for (peer, target) in &peers {
@@ -182,7 +183,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
                 ));
                 let load = Load {
                     expect_echo: true,
-                    ..Load::new(n, std::time::Duration::from_secs_f64(secs))
+                    ..Load::new(n, Duration::from_secs_f64(secs))
                 };
                 let c = std::mem::take(&mut conns[pi][ci]);
                 let ((r, back), pc, lc) = measured(peer, wss_load::pingpong(c, &load)).await?;
@@ -201,24 +202,25 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
         }
     }
 
-    // Push: the connections of the matching client count, subscribed, or fresh ones.
+    // Push: one peer's subscribers at a time. A subscribed connection nobody reads fills
+    // every socket buffer on its path (megabytes); every peer's 1,000 at once passed the
+    // kernel's `tcp_mem` limit, and TCP memory pressure then stalled whole windows (peer
+    // and load generator both mostly idle). So each window subscribes its own connections
+    // (the matching client count's the first time, fresh ones after) and resets them after.
     let push_case = format!("push_{}", args.push_clients);
-    let mut push_conns = Vec::new();
-    for (pi, (_, target)) in peers.iter().enumerate() {
-        let c = match args.clients.iter().position(|&n| n == args.push_clients) {
-            Some(ci) => std::mem::take(&mut conns[pi][ci]),
-            None => wss_load::open_many(target.clone(), args.push_clients, 32).await?,
-        };
-        push_conns.push(wss_load::subscribe(c, 64).await?);
-    }
+    let reuse = args.clients.iter().position(|&n| n == args.push_clients);
     for round in 1..=rounds {
-        for (pi, (peer, _)) in peers.iter().enumerate() {
+        for (pi, (peer, target)) in peers.iter().enumerate() {
             progress.step(&format!(
                 "round {round}/{rounds}: {} pushing to {} subscribers",
                 peer.kind.label(),
                 args.push_clients
             ));
-            let c = std::mem::take(&mut push_conns[pi]);
+            let c = match reuse {
+                Some(ci) if round == 1 => std::mem::take(&mut conns[pi][ci]),
+                _ => wss_load::open_many(target.clone(), args.push_clients, 32).await?,
+            };
+            let c = wss_load::subscribe(c, 64).await?;
             let mut marks: Vec<Result<(f64, f64, Instant)>> = Vec::new();
             let mut mark = || {
                 marks.push((|| {
@@ -229,14 +231,9 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
                     ))
                 })())
             };
-            let lead_in = std::time::Duration::from_secs_f64(if args.quick { 0.5 } else { 1.0 });
-            let (r, back) = wss_load::push(
-                c,
-                lead_in,
-                std::time::Duration::from_secs_f64(secs),
-                &mut mark,
-            )
-            .await?;
+            let lead_in = Duration::from_secs_f64(if args.quick { 0.5 } else { 1.0 });
+            let (r, back) =
+                wss_load::push(c, lead_in, Duration::from_secs_f64(secs), &mut mark).await?;
             let [Ok(a), Ok(b)] =
                 <[_; 2]>::try_from(marks).map_err(|_| anyhow::anyhow!("two marks"))?
             else {
@@ -245,7 +242,10 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
             let wall = (b.2 - a.2).as_secs_f64().max(1e-6);
             let (pc, lc) = ((b.0 - a.0) / wall, (b.1 - a.1) / wall);
             check(&r, peer.kind, &push_case, 0)?;
-            push_conns[pi] = back;
+            // Megabytes are queued towards them: a clean close would read it all first.
+            // Dropped, they are reset, and the kernel frees their buffers.
+            drop(back);
+            tokio::time::sleep(PUSH_SETTLE).await;
             keep(
                 &push_case,
                 peer.kind,
@@ -257,9 +257,6 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<()> {
             );
         }
     }
-    // Subscribers have megabytes queued towards them (nobody read between windows): a
-    // clean close would first read all of it, so they are just dropped (reset).
-    drop(push_conns);
     for c in conns.into_iter().flatten() {
         let (failed, first) = wss_load::close_all(c).await;
         if failed > 0 {
