@@ -116,54 +116,11 @@ struct Run {
 
 /// Runs a command with `input` on stdin (then EOF), killed after [`TOOL_TIMEOUT`].
 fn run(cmd: &mut Command, input: &[u8]) -> Run {
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {shown}: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-        // Dropping stdin: EOF.
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let err_t = thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if started.elapsed() > TOOL_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{shown} did not finish within {TOOL_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let _ = writer.join();
-    let mut text = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
-    text.push_str(&String::from_utf8_lossy(&err_t.join().unwrap()));
-    Run {
-        success: status.success(),
-        text,
-    }
+    run_paced(cmd, &[(input, Duration::ZERO)])
 }
 
-/// As [`run`], with stdin written in pieces, each followed by its pause (then EOF): an
-/// interactive client's lines arrive one at a time.
+/// Runs a command with stdin written in pieces, each followed by its pause, then EOF (an
+/// interactive client's lines arrive one at a time); killed after [`TOOL_TIMEOUT`].
 fn run_paced(cmd: &mut Command, pieces: &[(&[u8], Duration)]) -> Run {
     let mut script = Vec::new();
     for (bytes, pause) in pieces {

@@ -74,6 +74,15 @@ pub enum Opened {
     CloseNotify,
 }
 
+/// What [`Tls13Records::open_record`] found at the front of the received bytes.
+enum Record {
+    /// Not all of it has come yet.
+    Partial,
+    /// A record of this many bytes was read.
+    Read(usize),
+    CloseNotify,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cipher {
     Aes128Gcm,
@@ -390,86 +399,89 @@ impl Tls13Records {
         }
         let mut at = 0;
         let result = loop {
-            let rest = &mut incoming[at..];
-            if rest.len() < HEADER {
-                break Ok(Opened::NeedMore);
-            }
-            let header: [u8; HEADER] = rest[..HEADER].try_into().expect("five bytes");
-            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-            if header[0] != APPLICATION_DATA {
-                break Err(fail(
-                    Alert::UnexpectedMessage,
-                    format!("record of type {} after the handshake", header[0]),
-                ));
-            }
-            if len > MAX_CIPHER {
-                break Err(fail(Alert::RecordOverflow, "record too long"));
-            }
-            if rest.len() < HEADER + len {
-                break Ok(Opened::NeedMore);
-            }
-            at += HEADER + len;
-            if len < TAG + 1 {
-                break Err(fail(Alert::DecodeError, "record too short"));
-            }
-            let nonce = match self.rx.next_nonce() {
-                Ok(n) => n,
-                Err(e) => break Err(e),
-            };
-            let aead = match self.rx.aead() {
-                Ok(k) => k,
-                Err(e) => break Err(e),
-            };
-            let Ok(inner) =
-                aead.open_in_place(nonce, Aad::from(header), &mut rest[HEADER..HEADER + len])
-            else {
-                break Err(fail(Alert::BadRecordMac, "record failed authentication"));
-            };
-            // TLSInnerPlaintext: content, then the real type, then zero padding.
-            let Some(end) = inner.iter().rposition(|&b| b != 0) else {
-                break Err(fail(
-                    Alert::UnexpectedMessage,
-                    "record without content type",
-                ));
-            };
-            let (kind, content) = (inner[end], &inner[..end]);
-            if content.len() > MAX_PLAIN {
-                break Err(fail(Alert::RecordOverflow, "plaintext too long"));
-            }
-            match kind {
-                APPLICATION_DATA => deliver(content),
-                ALERT => match content {
-                    [_, 0] => {
-                        // What follows close_notify is ignored (§6.1).
-                        self.peer_closed = true;
-                        at = incoming.len();
-                        break Ok(Opened::CloseNotify);
-                    }
-                    // user_canceled: a close_notify follows.
-                    [_, 90] => {}
-                    [_, d] => {
-                        // A fatal alert: the peer is gone, answer nothing.
-                        self.closed = true;
-                        break Err(fail(Alert::CloseNotify, format!("peer sent alert {d}")));
-                    }
-                    _ => break Err(fail(Alert::DecodeError, "malformed alert")),
-                },
-                HANDSHAKE => {
-                    let content = content.to_vec();
-                    if let Err(e) = self.handshake(&content, out) {
-                        break Err(e);
-                    }
+            match self.open_record(&mut incoming[at..], out, &mut deliver) {
+                Ok(Record::Partial) => break Ok(Opened::NeedMore),
+                Ok(Record::Read(n)) => at += n,
+                Ok(Record::CloseNotify) => {
+                    // What follows close_notify is ignored (§6.1).
+                    self.peer_closed = true;
+                    at = incoming.len();
+                    break Ok(Opened::CloseNotify);
                 }
-                other => {
-                    break Err(fail(
-                        Alert::UnexpectedMessage,
-                        format!("inner content type {other} after the handshake"),
-                    ))
+                // The session ends here: nothing after the bad record is read.
+                Err(e) => {
+                    at = incoming.len();
+                    break Err(e);
                 }
             }
         };
         incoming.drain(..at);
         result
+    }
+
+    /// Opens the record at the front of `rest`, if it is whole.
+    fn open_record(
+        &mut self,
+        rest: &mut [u8],
+        out: &mut Vec<u8>,
+        deliver: &mut impl FnMut(&[u8]),
+    ) -> Result<Record, RecordError> {
+        let Some(header) = rest.first_chunk::<HEADER>().copied() else {
+            return Ok(Record::Partial);
+        };
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if header[0] != APPLICATION_DATA {
+            return Err(fail(
+                Alert::UnexpectedMessage,
+                format!("record of type {} after the handshake", header[0]),
+            ));
+        }
+        if len > MAX_CIPHER {
+            return Err(fail(Alert::RecordOverflow, "record too long"));
+        }
+        let Some(sealed) = rest.get_mut(HEADER..HEADER + len) else {
+            return Ok(Record::Partial);
+        };
+        if len < TAG + 1 {
+            return Err(fail(Alert::DecodeError, "record too short"));
+        }
+        let nonce = self.rx.next_nonce()?;
+        let inner = self
+            .rx
+            .aead()?
+            .open_in_place(nonce, Aad::from(header), sealed)
+            .map_err(|_| fail(Alert::BadRecordMac, "record failed authentication"))?;
+        // TLSInnerPlaintext: content, then the real type, then zero padding.
+        let end = inner
+            .iter()
+            .rposition(|&b| b != 0)
+            .ok_or_else(|| fail(Alert::UnexpectedMessage, "record without content type"))?;
+        let (kind, content) = (inner[end], &inner[..end]);
+        if content.len() > MAX_PLAIN {
+            return Err(fail(Alert::RecordOverflow, "plaintext too long"));
+        }
+        match kind {
+            APPLICATION_DATA => deliver(content),
+            ALERT => match content {
+                [_, 0] => return Ok(Record::CloseNotify),
+                // user_canceled: a close_notify follows.
+                [_, 90] => {}
+                [_, d] => {
+                    // A fatal alert: the peer is gone, answer nothing.
+                    self.closed = true;
+                    return Err(fail(Alert::CloseNotify, format!("peer sent alert {d}")));
+                }
+                _ => return Err(fail(Alert::DecodeError, "malformed alert")),
+            },
+            HANDSHAKE => self.handshake(content, out)?,
+            other => {
+                return Err(fail(
+                    Alert::UnexpectedMessage,
+                    format!("inner content type {other} after the handshake"),
+                ))
+            }
+        }
+        Ok(Record::Read(HEADER + len))
     }
 
     /// Post-handshake messages from a client: only KeyUpdate is valid here (we ask for no

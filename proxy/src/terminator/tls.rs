@@ -333,6 +333,19 @@ enum Action<'a> {
     CloseNotify,
 }
 
+/// Decrypted bytes go to the reader's `dest` while it has room (and nothing older waits in
+/// `plain`), the rest to `plain`: order is kept either way.
+fn deliver(dest: Option<&mut Vec<u8>>, plain: &mut Vec<u8>, mut payload: &[u8]) {
+    if let Some(d) = dest {
+        if plain.is_empty() {
+            let n = payload.len().min(d.capacity() - d.len());
+            d.extend_from_slice(&payload[..n]);
+            payload = &payload[n..];
+        }
+    }
+    plain.extend_from_slice(payload);
+}
+
 /// Runs `encode` into the end of `out`, growing it to the size rustls asks for.
 fn append_with<E>(
     out: &mut Vec<u8>,
@@ -463,15 +476,8 @@ impl<S: Io> TlsIo<S> {
         let mut out = self.outgoing.borrow_mut();
         let opened = {
             let mut plain = self.plain.borrow_mut();
-            records.open(&mut incoming, &mut out, |mut payload| {
-                if let Some(d) = dest.as_deref_mut() {
-                    if plain.is_empty() {
-                        let n = payload.len().min(d.capacity() - d.len());
-                        d.extend_from_slice(&payload[..n]);
-                        payload = &payload[n..];
-                    }
-                }
-                plain.extend_from_slice(payload);
+            records.open(&mut incoming, &mut out, |payload| {
+                deliver(dest.as_deref_mut(), &mut plain, payload)
             })
         };
         if incoming.is_empty() && incoming.capacity() > 0 {
@@ -537,17 +543,7 @@ impl<S: Io> TlsIo<S> {
                     let mut r = Ok(None);
                     while let Some(record) = records.next_record() {
                         match record {
-                            Ok(record) => {
-                                let mut payload = record.payload;
-                                if let Some(d) = dest.as_deref_mut() {
-                                    if plain.is_empty() {
-                                        let n = payload.len().min(d.capacity() - d.len());
-                                        d.extend_from_slice(&payload[..n]);
-                                        payload = &payload[n..];
-                                    }
-                                }
-                                plain.extend_from_slice(payload);
-                            }
+                            Ok(record) => deliver(dest.as_deref_mut(), &mut plain, record.payload),
                             Err(e) => {
                                 r = Err(tls_err(e));
                                 break;
