@@ -723,12 +723,13 @@ mod tests {
 
     #[test]
     fn auto_falls_back_to_epoll_naming_the_missing_feature() {
-        let missing =
-            || Err("IORING_SETUP_DEFER_TASKRUN is not supported (needs Linux 6.1)".into());
+        let missing = || {
+            Err("IORING_SETUP_SINGLE_ISSUER|COOP_TASKRUN is not supported (needs Linux 6.0)".into())
+        };
         let (mode, line) = decide_mode(None, missing);
         assert_eq!(mode, IoMode::Epoll);
         let line = line.expect("a fallback is logged");
-        assert!(line.contains("DEFER_TASKRUN is not supported"), "{line}");
+        assert!(line.contains("COOP_TASKRUN is not supported"), "{line}");
         assert!(line.contains("using epoll"), "{line}");
 
         assert_eq!(decide_mode(None, || Ok(())), (IoMode::Uring, None));

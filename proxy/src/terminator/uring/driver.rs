@@ -182,7 +182,12 @@ impl Driver {
     fn new(config: RingConfig) -> io::Result<Self> {
         let ring = IoUring::builder()
             .setup_single_issuer()
-            .setup_defer_taskrun()
+            // Not DEFER_TASKRUN: the worker sleeps in epoll on the ring's eventfd, and with
+            // DEFER_TASKRUN some kernels signal that eventfd late (seen: 10-26 ms on 6.18, an
+            // RCU-deferred signal), one stall per round trip. COOP_TASKRUN also runs
+            // completion work only when the worker enters the kernel, without an interrupt,
+            // and wakes it at once when it sleeps.
+            .setup_coop_taskrun()
             .setup_taskrun_flag()
             .setup_cqsize(config.sq_entries * 2)
             .build(config.sq_entries)?;
@@ -225,8 +230,8 @@ impl Driver {
     }
 
     /// One `io_uring_enter`: submits everything queued and runs the kernel's pending
-    /// completion work (DEFER_TASKRUN runs it only here). It never waits: the worker sleeps
-    /// in epoll, woken by the ring's eventfd.
+    /// completion work (COOP_TASKRUN queues it for the worker's next entry into the kernel).
+    /// It never waits: the worker sleeps in epoll, woken by the ring's eventfd.
     fn enter(&mut self) {
         let to_submit = self.ring.submission().len() as u32;
         // SAFETY: plain io_uring_enter with no extra argument.

@@ -1,6 +1,6 @@
 //! The io_uring data path, on the `io-uring` crate: one ring per worker thread, set up with
-//! `SINGLE_ISSUER | DEFER_TASKRUN` (completion work runs only when the worker enters the
-//! kernel, so no interrupt reschedules it), multishot accept, multishot receive into a
+//! `SINGLE_ISSUER | COOP_TASKRUN` (completion work runs when the worker enters the kernel,
+//! so no interrupt reschedules it), multishot accept, multishot receive into a
 //! provided-buffer ring, and submissions batched per pass of the worker's task queue.
 //!
 //! Timers, channels and the rest of async come from a tokio current-thread runtime on the
@@ -8,7 +8,7 @@
 //! submits what the pass queued before the thread sleeps.
 //!
 //! Why not tokio-uring (used before): it has no multishot operations, no provided buffers
-//! and no DEFER_TASKRUN, so every read was a submission of its own with a buffer parked in
+//! and no COOP_TASKRUN, so every read was a submission of its own with a buffer parked in
 //! the kernel, and its completions came by inter-processor interrupt (20% of the worker's
 //! cycles in `perf/results/profile.md`). Its last release is from 2024 and unmaintained.
 
@@ -22,13 +22,13 @@ pub use driver::RingConfig;
 pub use stream::{UringListener, UringStream};
 
 /// The kernel features the io_uring mode needs, each with the Linux version that has it.
-const NEEDS: &str = "io_uring with SINGLE_ISSUER|DEFER_TASKRUN (Linux 6.1), a provided-buffer ring (5.19), multishot accept (5.19) and receive (6.0)";
+const NEEDS: &str = "io_uring with SINGLE_ISSUER|COOP_TASKRUN (Linux 6.0), a provided-buffer ring (5.19), multishot accept (5.19) and receive (6.0)";
 
 /// Checks at start-up that this kernel (and its seccomp policy) allows everything the mode
 /// uses: a ring with the flags, a registered buffer ring. The error names the feature that
-/// is missing. Checked once per process, on a thread of its own: the kernel tears a
-/// DEFER_TASKRUN ring down with task work aimed at the thread that made it, which would
-/// interrupt (EINTR) a blocking call with a timeout on the caller's thread.
+/// is missing. Checked once per process, on a thread of its own: the kernel tears a ring
+/// down with task work aimed at the thread that made it, which would interrupt (EINTR) a
+/// blocking call with a timeout on the caller's thread.
 pub fn probe() -> Result<(), String> {
     static RESULT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     RESULT
@@ -48,14 +48,14 @@ pub fn probe() -> Result<(), String> {
 fn probe_here() -> Result<(), String> {
     let ring = io_uring::IoUring::builder()
         .setup_single_issuer()
-        .setup_defer_taskrun()
+        .setup_coop_taskrun()
         .setup_taskrun_flag()
         .build(8);
     let ring = match ring {
         Ok(r) => r,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             return Err(format!(
-                "IORING_SETUP_DEFER_TASKRUN is not supported (needs Linux 6.1): {e}"
+                "IORING_SETUP_SINGLE_ISSUER|COOP_TASKRUN is not supported (needs Linux 6.0): {e}"
             ))
         }
         Err(e) => return Err(format!("io_uring_setup failed: {e}")),
