@@ -183,8 +183,8 @@ impl Driver {
         let ring = IoUring::builder()
             .setup_single_issuer()
             // Not DEFER_TASKRUN: the worker sleeps in epoll on the ring's eventfd, and with
-            // DEFER_TASKRUN some kernels signal that eventfd late (seen: 10-26 ms on 6.18, an
-            // RCU-deferred signal), one stall per round trip. COOP_TASKRUN also runs
+            // DEFER_TASKRUN some kernels signal that eventfd late (seen: 10-26 ms on 6.18, as
+            // if deferred by RCU), one stall per round trip. COOP_TASKRUN also runs
             // completion work only when the worker enters the kernel, without an interrupt,
             // and wakes it at once when it sleeps.
             .setup_coop_taskrun()
