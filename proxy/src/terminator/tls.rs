@@ -535,7 +535,18 @@ impl<S: Io> TlsIo<S> {
     ) -> io::Result<Progress> {
         let mut incoming = self.incoming.borrow_mut();
         loop {
-            let UnbufferedStatus { discard, state } = tls.process(&mut incoming);
+            // Once a TLS 1.3 handshake is done, rustls gets no more records: what follows
+            // the client's Finished is for our record layer, which takes over from the
+            // traffic secrets of the handshake. A KeyUpdate right behind the Finished, taken
+            // by rustls, would move its keys past those secrets (and its answer would be
+            // lost with its session).
+            let done13 = !tls.conn.is_handshaking()
+                && tls.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+            let UnbufferedStatus { discard, state } = if done13 {
+                tls.process(&mut [])
+            } else {
+                tls.process(&mut incoming)
+            };
             let step: io::Result<Option<Progress>> = match state {
                 Err(e) => Err(tls_err(e)),
                 Ok(ConnectionState::ReadTraffic(mut records)) => {
@@ -1055,6 +1066,69 @@ mod tests {
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
         assert!(rest.is_empty(), "nothing after the last echo");
+    }
+
+    /// A client that puts a KeyUpdate right behind its Finished, in the same segment (as
+    /// OpenSSL's s_client does when its `K` command is already waiting): rustls takes the
+    /// update before our record layer takes over, so the keys it hands over are a
+    /// generation ahead of the secrets caught from the handshake. The session goes on.
+    fn key_update_behind_finished(
+        config: Arc<rustls::ClientConfig>,
+        name: &'static str,
+        addr: std::net::SocketAddr,
+    ) {
+        let name = rustls::pki_types::ServerName::try_from(name).unwrap();
+        let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        while conn.wants_write() {
+            conn.write_tls(&mut tcp).unwrap();
+        }
+        while conn.is_handshaking() {
+            assert!(
+                conn.read_tls(&mut tcp).unwrap() > 0,
+                "server closed mid-handshake"
+            );
+            conn.process_new_packets().unwrap();
+        }
+        // Our Finished is queued, not sent: a KeyUpdate (asking for the server's) goes
+        // behind it, and both leave in one write.
+        conn.refresh_traffic_keys().unwrap();
+        let mut flight = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut flight).unwrap();
+        }
+        tcp.write_all(&flight).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        for msg in [&b"ping"[..], b"after the update", b"and once more"] {
+            s.write_all(msg).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg, "echoed under the updated keys");
+        }
+        s.conn.send_close_notify();
+        s.flush().unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+
+    #[test]
+    fn a_key_update_right_behind_the_clients_finished_is_taken_in_either_mode() {
+        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+        let (acceptor, cert, _dir) = test_acceptor("records.example.test");
+        for mode in [IoMode::Epoll, IoMode::Uring] {
+            for suite in [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384] {
+                let config =
+                    client_config(&cert.cert_pem, &[&rustls::version::TLS13], Some(&[suite]));
+                let seen = serve_echo(mode, &acceptor, move |a| {
+                    key_update_behind_finished(config, "records.example.test", a)
+                });
+                let what = format!("{mode:?} {:?}", suite.suite());
+                assert!(seen.tls13, "{what}: our record layer took over");
+                assert_eq!(seen.error, None, "{what}");
+                assert_eq!(seen.echoed, 4 + 16 + 13, "{what}");
+            }
+        }
     }
 
     /// After a TLS 1.3 handshake our record layer carries the session, for each TLS 1.3
