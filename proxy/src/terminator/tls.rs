@@ -435,6 +435,12 @@ impl<S: Io> TlsIo<S> {
         match result {
             Ok(()) => {
                 this.take_over_tls13()?;
+                // Records that came behind the client's Finished are still sealed in
+                // `incoming` (rustls got none of them): open them now, so that between two
+                // operations `incoming` holds at most a partial record again, and answer a
+                // KeyUpdate among them.
+                this.step(None, Action::Nothing).await?;
+                this.flush().await?;
                 Ok(this)
             }
             Err(e) if timed_out.get() => Err(io::Error::new(io::ErrorKind::TimedOut, e)),
