@@ -1074,10 +1074,11 @@ mod tests {
         assert!(rest.is_empty(), "nothing after the last echo");
     }
 
-    /// A client that puts a KeyUpdate right behind its Finished, in the same segment (as
-    /// OpenSSL's s_client does when its `K` command is already waiting): rustls takes the
-    /// update before our record layer takes over, so the keys it hands over are a
-    /// generation ahead of the secrets caught from the handshake. The session goes on.
+    /// A client that puts a KeyUpdate and its first message right behind its Finished, in
+    /// the same segment (as OpenSSL's s_client does when its `K` command is already
+    /// waiting). Both are our record layer's to open: had rustls taken the KeyUpdate, its
+    /// keys would be past the handshake's secrets; had they stayed sealed in the buffer,
+    /// the first message would wait for bytes that never come. The session goes on.
     fn key_update_behind_finished(
         config: Arc<rustls::ClientConfig>,
         name: &'static str,
@@ -1097,16 +1098,23 @@ mod tests {
             );
             conn.process_new_packets().unwrap();
         }
-        // Our Finished is queued, not sent: a KeyUpdate (asking for the server's) goes
-        // behind it, and both leave in one write.
+        // Our Finished is queued, not sent: a KeyUpdate (asking for the server's) and the
+        // first message go behind it, and all three leave in one write.
         conn.refresh_traffic_keys().unwrap();
+        conn.writer().write_all(b"ping").unwrap();
         let mut flight = Vec::new();
         while conn.wants_write() {
             conn.write_tls(&mut flight).unwrap();
         }
         tcp.write_all(&flight).unwrap();
         let mut s = rustls::StreamOwned::new(conn, tcp);
-        for msg in [&b"ping"[..], b"after the update", b"and once more"] {
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(
+            &back, b"ping",
+            "the message in the handshake's last segment"
+        );
+        for msg in [&b"after the update"[..], b"and once more"] {
             s.write_all(msg).unwrap();
             let mut back = vec![0u8; msg.len()];
             s.read_exact(&mut back).unwrap();
@@ -1118,20 +1126,34 @@ mod tests {
         let _ = s.read_to_end(&mut rest);
     }
 
+    /// A TLS 1.3 session with `suite` against the echo in `mode`, `client` driving it;
+    /// checks that our record layer took over and nothing failed. Returns what the server
+    /// saw and the case's name for messages.
+    fn serve_tls13(
+        mode: IoMode,
+        acceptor: &TlsAcceptor,
+        cert: &TestCert,
+        suite: rustls::SupportedCipherSuite,
+        client: fn(Arc<rustls::ClientConfig>, &'static str, std::net::SocketAddr),
+    ) -> (Seen, String) {
+        let config = client_config(&cert.cert_pem, &[&rustls::version::TLS13], Some(&[suite]));
+        let seen = serve_echo(mode, acceptor, move |a| {
+            client(config, "records.example.test", a)
+        });
+        let what = format!("{mode:?} {:?}", suite.suite());
+        assert!(seen.tls13, "{what}: our record layer took over");
+        assert_eq!(seen.error, None, "{what}");
+        (seen, what)
+    }
+
     #[test]
     fn a_key_update_right_behind_the_clients_finished_is_taken_in_either_mode() {
         use rustls::crypto::aws_lc_rs::cipher_suite as cs;
         let (acceptor, cert, _dir) = test_acceptor("records.example.test");
         for mode in [IoMode::Epoll, IoMode::Uring] {
             for suite in [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384] {
-                let config =
-                    client_config(&cert.cert_pem, &[&rustls::version::TLS13], Some(&[suite]));
-                let seen = serve_echo(mode, &acceptor, move |a| {
-                    key_update_behind_finished(config, "records.example.test", a)
-                });
-                let what = format!("{mode:?} {:?}", suite.suite());
-                assert!(seen.tls13, "{what}: our record layer took over");
-                assert_eq!(seen.error, None, "{what}");
+                let (seen, what) =
+                    serve_tls13(mode, &acceptor, &cert, suite, key_update_behind_finished);
                 assert_eq!(seen.echoed, 4 + 16 + 13, "{what}");
             }
         }
@@ -1153,14 +1175,7 @@ mod tests {
         let expected = 4 + 40_000 + 20;
         for mode in [IoMode::Epoll, IoMode::Uring] {
             for suite in suites {
-                let config =
-                    client_config(&cert.cert_pem, &[&rustls::version::TLS13], Some(&[suite]));
-                let seen = serve_echo(mode, &acceptor, move |a| {
-                    chat(config, "records.example.test", a)
-                });
-                let what = format!("{mode:?} {:?}", suite.suite());
-                assert!(seen.tls13, "{what}: our record layer took over");
-                assert_eq!(seen.error, None, "{what}");
+                let (seen, what) = serve_tls13(mode, &acceptor, &cert, suite, chat);
                 assert_eq!(seen.echoed, expected, "{what}");
                 assert_eq!(seen.rx_updates, 1, "{what}: the client's KeyUpdate");
                 // 3 rounds of records before the update, 10 after: ours every 4 records,

@@ -291,8 +291,8 @@ fn ready_waits_for_bytes_holding_nothing_and_leaves_them_to_the_read() {
 
 /// A completion must wake a sleeping worker at once. With `DEFER_TASKRUN` the ring's
 /// eventfd is signalled late on some kernels (seen: 10-26 ms after the bytes arrived, on
-/// 6.18), and a worker that sleeps in epoll then serves one
-/// round trip per delay: 40 messages/s on one connection instead of thousands.
+/// 6.18), and a worker that sleeps in epoll then serves one round trip per delay: 40
+/// messages/s on one connection instead of thousands.
 #[test]
 fn a_completion_wakes_the_sleeping_worker_promptly() {
     block_on(small_ring(), async {
