@@ -25,6 +25,10 @@ CATEGORIES = [
     ("scheduler and wakeups", re.compile(r"^(schedule|__schedule|finish_task_switch\w*|try_to_wake_up|__wake_up\w*|sock_def_readable|futex_\w+|do_futex)$")),
     ("system call entry and exit", re.compile(r"^(entry_SYSCALL_64\w*|do_syscall_64|syscall_exit_to_user_mode\w*|syscall_return_via_sysret|exit_to_user_mode\w*|irqentry_exit_to_user_mode)$")),
 ]
+OTHER_KERNEL = "other kernel"
+USER_CRYPTO = "userspace: crypto (AEAD, hashes; all of libssl, libcrypto)"
+USER_LIBC = "userspace: libc (memcpy, allocator)"
+USER_OTHER = "userspace: other (TLS records, WebSocket, relay, runtime)"
 CRYPTO = re.compile(r"(aes|gcm|ghash|chacha|poly1305|sha\d|sha512|sha256|x25519|curve25519|ecp_nistz|p256|EVP_|CRYPTO_|aws_lc|bn_|ring_core)", re.I)
 
 FRAME = re.compile(r"^\s*[0-9a-f]+\s+(\S+?)(\+0x[0-9a-f]+)?\s+\((.*)\)\s*$")
@@ -36,15 +40,15 @@ def classify(frames):
         if any(rule.match(sym) for sym, _ in frames):
             return name
     if not frames:
-        return "other kernel"
+        return OTHER_KERNEL
     sym, dso = frames[0]
     if "kernel" in dso or dso.startswith("["):
-        return "other kernel"
+        return OTHER_KERNEL
     if CRYPTO.search(sym) or re.search(r"lib(crypto|ssl)\.so", dso):
-        return "userspace: crypto (AEAD, hashes; all of libssl, libcrypto)"
+        return USER_CRYPTO
     if re.search(r"libc[.-]", dso):
-        return "userspace: libc (memcpy, allocator)"
-    return "userspace: other (TLS records, WebSocket, relay, runtime)"
+        return USER_LIBC
+    return USER_OTHER
 
 
 def main():
@@ -74,9 +78,7 @@ def main():
         total += 1
     if total == 0:
         sys.exit("no samples on stdin")
-    order = [c for c, _ in CATEGORIES] + ["other kernel", "userspace: crypto (AEAD, hashes; all of libssl, libcrypto)",
-                                          "userspace: libc (memcpy, allocator)",
-                                          "userspace: other (TLS records, WebSocket, relay, runtime)"]
+    order = [c for c, _ in CATEGORIES] + [OTHER_KERNEL, USER_CRYPTO, USER_LIBC, USER_OTHER]
     print(f"samples\t{total}")
     for cat in order:
         n = counts.get(cat, 0)
