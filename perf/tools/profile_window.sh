@@ -6,8 +6,11 @@
 # Writes OUT_DIR/PEER-CASE.{data,log,categories}. Needs `perf` (Debian linux-perf) and a
 # release build (`cargo build --release`). Analysis only: no test or bench depends on it.
 set -euo pipefail
+[[ $# -eq 3 ]] || { echo "usage: $0 epoll|uring|haproxy cycles|msgs_N OUT_DIR" >&2; exit 2; }
 peer=$1 case=$2 out=$3
 here=$(cd "$(dirname "$0")/../.." && pwd)
+command -v perf >/dev/null || { echo "$0: needs perf (apt-get install linux-perf)" >&2; exit 2; }
+[[ -x $here/target/release/tls-ws-bench ]] || { echo "$0: run cargo build --release first" >&2; exit 2; }
 mkdir -p "$out"
 log="$out/$peer-$case.log"
 clients=100
